@@ -1,0 +1,77 @@
+# Fabstir monorepo. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOLC_VERSION := 0.8.37
+SOLC_SHIM := $(VENV)/solcx/solc-v$(SOLC_VERSION)
+NPM_STAMP := node_modules/.package-lock.json
+PY_STAMP := $(VENV)/.installed
+# Tests of our own Python packages don't need Ape's pytest plugin (it wants a network).
+PYTEST := $(BIN)/python -m pytest -p no:ape_test
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
+        compile abi deploy gas lint clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(PY_STAMP) $(NPM_STAMP) $(SOLC_SHIM) ## Install everything into the repo (.venv, node_modules, solc wrapper); fast when done
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+
+$(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml
+	$(BIN)/pip install --progress-bar on -e . -e ./sdk -e ./node
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+$(SOLC_SHIM): $(NPM_STAMP) $(PY_STAMP) scripts/toolchain/install_solc.py scripts/toolchain/solc.cjs
+	$(BIN)/python scripts/toolchain/install_solc.py
+
+test: setup ## Run every suite: contracts (ape test), SDK, node, integration
+	$(MAKE) test-contracts
+	$(MAKE) test-sdk
+	$(MAKE) test-node
+	$(MAKE) test-integration
+
+test-contracts: setup ## Contract tests on Ape's local network (HYPOTHESIS_PROFILE=thorough for more examples)
+	$(BIN)/ape test tests
+
+test-contracts-anvil: setup ## The contract tests again on a fresh Anvil
+	$(BIN)/ape test tests --network ethereum:local:foundry
+
+test-sdk: setup ## SDK tests
+	$(BIN)/python scripts/pytest_may_be_empty.py $(PYTEST) sdk/tests
+
+test-node: setup ## Node tests
+	$(BIN)/python scripts/pytest_may_be_empty.py $(PYTEST) node/tests
+
+test-integration: setup ## Whole-system tests on a fresh Anvil
+	$(BIN)/python scripts/pytest_may_be_empty.py $(PYTEST) integration-tests
+
+compile: setup ## Compile the contracts (offline, solc-js)
+	$(BIN)/ape compile
+
+abi: compile ## Export the compiled ABIs into the SDK package
+	$(BIN)/python scripts/export_abi.py
+
+deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil started for the purpose) and write deployments/<chainId>.json
+	$(BIN)/python scripts/deploy.py $(if $(RPC_URL),--rpc-url $(RPC_URL))
+
+gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's lifecycle on Anvil
+	$(BIN)/python scripts/gas_report.py --output bench/gas-report.json
+
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy sdk/src node/src
+
+clean: ## Remove build outputs (keeps .venv and node_modules)
+	rm -rf .build contracts/.cache .pytest_cache .hypothesis

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
+
+/// @title HostEarnings
+/// @notice Pull-payment ledger: the marketplace credits hosts (and the treasury) as sessions
+/// settle, and each account withdraws per token when it likes. Keeping payouts out of the
+/// settlement path means a host's wallet can never block a session from settling.
+contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    /// @notice The only contract allowed to credit.
+    address public marketplace;
+
+    mapping(address account => mapping(address token => uint256)) private _balances;
+    /// @notice Sum of all balances per token; the contract always holds at least this much.
+    mapping(address token => uint256) public totalOwed;
+
+    /// @notice Emitted when the marketplace is set.
+    event MarketplaceSet(address marketplace);
+    /// @notice Emitted when `account` is credited.
+    event Credited(address indexed account, address indexed token, uint256 amount);
+    /// @notice Emitted when `account` withdraws.
+    event Withdrawn(address indexed account, address indexed token, uint256 amount);
+
+    error NotMarketplace(address caller);
+    error WrongValue(uint256 expected, uint256 received);
+    error Underfunded(address token);
+    error NothingToWithdraw(address token);
+    error EthTransferFailed();
+    error ZeroAddress();
+
+    constructor(address initialOwner) Ownable(initialOwner) {}
+
+    /// @notice Sets the marketplace that may credit accounts.
+    function setMarketplace(address marketplace_) external onlyOwner {
+        if (marketplace_ == address(0)) revert ZeroAddress();
+        marketplace = marketplace_;
+        emit MarketplaceSet(marketplace_);
+    }
+
+    /// @inheritdoc IHostEarnings
+    function credit(address account, address token, uint256 amount) external payable {
+        if (msg.sender != marketplace) revert NotMarketplace(msg.sender);
+        if (token == address(0)) {
+            if (msg.value != amount) revert WrongValue(amount, msg.value);
+        } else {
+            if (msg.value != 0) revert WrongValue(0, msg.value);
+            if (IERC20(token).balanceOf(address(this)) < totalOwed[token] + amount) {
+                revert Underfunded(token);
+            }
+        }
+        _balances[account][token] += amount;
+        totalOwed[token] += amount;
+        emit Credited(account, token, amount);
+    }
+
+    /// @notice Sends the caller everything it has earned in `token` (address(0) = ETH).
+    function withdraw(address token) external nonReentrant {
+        uint256 amount = _balances[msg.sender][token];
+        if (amount == 0) revert NothingToWithdraw(token);
+        _balances[msg.sender][token] = 0;
+        totalOwed[token] -= amount;
+        emit Withdrawn(msg.sender, token, amount);
+        if (token == address(0)) {
+            (bool ok,) = msg.sender.call{value: amount}("");
+            if (!ok) revert EthTransferFailed();
+        } else {
+            IERC20(token).safeTransfer(msg.sender, amount);
+        }
+    }
+
+    /// @notice What `account` can withdraw in `token`.
+    function balanceOf(address account, address token) external view returns (uint256) {
+        return _balances[account][token];
+    }
+}

@@ -1,0 +1,477 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
+
+/// @title JobMarketplace
+/// @notice Inference sessions paid per token. A client deposits ETH or an allow-listed ERC20
+/// and names an ephemeral session signer; the signer signs EIP-712 vouchers for the cumulative
+/// tokens delivered, so the host is never paid for more than the client signed. The host
+/// settles with its best voucher: payment = tokens * price / 1000, split into a treasury fee
+/// and host earnings, and the rest of the deposit goes back to the client, in one transaction.
+/// If the host vanishes, the client requests close and anyone finalizes after the dispute
+/// window on the best checkpointed voucher. Every session settles exactly once, and
+/// deposit == host earnings + treasury fee + refund, to the wei.
+contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
+    using SafeERC20 for IERC20;
+
+    uint256 public constant PRICE_PRECISION = 1000;
+    uint256 public constant BPS = 10_000;
+    uint16 public constant MAX_FEE_BPS = 2500;
+    /// @notice Gas forwarded with an ETH refund; a receiver that needs more gets a claimable refund.
+    uint256 public constant REFUND_GAS = 50_000;
+    bytes32 public constant VOUCHER_TYPEHASH =
+        keccak256("Voucher(uint256 sessionId,uint256 cumulativeTokens,bytes32 transcriptHash)");
+
+    enum Status {
+        None,
+        Open,
+        CloseRequested,
+        Settled
+    }
+
+    struct Session {
+        address client;
+        address host;
+        address token;
+        address signer;
+        bytes32 modelId;
+        uint256 deposit;
+        uint256 price;
+        uint256 checkpointTokens;
+        bytes32 checkpointTranscript;
+        uint64 openedAt;
+        uint64 expiresAt;
+        uint64 closeRequestedAt;
+        uint16 feeBps;
+        Status status;
+    }
+
+    struct TokenConfig {
+        bool allowed;
+        uint256 minDeposit;
+        uint256 maxDeposit;
+    }
+
+    IModelRegistry public immutable modelRegistry;
+    INodeRegistry public immutable nodeRegistry;
+    IHostEarnings public immutable hostEarnings;
+
+    address public treasury;
+    uint16 public feeBps;
+    uint64 public disputeWindow;
+    uint64 public minDuration;
+    uint64 public maxDuration;
+    uint256 public nextSessionId = 1;
+
+    mapping(uint256 sessionId => Session) private _sessions;
+    mapping(address token => TokenConfig) private _tokenConfigs;
+    /// @notice Refunds whose push failed (e.g. a reverting receiver), claimable by the client.
+    mapping(address client => mapping(address token => uint256)) public pendingRefunds;
+
+    /// @notice Emitted when a client opens a session.
+    event SessionOpened(
+        uint256 indexed sessionId,
+        address indexed client,
+        address indexed host,
+        bytes32 modelId,
+        address token,
+        uint256 deposit,
+        uint256 price,
+        address signer,
+        uint64 expiresAt
+    );
+    /// @notice Emitted when the host records a voucher on-chain without closing.
+    event Checkpointed(uint256 indexed sessionId, uint256 cumulativeTokens, bytes32 transcriptHash);
+    /// @notice Emitted when the client asks to close; finalizable by anyone from `finalizableAt`.
+    event CloseRequested(uint256 indexed sessionId, uint64 finalizableAt);
+    /// @notice Emitted once per session when it settles.
+    event SessionSettled(
+        uint256 indexed sessionId,
+        uint256 tokens,
+        uint256 payment,
+        uint256 hostAmount,
+        uint256 fee,
+        uint256 refund,
+        bytes32 transcriptHash
+    );
+    /// @notice Emitted when a refund could not be pushed and waits in `pendingRefunds`.
+    event RefundDeferred(uint256 indexed sessionId, address indexed client, uint256 amount);
+    /// @notice Emitted when a client claims a deferred refund.
+    event RefundClaimed(address indexed client, address indexed token, uint256 amount);
+    /// @notice Emitted when a payment token's configuration changes (address(0) = ETH).
+    event TokenConfigured(address indexed token, bool allowed, uint256 minDeposit, uint256 maxDeposit);
+    /// @notice Emitted when the fee for new sessions changes.
+    event FeeSet(uint16 feeBps);
+    /// @notice Emitted when the treasury changes.
+    event TreasurySet(address treasury);
+    /// @notice Emitted when the dispute window changes.
+    event DisputeWindowSet(uint64 disputeWindow);
+    /// @notice Emitted when the allowed session durations change.
+    event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
+
+    error TokenNotAllowed(address token);
+    error DepositOutOfRange(uint256 deposit, uint256 minDeposit, uint256 maxDeposit);
+    error WrongValue(uint256 expected, uint256 received);
+    error UnsupportedToken(address token);
+    error InvalidDuration(uint64 duration);
+    error ZeroAddress();
+    error ModelNotActive(bytes32 modelId);
+    error HostNotActive(address host);
+    error HostDoesNotServeModel(address host, bytes32 modelId);
+    error PriceNotOffered(address host, bytes32 modelId, address token);
+    error PriceBelowHostPrice(uint256 price, uint256 hostPrice);
+    error SessionNotOpen(uint256 sessionId);
+    error NotSessionHost(uint256 sessionId);
+    error NotSessionClient(uint256 sessionId);
+    error CloseAlreadyRequested(uint256 sessionId);
+    error InvalidVoucherSignature(uint256 sessionId);
+    error VoucherNotNewer(uint256 cumulativeTokens, uint256 checkpointTokens);
+    error VoucherExceedsDeposit(uint256 cumulativeTokens, uint256 maxTokens);
+    error DisputeWindowOpen(uint64 finalizableAt);
+    error NothingToClaim(address token);
+    error EthTransferFailed();
+    error FeeTooHigh(uint16 feeBps);
+    error InvalidDepositRange();
+
+    constructor(
+        address initialOwner,
+        IModelRegistry modelRegistry_,
+        INodeRegistry nodeRegistry_,
+        IHostEarnings hostEarnings_,
+        address treasury_,
+        uint16 feeBps_,
+        uint64 disputeWindow_
+    ) Ownable(initialOwner) EIP712("Fabstir JobMarketplace", "1") {
+        if (treasury_ == address(0)) revert ZeroAddress();
+        if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
+        modelRegistry = modelRegistry_;
+        nodeRegistry = nodeRegistry_;
+        hostEarnings = hostEarnings_;
+        treasury = treasury_;
+        feeBps = feeBps_;
+        disputeWindow = disputeWindow_;
+        minDuration = 60;
+        maxDuration = 7 days;
+    }
+
+    // ----------------------------------------------------------------- client
+
+    /// @notice Opens a session with `host` for `modelId`, depositing `deposit` of `token`
+    /// (address(0) = ETH, sent as value; an ERC20 must be approved first).
+    /// @param price what the client agrees to pay per PRICE_PRECISION tokens; at least the host's
+    /// current price, which protects the client from a price change racing this transaction
+    /// @param duration seconds until the session expires and can be finalized
+    /// @param signer the ephemeral key that signs this session's vouchers
+    /// @return sessionId the new session's id
+    function open(
+        address host,
+        bytes32 modelId,
+        address token,
+        uint256 deposit,
+        uint256 price,
+        uint64 duration,
+        address signer
+    ) external payable whenNotPaused nonReentrant returns (uint256 sessionId) {
+        _checkDeposit(token, deposit);
+        if (duration < minDuration || duration > maxDuration) revert InvalidDuration(duration);
+        if (signer == address(0)) revert ZeroAddress();
+        _checkHostTerms(host, modelId, token, price);
+
+        sessionId = nextSessionId++;
+        uint64 expiresAt = uint64(block.timestamp) + duration;
+        Session storage s = _sessions[sessionId];
+        s.client = msg.sender;
+        s.host = host;
+        s.token = token;
+        s.signer = signer;
+        s.modelId = modelId;
+        s.deposit = deposit;
+        s.price = price;
+        s.openedAt = uint64(block.timestamp);
+        s.expiresAt = expiresAt;
+        s.feeBps = feeBps;
+        s.status = Status.Open;
+        emit SessionOpened(sessionId, msg.sender, host, modelId, token, deposit, price, signer, expiresAt);
+
+        if (token != address(0)) _pullExactly(IERC20(token), deposit);
+    }
+
+    /// @notice Asks to close session `sessionId`; the host has the dispute window to settle with
+    /// its best voucher, after which anyone may finalize on the best checkpoint.
+    function requestClose(uint256 sessionId) external {
+        Session storage s = _live(sessionId);
+        if (msg.sender != s.client) revert NotSessionClient(sessionId);
+        if (s.status != Status.Open) revert CloseAlreadyRequested(sessionId);
+        s.status = Status.CloseRequested;
+        s.closeRequestedAt = uint64(block.timestamp);
+        emit CloseRequested(sessionId, _finalizableAt(s));
+    }
+
+    /// @notice Sends the caller a refund that could not be pushed at settlement.
+    function claimRefund(address token) external nonReentrant {
+        uint256 amount = pendingRefunds[msg.sender][token];
+        if (amount == 0) revert NothingToClaim(token);
+        pendingRefunds[msg.sender][token] = 0;
+        emit RefundClaimed(msg.sender, token, amount);
+        if (token == address(0)) {
+            (bool ok,) = msg.sender.call{value: amount}("");
+            if (!ok) revert EthTransferFailed();
+        } else {
+            IERC20(token).safeTransfer(msg.sender, amount);
+        }
+    }
+
+    // ----------------------------------------------------------------- host
+
+    /// @notice Records the voucher for `cumulativeTokens` on-chain without closing, so that a
+    /// finalize after a dispute pays at least this much. Host only; counts must increase.
+    function checkpoint(
+        uint256 sessionId,
+        uint256 cumulativeTokens,
+        bytes32 transcriptHash,
+        bytes calldata signature
+    ) external {
+        Session storage s = _live(sessionId);
+        if (msg.sender != s.host) revert NotSessionHost(sessionId);
+        if (cumulativeTokens <= s.checkpointTokens) {
+            revert VoucherNotNewer(cumulativeTokens, s.checkpointTokens);
+        }
+        _verifyVoucher(s, sessionId, cumulativeTokens, transcriptHash, signature);
+        s.checkpointTokens = cumulativeTokens;
+        s.checkpointTranscript = transcriptHash;
+        emit Checkpointed(sessionId, cumulativeTokens, transcriptHash);
+    }
+
+    /// @notice Settles the session with the host's best voucher: pays the host and the treasury
+    /// and refunds the rest of the deposit to the client. Host only; exactly once.
+    function settle(
+        uint256 sessionId,
+        uint256 cumulativeTokens,
+        bytes32 transcriptHash,
+        bytes calldata signature
+    ) external nonReentrant {
+        Session storage s = _live(sessionId);
+        if (msg.sender != s.host) revert NotSessionHost(sessionId);
+        if (cumulativeTokens < s.checkpointTokens) {
+            revert VoucherNotNewer(cumulativeTokens, s.checkpointTokens);
+        }
+        _verifyVoucher(s, sessionId, cumulativeTokens, transcriptHash, signature);
+        _settle(sessionId, s, cumulativeTokens, transcriptHash);
+    }
+
+    // ----------------------------------------------------------------- anyone
+
+    /// @notice Settles on the best checkpointed voucher once the dispute window after a close
+    /// request, or after expiry, has passed.
+    function finalize(uint256 sessionId) external nonReentrant {
+        Session storage s = _live(sessionId);
+        uint64 at = _finalizableAt(s);
+        if (block.timestamp < at) revert DisputeWindowOpen(at);
+        _settle(sessionId, s, s.checkpointTokens, s.checkpointTranscript);
+    }
+
+    // ----------------------------------------------------------------- owner
+
+    /// @notice Allows or forbids `token` (address(0) = ETH) for new sessions, with deposit bounds.
+    function setTokenConfig(address token, bool allowed, uint256 minDeposit, uint256 maxDeposit)
+        external
+        onlyOwner
+    {
+        if (minDeposit > maxDeposit) revert InvalidDepositRange();
+        _tokenConfigs[token] = TokenConfig(allowed, minDeposit, maxDeposit);
+        emit TokenConfigured(token, allowed, minDeposit, maxDeposit);
+    }
+
+    /// @notice Sets the treasury fee for sessions opened from now on.
+    function setFeeBps(uint16 feeBps_) external onlyOwner {
+        if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
+        feeBps = feeBps_;
+        emit FeeSet(feeBps_);
+    }
+
+    /// @notice Sets the account credited with treasury fees.
+    function setTreasury(address treasury_) external onlyOwner {
+        if (treasury_ == address(0)) revert ZeroAddress();
+        treasury = treasury_;
+        emit TreasurySet(treasury_);
+    }
+
+    /// @notice Sets how long a host has to settle after a close request or expiry.
+    function setDisputeWindow(uint64 window) external onlyOwner {
+        disputeWindow = window;
+        emit DisputeWindowSet(window);
+    }
+
+    /// @notice Sets the allowed session durations for new sessions.
+    function setDurationLimits(uint64 minDuration_, uint64 maxDuration_) external onlyOwner {
+        if (minDuration_ == 0 || minDuration_ > maxDuration_) revert InvalidDuration(minDuration_);
+        minDuration = minDuration_;
+        maxDuration = maxDuration_;
+        emit DurationLimitsSet(minDuration_, maxDuration_);
+    }
+
+    /// @notice Stops new sessions. Settlement, finalization and claims keep working.
+    function pause() external onlyOwner {
+        _pause();
+    }
+
+    /// @notice Allows new sessions again.
+    function unpause() external onlyOwner {
+        _unpause();
+    }
+
+    // ----------------------------------------------------------------- views
+
+    /// @notice The session `sessionId` (status None when unknown).
+    function getSession(uint256 sessionId) external view returns (Session memory) {
+        return _sessions[sessionId];
+    }
+
+    /// @notice The configuration of payment token `token`.
+    function getTokenConfig(address token) external view returns (TokenConfig memory) {
+        return _tokenConfigs[token];
+    }
+
+    /// @notice The EIP-712 digest the session signer signs for a voucher.
+    function voucherDigest(uint256 sessionId, uint256 cumulativeTokens, bytes32 transcriptHash)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(VOUCHER_TYPEHASH, sessionId, cumulativeTokens, transcriptHash))
+        );
+    }
+
+    /// @notice The most tokens a voucher may cover: what the deposit pays for at the session price.
+    function maxTokens(uint256 sessionId) external view returns (uint256) {
+        Session storage s = _sessions[sessionId];
+        return s.price == 0 ? 0 : _maxTokens(s);
+    }
+
+    /// @notice When session `sessionId` can be finalized by anyone.
+    function finalizableAt(uint256 sessionId) external view returns (uint64) {
+        return _finalizableAt(_sessions[sessionId]);
+    }
+
+    /// @notice The EIP-712 domain separator vouchers are bound to (chain and contract).
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    // ----------------------------------------------------------------- internals
+
+    function _checkDeposit(address token, uint256 deposit) private view {
+        TokenConfig storage config = _tokenConfigs[token];
+        if (!config.allowed) revert TokenNotAllowed(token);
+        if (deposit < config.minDeposit || deposit > config.maxDeposit) {
+            revert DepositOutOfRange(deposit, config.minDeposit, config.maxDeposit);
+        }
+        uint256 expectedValue = token == address(0) ? deposit : 0;
+        if (msg.value != expectedValue) revert WrongValue(expectedValue, msg.value);
+    }
+
+    function _checkHostTerms(address host, bytes32 modelId, address token, uint256 price) private view {
+        if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
+        if (!nodeRegistry.isActiveHost(host)) revert HostNotActive(host);
+        if (!nodeRegistry.servesModel(host, modelId)) revert HostDoesNotServeModel(host, modelId);
+        uint256 hostPrice = nodeRegistry.getPrice(host, modelId, token);
+        if (hostPrice == 0) revert PriceNotOffered(host, modelId, token);
+        if (price < hostPrice) revert PriceBelowHostPrice(price, hostPrice);
+    }
+
+    /// @dev Fee-on-transfer and rebasing tokens would break exact accounting: refuse them.
+    function _pullExactly(IERC20 token, uint256 amount) private {
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        if (token.balanceOf(address(this)) - before != amount) revert UnsupportedToken(address(token));
+    }
+
+    function _live(uint256 sessionId) private view returns (Session storage s) {
+        s = _sessions[sessionId];
+        if (s.status != Status.Open && s.status != Status.CloseRequested) {
+            revert SessionNotOpen(sessionId);
+        }
+    }
+
+    /// @dev The largest t with t * price / PRICE_PRECISION <= deposit (integer division).
+    function _maxTokens(Session storage s) private view returns (uint256) {
+        return ((s.deposit + 1) * PRICE_PRECISION - 1) / s.price;
+    }
+
+    function _verifyVoucher(
+        Session storage s,
+        uint256 sessionId,
+        uint256 cumulativeTokens,
+        bytes32 transcriptHash,
+        bytes calldata signature
+    ) private view {
+        (address recovered, ECDSA.RecoverError err,) =
+            ECDSA.tryRecover(voucherDigest(sessionId, cumulativeTokens, transcriptHash), signature);
+        if (err != ECDSA.RecoverError.NoError || recovered != s.signer) {
+            revert InvalidVoucherSignature(sessionId);
+        }
+        if (cumulativeTokens * s.price / PRICE_PRECISION > s.deposit) {
+            revert VoucherExceedsDeposit(cumulativeTokens, _maxTokens(s));
+        }
+    }
+
+    function _finalizableAt(Session storage s) private view returns (uint64 at) {
+        at = s.expiresAt + disputeWindow;
+        if (s.closeRequestedAt != 0 && s.closeRequestedAt + disputeWindow < at) {
+            at = s.closeRequestedAt + disputeWindow;
+        }
+    }
+
+    function _settle(uint256 sessionId, Session storage s, uint256 tokens, bytes32 transcriptHash)
+        private
+    {
+        uint256 payment = tokens * s.price / PRICE_PRECISION;
+        uint256 fee = payment * s.feeBps / BPS;
+        uint256 hostAmount = payment - fee;
+        uint256 refund = s.deposit - payment;
+        s.status = Status.Settled;
+        s.checkpointTokens = tokens;
+        s.checkpointTranscript = transcriptHash;
+        emit SessionSettled(sessionId, tokens, payment, hostAmount, fee, refund, transcriptHash);
+
+        _creditEarnings(s.token, s.host, hostAmount, fee);
+        if (refund != 0) _refund(sessionId, s.client, s.token, refund);
+    }
+
+    function _creditEarnings(address token, address host, uint256 hostAmount, uint256 fee) private {
+        if (token == address(0)) {
+            if (hostAmount != 0) hostEarnings.credit{value: hostAmount}(host, token, hostAmount);
+            if (fee != 0) hostEarnings.credit{value: fee}(treasury, token, fee);
+        } else {
+            if (hostAmount + fee != 0) IERC20(token).safeTransfer(address(hostEarnings), hostAmount + fee);
+            if (hostAmount != 0) hostEarnings.credit(host, token, hostAmount);
+            if (fee != 0) hostEarnings.credit(treasury, token, fee);
+        }
+    }
+
+    /// @dev Pushes the refund; if the receiver refuses it, it waits in pendingRefunds so a
+    /// hostile client can never block the host's settlement.
+    function _refund(uint256 sessionId, address client, address token, uint256 amount) private {
+        bool ok;
+        if (token == address(0)) {
+            (ok,) = client.call{value: amount, gas: REFUND_GAS}("");
+        } else {
+            ok = IERC20(token).trySafeTransfer(client, amount);
+        }
+        if (!ok) {
+            pendingRefunds[client][token] += amount;
+            emit RefundDeferred(sessionId, client, amount);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+
+/// @title ModelRegistry
+/// @notice Registry of servable models. A model's id is keccak256(repo + "/" + file) (the
+/// original Fabstir scheme) and it pins the sha256 of the GGUF file: a node refuses to serve
+/// a file whose hash differs. The owner (later: governance) curates the list.
+contract ModelRegistry is IModelRegistry, Ownable {
+    struct ModelInput {
+        string repo;
+        string file;
+        bytes32 sha256Hash;
+        uint8 tier;
+    }
+
+    mapping(bytes32 modelId => Model) private _models;
+
+    /// @notice Emitted when a model is added.
+    event ModelAdded(bytes32 indexed modelId, string repo, string file, bytes32 sha256Hash, uint8 tier);
+    /// @notice Emitted when a model is deactivated.
+    event ModelDeactivated(bytes32 indexed modelId);
+    /// @notice Emitted when a model is reactivated.
+    event ModelReactivated(bytes32 indexed modelId);
+
+    error ModelAlreadyExists(bytes32 modelId);
+    error UnknownModel(bytes32 modelId);
+    error ModelNotActive(bytes32 modelId);
+    error ModelAlreadyActive(bytes32 modelId);
+    error EmptyModelName();
+    error ZeroHash();
+
+    constructor(address initialOwner) Ownable(initialOwner) {}
+
+    /// @notice The id of the model stored as `file` in `repo`.
+    function modelIdOf(string calldata repo, string calldata file) public pure returns (bytes32) {
+        return keccak256(abi.encodePacked(repo, "/", file));
+    }
+
+    /// @notice Adds an active model pinned to `sha256Hash`; returns its id.
+    function addModel(string calldata repo, string calldata file, bytes32 sha256Hash, uint8 tier)
+        external
+        onlyOwner
+        returns (bytes32)
+    {
+        return _add(repo, file, sha256Hash, tier);
+    }
+
+    /// @notice Adds several models in one transaction; reverts as a whole if any is invalid.
+    function addModels(ModelInput[] calldata inputs) external onlyOwner returns (bytes32[] memory ids) {
+        ids = new bytes32[](inputs.length);
+        for (uint256 i = 0; i < inputs.length; ++i) {
+            ids[i] = _add(inputs[i].repo, inputs[i].file, inputs[i].sha256Hash, inputs[i].tier);
+        }
+    }
+
+    /// @notice Stops new sessions and registrations for `modelId`; running sessions still settle.
+    function deactivateModel(bytes32 modelId) external onlyOwner {
+        Model storage model = _existing(modelId);
+        if (!model.active) revert ModelNotActive(modelId);
+        model.active = false;
+        emit ModelDeactivated(modelId);
+    }
+
+    /// @notice Makes a deactivated model servable again.
+    function reactivateModel(bytes32 modelId) external onlyOwner {
+        Model storage model = _existing(modelId);
+        if (model.active) revert ModelAlreadyActive(modelId);
+        model.active = true;
+        emit ModelReactivated(modelId);
+    }
+
+    /// @inheritdoc IModelRegistry
+    function getModel(bytes32 modelId) external view returns (Model memory) {
+        return _existing(modelId);
+    }
+
+    /// @inheritdoc IModelRegistry
+    function isActive(bytes32 modelId) external view returns (bool) {
+        return _models[modelId].active;
+    }
+
+    function _add(string calldata repo, string calldata file, bytes32 sha256Hash, uint8 tier)
+        private
+        returns (bytes32 modelId)
+    {
+        if (bytes(repo).length == 0 || bytes(file).length == 0) revert EmptyModelName();
+        if (sha256Hash == bytes32(0)) revert ZeroHash();
+        modelId = modelIdOf(repo, file);
+        if (_models[modelId].addedAt != 0) revert ModelAlreadyExists(modelId);
+        _models[modelId] = Model({
+            repo: repo,
+            file: file,
+            sha256Hash: sha256Hash,
+            tier: tier,
+            active: true,
+            addedAt: uint64(block.timestamp)
+        });
+        emit ModelAdded(modelId, repo, file, sha256Hash, tier);
+    }
+
+    function _existing(bytes32 modelId) private view returns (Model storage model) {
+        model = _models[modelId];
+        if (model.addedAt == 0) revert UnknownModel(modelId);
+    }
+}

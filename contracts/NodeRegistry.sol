@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+
+/// @title NodeRegistry
+/// @notice Hosts stake FAB to offer models at their own prices. The registry binds a host's
+/// Ethereum address to its libp2p peer id, which clients check against the Noise-authenticated
+/// remote peer. Unregistering starts an unbonding delay so a host cannot escape a slash.
+contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    /// @notice payment = tokens * price / PRICE_PRECISION.
+    uint256 public constant PRICE_PRECISION = 1000;
+    uint256 public constant MAX_MODELS = 32;
+    uint256 public constant MAX_ADDRS = 8;
+    uint256 public constant MAX_PEER_ID_LENGTH = 64;
+    uint256 public constant MAX_METADATA_LENGTH = 4096;
+
+    struct Node {
+        bytes peerId;
+        string[] addrs;
+        string metadata;
+        bytes32[] models;
+        uint256 stake;
+        uint64 registeredAt;
+        uint64 unbondingEnds;
+    }
+
+    struct PriceInput {
+        bytes32 modelId;
+        address token;
+        uint256 price;
+    }
+
+    IERC20 public immutable stakeToken;
+    IModelRegistry public immutable modelRegistry;
+    uint256 public minStake;
+    uint64 public unbondingDelay;
+
+    mapping(address host => Node) private _nodes;
+    mapping(bytes32 peerIdHash => address host) private _hostOfPeerId;
+    mapping(bytes32 modelId => address[] hosts) private _hostsByModel;
+    mapping(bytes32 modelId => mapping(address host => uint256 indexPlusOne)) private _hostIndex;
+    mapping(address host => mapping(bytes32 modelId => mapping(address token => uint256))) private
+        _prices;
+
+    /// @notice Emitted when `host` registers with `stake`.
+    event NodeRegistered(address indexed host, bytes peerId, uint256 stake);
+    /// @notice Emitted when `host` changes its peer id or addresses.
+    event EndpointUpdated(address indexed host, bytes peerId, string[] addrs);
+    /// @notice Emitted when `host` changes its metadata.
+    event MetadataUpdated(address indexed host, string metadata);
+    /// @notice Emitted when `host` changes the set of models it serves.
+    event ModelsUpdated(address indexed host, bytes32[] models);
+    /// @notice Emitted when `host` sets its price for `modelId` in `token`.
+    event PriceSet(address indexed host, bytes32 indexed modelId, address indexed token, uint256 price);
+    /// @notice Emitted when `host` adds stake.
+    event StakeAdded(address indexed host, uint256 amount, uint256 total);
+    /// @notice Emitted when `host` unregisters; its stake is withdrawable at `unbondingEnds`.
+    event NodeUnregistered(address indexed host, uint64 unbondingEnds);
+    /// @notice Emitted when `host` withdraws its stake after unbonding.
+    event StakeWithdrawn(address indexed host, uint256 amount);
+    /// @notice Emitted when the owner slashes `amount` of `host`'s stake to `recipient`.
+    event NodeSlashed(address indexed host, uint256 amount, address recipient);
+    /// @notice Emitted when the minimum stake changes.
+    event MinStakeSet(uint256 minStake);
+    /// @notice Emitted when the unbonding delay changes.
+    event UnbondingDelaySet(uint64 delay);
+
+    error AlreadyRegistered(address host);
+    error NotRegistered(address host);
+    error NotUnbonding(address host);
+    error StillUnbonding(uint64 unbondingEnds);
+    error StakeTooLow(uint256 stake, uint256 minStake);
+    error InvalidPeerId();
+    error PeerIdTaken(address host);
+    error TooManyAddrs(uint256 count);
+    error MetadataTooLong(uint256 length);
+    error NoModels();
+    error TooManyModels(uint256 count);
+    error DuplicateModel(bytes32 modelId);
+    error ModelNotActive(bytes32 modelId);
+    error ModelNotServed(bytes32 modelId);
+    error ZeroAmount();
+    error SlashExceedsStake(uint256 amount, uint256 stake);
+    error ZeroAddress();
+
+    modifier onlyActiveHost() {
+        if (!isActiveHost(msg.sender)) revert NotRegistered(msg.sender);
+        _;
+    }
+
+    constructor(
+        address initialOwner,
+        IERC20 stakeToken_,
+        IModelRegistry modelRegistry_,
+        uint256 minStake_,
+        uint64 unbondingDelay_
+    ) Ownable(initialOwner) {
+        stakeToken = stakeToken_;
+        modelRegistry = modelRegistry_;
+        minStake = minStake_;
+        unbondingDelay = unbondingDelay_;
+    }
+
+    // ----------------------------------------------------------------- host actions
+
+    /// @notice Registers the caller as a host, pulling `stake` FAB (approve it first).
+    /// @param peerId the libp2p peer id (multihash bytes) the host's node authenticates as
+    /// @param addrs bootstrap multiaddrs, at most MAX_ADDRS
+    /// @param metadata JSON: hardware, location, max concurrency
+    /// @param models the model ids served, each active in the ModelRegistry
+    /// @param prices prices per model and payment token (address(0) = ETH)
+    function register(
+        bytes calldata peerId,
+        string[] calldata addrs,
+        string calldata metadata,
+        bytes32[] calldata models,
+        PriceInput[] calldata prices,
+        uint256 stake
+    ) external nonReentrant {
+        Node storage node = _nodes[msg.sender];
+        if (node.registeredAt != 0) revert AlreadyRegistered(msg.sender);
+        if (stake < minStake) revert StakeTooLow(stake, minStake);
+        node.registeredAt = uint64(block.timestamp);
+        node.stake = stake;
+        _setEndpoint(node, peerId, addrs);
+        _setMetadata(node, metadata);
+        _setModels(node, models);
+        _setPrices(prices);
+        emit NodeRegistered(msg.sender, peerId, stake);
+        stakeToken.safeTransferFrom(msg.sender, address(this), stake);
+    }
+
+    /// @notice Replaces the caller's peer id and bootstrap addresses.
+    function updateEndpoint(bytes calldata peerId, string[] calldata addrs) external onlyActiveHost {
+        _setEndpoint(_nodes[msg.sender], peerId, addrs);
+    }
+
+    /// @notice Replaces the caller's metadata JSON.
+    function updateMetadata(string calldata metadata) external onlyActiveHost {
+        _setMetadata(_nodes[msg.sender], metadata);
+    }
+
+    /// @notice Replaces the set of models the caller serves. Prices of dropped models stop applying.
+    function updateModels(bytes32[] calldata models) external onlyActiveHost {
+        Node storage node = _nodes[msg.sender];
+        _clearModels(node);
+        _setModels(node, models);
+    }
+
+    /// @notice Sets prices for models the caller serves; a zero price stops accepting that token.
+    function setPrices(PriceInput[] calldata prices) external onlyActiveHost {
+        _setPrices(prices);
+    }
+
+    /// @notice Adds `amount` FAB to the caller's stake.
+    function addStake(uint256 amount) external onlyActiveHost nonReentrant {
+        if (amount == 0) revert ZeroAmount();
+        Node storage node = _nodes[msg.sender];
+        node.stake += amount;
+        emit StakeAdded(msg.sender, amount, node.stake);
+        stakeToken.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @notice Stops serving and starts the unbonding delay; the stake stays slashable until then.
+    function unregister() external onlyActiveHost {
+        Node storage node = _nodes[msg.sender];
+        _clearModels(node);
+        delete _hostOfPeerId[keccak256(node.peerId)];
+        node.unbondingEnds = uint64(block.timestamp) + unbondingDelay;
+        emit NodeUnregistered(msg.sender, node.unbondingEnds);
+    }
+
+    /// @notice Returns the caller's stake once its unbonding delay has passed and forgets the host.
+    function withdrawStake() external nonReentrant {
+        Node storage node = _nodes[msg.sender];
+        if (node.unbondingEnds == 0) revert NotUnbonding(msg.sender);
+        if (block.timestamp < node.unbondingEnds) revert StillUnbonding(node.unbondingEnds);
+        uint256 amount = node.stake;
+        delete _nodes[msg.sender];
+        emit StakeWithdrawn(msg.sender, amount);
+        stakeToken.safeTransfer(msg.sender, amount);
+    }
+
+    // ----------------------------------------------------------------- owner actions
+
+    /// @notice Takes `amount` of `host`'s stake (active or unbonding) and sends it to `recipient`.
+    function slash(address host, uint256 amount, address recipient) external onlyOwner nonReentrant {
+        Node storage node = _nodes[host];
+        if (node.registeredAt == 0) revert NotRegistered(host);
+        if (recipient == address(0)) revert ZeroAddress();
+        if (amount == 0) revert ZeroAmount();
+        if (amount > node.stake) revert SlashExceedsStake(amount, node.stake);
+        node.stake -= amount;
+        emit NodeSlashed(host, amount, recipient);
+        stakeToken.safeTransfer(recipient, amount);
+    }
+
+    /// @notice Sets the minimum stake for new registrations.
+    function setMinStake(uint256 minStake_) external onlyOwner {
+        minStake = minStake_;
+        emit MinStakeSet(minStake_);
+    }
+
+    /// @notice Sets the unbonding delay for future unregistrations.
+    function setUnbondingDelay(uint64 delay) external onlyOwner {
+        unbondingDelay = delay;
+        emit UnbondingDelaySet(delay);
+    }
+
+    // ----------------------------------------------------------------- views
+
+    /// @notice The full record of `host` (empty when unknown).
+    function getNode(address host) external view returns (Node memory) {
+        return _nodes[host];
+    }
+
+    /// @notice The active host registered with libp2p `peerId`, or address(0).
+    function hostOfPeerId(bytes calldata peerId) external view returns (address) {
+        return _hostOfPeerId[keccak256(peerId)];
+    }
+
+    /// @inheritdoc INodeRegistry
+    function isActiveHost(address host) public view returns (bool) {
+        Node storage node = _nodes[host];
+        return node.registeredAt != 0 && node.unbondingEnds == 0;
+    }
+
+    /// @inheritdoc INodeRegistry
+    function servesModel(address host, bytes32 modelId) public view returns (bool) {
+        return _hostIndex[modelId][host] != 0;
+    }
+
+    /// @inheritdoc INodeRegistry
+    function getPrice(address host, bytes32 modelId, address token) external view returns (uint256) {
+        if (!servesModel(host, modelId)) return 0;
+        return _prices[host][modelId][token];
+    }
+
+    /// @notice How many active hosts serve `modelId`.
+    function hostCountForModel(bytes32 modelId) external view returns (uint256) {
+        return _hostsByModel[modelId].length;
+    }
+
+    /// @notice A page of the hosts serving `modelId` (order changes as hosts leave).
+    function hostsForModel(bytes32 modelId, uint256 offset, uint256 limit)
+        external
+        view
+        returns (address[] memory page)
+    {
+        address[] storage hosts = _hostsByModel[modelId];
+        if (offset >= hosts.length) return new address[](0);
+        uint256 end = offset + limit > hosts.length ? hosts.length : offset + limit;
+        page = new address[](end - offset);
+        for (uint256 i = offset; i < end; ++i) {
+            page[i - offset] = hosts[i];
+        }
+    }
+
+    // ----------------------------------------------------------------- internals
+
+    function _setEndpoint(Node storage node, bytes calldata peerId, string[] calldata addrs) private {
+        if (peerId.length == 0 || peerId.length > MAX_PEER_ID_LENGTH) revert InvalidPeerId();
+        if (addrs.length > MAX_ADDRS) revert TooManyAddrs(addrs.length);
+        bytes32 key = keccak256(peerId);
+        address owner_ = _hostOfPeerId[key];
+        if (owner_ != address(0) && owner_ != msg.sender) revert PeerIdTaken(owner_);
+        if (node.peerId.length != 0) delete _hostOfPeerId[keccak256(node.peerId)];
+        _hostOfPeerId[key] = msg.sender;
+        node.peerId = peerId;
+        delete node.addrs;
+        for (uint256 i = 0; i < addrs.length; ++i) {
+            node.addrs.push(addrs[i]);
+        }
+        emit EndpointUpdated(msg.sender, peerId, addrs);
+    }
+
+    function _setMetadata(Node storage node, string calldata metadata) private {
+        if (bytes(metadata).length > MAX_METADATA_LENGTH) revert MetadataTooLong(bytes(metadata).length);
+        node.metadata = metadata;
+        emit MetadataUpdated(msg.sender, metadata);
+    }
+
+    function _setModels(Node storage node, bytes32[] calldata models) private {
+        if (models.length == 0) revert NoModels();
+        if (models.length > MAX_MODELS) revert TooManyModels(models.length);
+        for (uint256 i = 0; i < models.length; ++i) {
+            bytes32 modelId = models[i];
+            if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
+            if (_hostIndex[modelId][msg.sender] != 0) revert DuplicateModel(modelId);
+            _hostsByModel[modelId].push(msg.sender);
+            _hostIndex[modelId][msg.sender] = _hostsByModel[modelId].length;
+        }
+        node.models = models;
+        emit ModelsUpdated(msg.sender, models);
+    }
+
+    /// @dev Bounded by MAX_MODELS: removes the caller from each served model's host list.
+    function _clearModels(Node storage node) private {
+        bytes32[] storage models = node.models;
+        for (uint256 i = 0; i < models.length; ++i) {
+            bytes32 modelId = models[i];
+            address[] storage hosts = _hostsByModel[modelId];
+            uint256 index = _hostIndex[modelId][msg.sender] - 1;
+            address last = hosts[hosts.length - 1];
+            hosts[index] = last;
+            _hostIndex[modelId][last] = index + 1;
+            hosts.pop();
+            delete _hostIndex[modelId][msg.sender];
+        }
+        delete node.models;
+    }
+
+    function _setPrices(PriceInput[] calldata prices) private {
+        for (uint256 i = 0; i < prices.length; ++i) {
+            PriceInput calldata p = prices[i];
+            if (!servesModel(msg.sender, p.modelId)) revert ModelNotServed(p.modelId);
+            _prices[msg.sender][p.modelId][p.token] = p.price;
+            emit PriceSet(msg.sender, p.modelId, p.token, p.price);
+        }
+    }
+}

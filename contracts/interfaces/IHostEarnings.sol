@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+/// @title IHostEarnings
+/// @notice Pull-payment ledger the marketplace credits and hosts (and the treasury) withdraw from.
+interface IHostEarnings {
+    /// @notice Credits `amount` of `token` (address(0) = ETH, sent as value) to `account`.
+    /// @dev For ERC20 the caller transfers the tokens to this contract first.
+    function credit(address account, address token, uint256 amount) external payable;
+}

@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+/// @title INodeRegistry
+/// @notice Staked hosts, the models they serve and their prices.
+interface INodeRegistry {
+    /// @notice True when `host` is registered and not unbonding.
+    function isActiveHost(address host) external view returns (bool);
+
+    /// @notice True when active `host` serves `modelId`.
+    function servesModel(address host, bytes32 modelId) external view returns (bool);
+
+    /// @notice Price `host` asks for `modelId` paid in `token` (address(0) = ETH), per
+    /// PRICE_PRECISION tokens: payment = tokens * price / 1000. Zero means "not accepted".
+    function getPrice(address host, bytes32 modelId, address token) external view returns (uint256);
+}
