@@ -29,12 +29,13 @@ esac
 exec node "{wrapper}" "$@"
 """
 
+# One line, executed by site.py at interpreter start (no nested scopes allowed there).
 PTH = (
     "import os; "
     "os.environ.setdefault('SOLCX_BINARY_PATH', {solc_dir!r}); "
     "p = os.environ.get('PATH', ''); "
-    "os.environ['PATH'] = os.pathsep.join(x for x in ({node_bin!r}, {venv_bin!r}) "
-    "if x not in p.split(os.pathsep)) + os.pathsep + p\n"
+    "os.environ['PATH'] = p if {node_bin!r} in p.split(os.pathsep) "
+    "else os.pathsep.join([{node_bin!r}, {venv_bin!r}, p])\n"
 )
 
 

@@ -1,0 +1,187 @@
+"""Fixtures for the contract suite: the whole protocol deployed fresh on the test network.
+
+Ape snapshots the chain around every test scope: what a session-scoped fixture does stays for
+every later test, so only deployments are session-scoped; registrations are per test.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from hypothesis import HealthCheck, settings
+
+from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
+
+ETH = "0x0000000000000000000000000000000000000000"
+ETHER = 10**18
+MIN_STAKE = 100 * ETHER
+UNBONDING = 7 * 24 * 3600
+FEE_BPS = 1000
+DISPUTE_WINDOW = 3600
+ETH_PRICE = 2 * 10**12  # wei per 1000 tokens
+USD_PRICE = 2_000  # micro-dollars per 1000 tokens
+MODEL = ("unsloth/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MODEL_SHA = bytes.fromhex("11" * 32)
+PEER_ID = bytes.fromhex("0024080112204a") + b"\x01" * 32
+ADDRS = ["/ip4/127.0.0.1/tcp/4001"]
+
+settings.register_profile(
+    "default",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session")
+def owner(accounts: Any) -> Any:
+    return accounts[0]
+
+
+@pytest.fixture(scope="session")
+def treasury(accounts: Any) -> Any:
+    return accounts[1]
+
+
+@pytest.fixture(scope="session")
+def host(accounts: Any) -> Any:
+    return accounts[2]
+
+
+@pytest.fixture(scope="session")
+def host2(accounts: Any) -> Any:
+    return accounts[3]
+
+
+@pytest.fixture(scope="session")
+def client(accounts: Any) -> Any:
+    return accounts[4]
+
+
+@pytest.fixture(scope="session")
+def stranger(accounts: Any) -> Any:
+    return accounts[5]
+
+
+@pytest.fixture(scope="session")
+def fab(project: Any, owner: Any) -> Any:
+    return owner.deploy(project.FabToken, owner)
+
+
+@pytest.fixture(scope="session")
+def usd(project: Any, owner: Any) -> Any:
+    return owner.deploy(project.TestUSD)
+
+
+@pytest.fixture(scope="session")
+def models(project: Any, owner: Any) -> Any:
+    return owner.deploy(project.ModelRegistry, owner)
+
+
+@pytest.fixture(scope="session")
+def model_id(models: Any, owner: Any) -> bytes:
+    models.addModel(*MODEL, MODEL_SHA, 1, sender=owner)
+    return bytes(models.modelIdOf(*MODEL))
+
+
+@pytest.fixture(scope="session")
+def nodes(project: Any, owner: Any, fab: Any, models: Any) -> Any:
+    return owner.deploy(project.NodeRegistry, owner, fab, models, MIN_STAKE, UNBONDING)
+
+
+@pytest.fixture(scope="session")
+def earnings(project: Any, owner: Any) -> Any:
+    return owner.deploy(project.HostEarnings, owner)
+
+
+@pytest.fixture(scope="session")
+def market(
+    project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, earnings: Any, usd: Any
+) -> Any:
+    market = owner.deploy(
+        project.JobMarketplace, owner, models, nodes, earnings, treasury, FEE_BPS, DISPUTE_WINDOW
+    )
+    earnings.setMarketplace(market, sender=owner)
+    market.setTokenConfig(ETH, True, 10**9, 100 * ETHER, sender=owner)
+    market.setTokenConfig(usd, True, 10**4, 10**12, sender=owner)
+    return market
+
+
+def register_host(
+    host: Any, fab: Any, nodes: Any, owner: Any, model_id: bytes, usd: Any, peer_id: bytes = PEER_ID
+) -> None:
+    fab.mint(host, MIN_STAKE, sender=owner)
+    fab.approve(nodes, MIN_STAKE, sender=host)
+    prices = [(model_id, ETH, ETH_PRICE), (model_id, usd.address, USD_PRICE)]
+    nodes.register(peer_id, ADDRS, '{"gpu":"none"}', [model_id], prices, MIN_STAKE, sender=host)
+
+
+@pytest.fixture
+def registered(host: Any, fab: Any, nodes: Any, owner: Any, model_id: bytes, usd: Any) -> Any:
+    register_host(host, fab, nodes, owner, model_id, usd)
+    return host
+
+
+@dataclass
+class Opened:
+    """A session opened by a test, with the key that signs its vouchers."""
+
+    id: int
+    signer: LocalAccount
+    domain: VoucherDomain
+
+    def voucher(self, tokens: int, transcript: bytes = b"\x00" * 32) -> Voucher:
+        return sign_voucher(self.signer, self.domain, self.id, tokens, transcript)
+
+
+@pytest.fixture(scope="session")
+def domain(chain: Any, market: Any) -> VoucherDomain:
+    return VoucherDomain(chain.chain_id, market.address)
+
+
+@pytest.fixture
+def open_session(market: Any, registered: Any, model_id: bytes, client: Any, domain: VoucherDomain):
+    """Opens a session paid in ETH (or ``token``) and returns it with its signer."""
+
+    def _open(
+        deposit: int = 10**15,
+        price: int = ETH_PRICE,
+        token: Any = None,
+        sender: Any = None,
+        duration: int = 3600,
+        host: Any = None,
+    ) -> Opened:
+        signer = Account.create()
+        sender = sender or client
+        token_address = ETH if token is None else token.address
+        value = deposit if token is None else 0
+        if token is not None:
+            token.mint(sender, deposit, sender=sender)
+            token.approve(market, deposit, sender=sender)
+        receipt = market.open(
+            host or registered,
+            model_id,
+            token_address,
+            deposit,
+            price,
+            duration,
+            signer.address,
+            value=value,
+            sender=sender,
+        )
+        session_id = receipt.events.filter(market.SessionOpened)[0].sessionId
+        return Opened(session_id, signer, domain)
+
+    return _open

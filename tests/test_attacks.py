@@ -1,0 +1,204 @@
+"""Attacks that must fail: forged, replayed and cross-domain vouchers, double settlement,
+over-claiming, reentrancy from a hostile token or client, fee-on-transfer tokens."""
+
+from typing import Any
+
+import ape
+import pytest
+from conftest import ETH, ETH_PRICE, Opened
+from eth_account import Account
+
+from fabstir_sdk.contracts import VoucherDomain, sign_voucher
+
+
+def test_voucher_signed_by_someone_else(market: Any, open_session: Any, registered: Any) -> None:
+    opened = open_session()
+    forged = sign_voucher(Account.create(), opened.domain, opened.id, 100)
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.settle(*forged.as_args(), sender=registered)
+
+
+def test_garbage_signature(market: Any, open_session: Any, registered: Any) -> None:
+    opened = open_session()
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.settle(opened.id, 1, b"\x00" * 32, b"\x01" * 65, sender=registered)
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.settle(opened.id, 1, b"\x00" * 32, b"\x01" * 10, sender=registered)
+
+
+def test_voucher_replayed_on_another_session(
+    market: Any, open_session: Any, registered: Any
+) -> None:
+    first = open_session()
+    second = open_session()
+    # A key that signs for one session cannot sign for another.
+    reused = Opened(second.id, first.signer, first.domain)
+    market.settle(*first.voucher(100).as_args(), sender=registered)
+    _, tokens, transcript, signature = first.voucher(100).as_args()
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.settle(second.id, tokens, transcript, signature, sender=registered)
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.settle(*reused.voucher(100).as_args(), sender=registered)
+
+
+@pytest.mark.parametrize("where", ["chain", "contract"])
+def test_voucher_from_another_domain(
+    market: Any, open_session: Any, registered: Any, where: str
+) -> None:
+    opened = open_session()
+    d = opened.domain
+    other = (
+        VoucherDomain(d.chain_id + 1, d.marketplace)
+        if where == "chain"
+        else VoucherDomain(d.chain_id, registered.address)
+    )
+    voucher = sign_voucher(opened.signer, other, opened.id, 100)
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.settle(*voucher.as_args(), sender=registered)
+    with ape.reverts(market.InvalidVoucherSignature):
+        market.checkpoint(*voucher.as_args(), sender=registered)
+
+
+def test_host_cannot_settle_twice(market: Any, open_session: Any, registered: Any) -> None:
+    opened = open_session()
+    market.settle(*opened.voucher(100).as_args(), sender=registered)
+    with ape.reverts(market.SessionNotOpen):
+        market.settle(*opened.voucher(200).as_args(), sender=registered)
+    with ape.reverts(market.SessionNotOpen):
+        market.finalize(opened.id, sender=registered)
+
+
+def test_non_host_cannot_checkpoint(
+    market: Any, open_session: Any, client: Any, stranger: Any
+) -> None:
+    opened = open_session()
+    for who in (client, stranger):
+        with ape.reverts(market.NotSessionHost):
+            market.checkpoint(*opened.voucher(10).as_args(), sender=who)
+
+
+def test_decreasing_vouchers(market: Any, open_session: Any, registered: Any) -> None:
+    opened = open_session()
+    market.checkpoint(*opened.voucher(50).as_args(), sender=registered)
+    with ape.reverts(market.VoucherNotNewer):
+        market.checkpoint(*opened.voucher(49).as_args(), sender=registered)
+    with ape.reverts(market.VoucherNotNewer):
+        market.settle(*opened.voucher(1).as_args(), sender=registered)
+
+
+def test_tokens_beyond_deposit(
+    market: Any, open_session: Any, registered: Any, client: Any
+) -> None:
+    deposit = 10**15 + 7
+    opened = open_session(deposit=deposit)
+    limit = market.maxTokens(opened.id)
+    assert limit * ETH_PRICE // 1000 <= deposit < (limit + 1) * ETH_PRICE // 1000
+    with ape.reverts(market.VoucherExceedsDeposit):
+        market.checkpoint(*opened.voucher(limit + 1).as_args(), sender=registered)
+    with ape.reverts(market.VoucherExceedsDeposit):
+        market.settle(*opened.voucher(limit + 1).as_args(), sender=registered)
+    before = client.balance
+    market.settle(*opened.voucher(limit).as_args(), sender=registered)
+    assert client.balance - before == deposit - limit * ETH_PRICE // 1000
+
+
+@pytest.fixture
+def evil(project: Any, owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes) -> Any:
+    token = owner.deploy(project.ReentrantToken)
+    market.setTokenConfig(token, True, 1, 10**30, sender=owner)
+    nodes.setPrices([(model_id, token.address, 1000)], sender=registered)
+    return token
+
+
+def test_reentrant_token_cannot_reenter_settlement(
+    market: Any, earnings: Any, open_session: Any, registered: Any, client: Any, evil: Any,
+    treasury: Any,
+) -> None:
+    deposit = 10**6
+    opened = open_session(deposit=deposit, price=1000, token=evil)
+    voucher = opened.voucher(1000)
+    # During the settlement's token transfer, re-enter settle with the same voucher.
+    evil.arm(market, market.settle.as_transaction(*voucher.as_args(), sender=registered).data,
+             sender=client)
+    market.settle(*voucher.as_args(), sender=registered)
+    assert not evil.lastCallSucceeded()
+    assert evil.balanceOf(client) == deposit - 1000
+    assert earnings.balanceOf(registered, evil) + earnings.balanceOf(treasury, evil) == 1000
+    assert evil.balanceOf(market) == 0
+
+
+def test_reentrant_token_cannot_reenter_open(
+    market: Any, open_session: Any, client: Any, evil: Any, registered: Any, model_id: bytes
+) -> None:
+    signer = Account.create().address
+    evil.mint(client, 10**6, sender=client)
+    evil.approve(market, 10**6, sender=client)
+    call = market.open.as_transaction(
+        registered, model_id, evil, 10, 1000, 3600, signer, sender=client
+    ).data
+    evil.arm(market, call, sender=client)
+    market.open(registered, model_id, evil, 10**6, 1000, 3600, signer, sender=client)
+    assert not evil.lastCallSucceeded()
+    assert market.nextSessionId() == 2
+
+
+def test_fee_on_transfer_token_refused(
+    market: Any, open_session: Any, evil: Any, client: Any
+) -> None:
+    evil.setTransferFee(100, sender=client)
+    with ape.reverts(market.UnsupportedToken):
+        open_session(deposit=10**6, price=1000, token=evil)
+
+
+@pytest.fixture
+def hostile(project: Any, owner: Any) -> Any:
+    return owner.deploy(project.HostileClient)
+
+
+def open_as(hostile: Any, market: Any, registered: Any, model_id: bytes, deposit: int) -> Opened:
+    signer = Account.create()
+    data = market.open.as_transaction(
+        registered, model_id, ETH, deposit, ETH_PRICE, 3600, signer.address, value=deposit,
+        sender=registered,
+    ).data
+    receipt = hostile.execute(market, data, value=deposit, sender=registered)
+    session_id = receipt.events.filter(market.SessionOpened)[0].sessionId
+    return Opened(session_id, signer, VoucherDomain(market.provider.chain_id, market.address))
+
+
+def test_reverting_client_cannot_block_settlement(
+    market: Any, earnings: Any, hostile: Any, registered: Any, model_id: bytes, owner: Any
+) -> None:
+    deposit = 10**15
+    opened = open_as(hostile, market, registered, model_id, deposit)
+    hostile.setMode(1, ETH, b"", sender=owner)  # revert on receive
+    receipt = market.settle(*opened.voucher(100).as_args(), sender=registered)
+    refund = deposit - 100 * ETH_PRICE // 1000
+    assert receipt.events.filter(market.RefundDeferred)[0].amount == refund
+    assert market.pendingRefunds(hostile, ETH) == refund
+    claim = market.claimRefund.as_transaction(ETH, sender=owner).data
+    with ape.reverts(market.EthTransferFailed):
+        hostile.execute(market, claim, sender=owner)
+    hostile.setMode(0, ETH, b"", sender=owner)
+    hostile.execute(market, claim, sender=owner)
+    assert hostile.balance == refund
+    assert market.balance == 0
+
+
+def test_reentrant_client_cannot_double_refund(
+    market: Any, hostile: Any, registered: Any, model_id: bytes, owner: Any, chain: Any
+) -> None:
+    deposit = 10**15
+    opened = open_as(hostile, market, registered, model_id, deposit)
+    reenter = market.finalize.as_transaction(opened.id, sender=owner).data
+    hostile.setMode(2, market, reenter, sender=owner)
+    market.settle(*opened.voucher(100).as_args(), sender=registered)
+    assert not hostile.lastCallSucceeded()
+    assert hostile.balance == deposit - 100 * ETH_PRICE // 1000
+    assert market.balance == 0
+
+
+def test_earnings_refuses_unfunded_credit(earnings: Any, owner: Any, stranger: Any, usd: Any) -> None:
+    earnings.setMarketplace(stranger, sender=owner)
+    with ape.reverts(earnings.Underfunded):
+        earnings.credit(stranger, usd, 1, sender=stranger)
