@@ -8,6 +8,7 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
@@ -39,21 +40,22 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         Settled
     }
 
+    /// @dev Packed into 8 slots; `open` writes 6 of them.
     struct Session {
         address client;
-        address host;
-        address token;
-        address signer;
-        bytes32 modelId;
-        uint256 deposit;
-        uint256 price;
-        uint256 checkpointTokens;
-        bytes32 checkpointTranscript;
         uint64 openedAt;
-        uint64 expiresAt;
-        uint64 closeRequestedAt;
         uint16 feeBps;
         Status status;
+        address host;
+        uint64 expiresAt;
+        address token;
+        uint64 closeRequestedAt;
+        address signer;
+        bytes32 modelId;
+        uint128 deposit;
+        uint128 price;
+        uint256 checkpointTokens;
+        bytes32 checkpointTranscript;
     }
 
     struct TokenConfig {
@@ -195,8 +197,8 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         s.token = token;
         s.signer = signer;
         s.modelId = modelId;
-        s.deposit = deposit;
-        s.price = price;
+        s.deposit = SafeCast.toUint128(deposit);
+        s.price = SafeCast.toUint128(price);
         s.openedAt = uint64(block.timestamp);
         s.expiresAt = expiresAt;
         s.feeBps = feeBps;
@@ -421,9 +423,8 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         if (err != ECDSA.RecoverError.NoError || recovered != s.signer) {
             revert InvalidVoucherSignature(sessionId);
         }
-        if (cumulativeTokens * s.price / PRICE_PRECISION > s.deposit) {
-            revert VoucherExceedsDeposit(cumulativeTokens, _maxTokens(s));
-        }
+        uint256 limit = _maxTokens(s);
+        if (cumulativeTokens > limit) revert VoucherExceedsDeposit(cumulativeTokens, limit);
     }
 
     function _finalizableAt(Session storage s) private view returns (uint64 at) {

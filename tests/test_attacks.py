@@ -7,7 +7,6 @@ import ape
 import pytest
 from conftest import ETH, ETH_PRICE, Opened
 from eth_account import Account
-
 from fabstir_sdk.contracts import VoucherDomain, sign_voucher
 
 
@@ -103,7 +102,9 @@ def test_tokens_beyond_deposit(
 
 
 @pytest.fixture
-def evil(project: Any, owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes) -> Any:
+def evil(
+    project: Any, owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes
+) -> Any:
     token = owner.deploy(project.ReentrantToken)
     market.setTokenConfig(token, True, 1, 10**30, sender=owner)
     nodes.setPrices([(model_id, token.address, 1000)], sender=registered)
@@ -111,15 +112,23 @@ def evil(project: Any, owner: Any, market: Any, registered: Any, nodes: Any, mod
 
 
 def test_reentrant_token_cannot_reenter_settlement(
-    market: Any, earnings: Any, open_session: Any, registered: Any, client: Any, evil: Any,
+    market: Any,
+    earnings: Any,
+    open_session: Any,
+    registered: Any,
+    client: Any,
+    evil: Any,
     treasury: Any,
 ) -> None:
     deposit = 10**6
     opened = open_session(deposit=deposit, price=1000, token=evil)
     voucher = opened.voucher(1000)
     # During the settlement's token transfer, re-enter settle with the same voucher.
-    evil.arm(market, market.settle.as_transaction(*voucher.as_args(), sender=registered).data,
-             sender=client)
+    evil.arm(
+        market,
+        market.settle.as_transaction(*voucher.as_args(), sender=registered).data,
+        sender=client,
+    )
     market.settle(*voucher.as_args(), sender=registered)
     assert not evil.lastCallSucceeded()
     assert evil.balanceOf(client) == deposit - 1000
@@ -158,7 +167,14 @@ def hostile(project: Any, owner: Any) -> Any:
 def open_as(hostile: Any, market: Any, registered: Any, model_id: bytes, deposit: int) -> Opened:
     signer = Account.create()
     data = market.open.as_transaction(
-        registered, model_id, ETH, deposit, ETH_PRICE, 3600, signer.address, value=deposit,
+        registered,
+        model_id,
+        ETH,
+        deposit,
+        ETH_PRICE,
+        3600,
+        signer.address,
+        value=deposit,
         sender=registered,
     ).data
     receipt = hostile.execute(market, data, value=deposit, sender=registered)
@@ -198,7 +214,9 @@ def test_reentrant_client_cannot_double_refund(
     assert market.balance == 0
 
 
-def test_earnings_refuses_unfunded_credit(earnings: Any, owner: Any, stranger: Any, usd: Any) -> None:
+def test_earnings_refuses_unfunded_credit(
+    earnings: Any, owner: Any, stranger: Any, usd: Any
+) -> None:
     earnings.setMarketplace(stranger, sender=owner)
     with ape.reverts(earnings.Underfunded):
         earnings.credit(stranger, usd, 1, sender=stranger)

@@ -5,7 +5,6 @@ from typing import Any
 import ape
 from conftest import DISPUTE_WINDOW, ETH, ETH_PRICE, FEE_BPS, USD_PRICE
 from eth_account import Account
-
 from fabstir_sdk.contracts import sign_voucher, voucher_digest
 
 TRANSCRIPT = b"\xab" * 32
@@ -82,7 +81,12 @@ def test_erc20_session(
 
 
 def test_request_close_then_finalize_on_checkpoint(
-    market: Any, earnings: Any, open_session: Any, registered: Any, client: Any, stranger: Any,
+    market: Any,
+    earnings: Any,
+    open_session: Any,
+    registered: Any,
+    client: Any,
+    stranger: Any,
     chain: Any,
 ) -> None:
     deposit = 10**15
@@ -97,7 +101,7 @@ def test_request_close_then_finalize_on_checkpoint(
     chain.pending_timestamp = event.finalizableAt
     client_before = client.balance
     market.finalize(opened.id, sender=stranger)
-    host_amount, fee, refund = split(400, ETH_PRICE, deposit)
+    host_amount, _fee, refund = split(400, ETH_PRICE, deposit)
     assert client.balance - client_before == refund
     assert earnings.balanceOf(registered, ETH) == host_amount
 
@@ -116,7 +120,9 @@ def test_expiry_allows_finalize(
 ) -> None:
     deposit = 10**15
     opened = open_session(deposit=deposit, duration=600)
-    assert market.finalizableAt(opened.id) == market.getSession(opened.id).expiresAt + DISPUTE_WINDOW
+    assert (
+        market.finalizableAt(opened.id) == market.getSession(opened.id).expiresAt + DISPUTE_WINDOW
+    )
     chain.pending_timestamp = market.finalizableAt(opened.id)
     before = client.balance
     market.finalize(opened.id, sender=stranger)
@@ -137,20 +143,40 @@ def test_pause_blocks_only_open(
 
 
 def test_open_errors(
-    market: Any, registered: Any, model_id: bytes, client: Any, usd: Any, models: Any, owner: Any,
-    nodes: Any, host2: Any,
+    market: Any,
+    registered: Any,
+    model_id: bytes,
+    client: Any,
+    usd: Any,
+    models: Any,
+    owner: Any,
+    nodes: Any,
+    host2: Any,
 ) -> None:
     signer = Account.create().address
 
     def attempt(**kw: Any) -> None:
         args = {
-            "host": registered, "model": model_id, "token": ETH, "deposit": 10**15,
-            "price": ETH_PRICE, "duration": 3600, "signer": signer, "value": 10**15,
+            "host": registered,
+            "model": model_id,
+            "token": ETH,
+            "deposit": 10**15,
+            "price": ETH_PRICE,
+            "duration": 3600,
+            "signer": signer,
+            "value": 10**15,
         }
         args.update(kw)
         market.open(
-            args["host"], args["model"], args["token"], args["deposit"], args["price"],
-            args["duration"], args["signer"], value=args["value"], sender=client,
+            args["host"],
+            args["model"],
+            args["token"],
+            args["deposit"],
+            args["price"],
+            args["duration"],
+            args["signer"],
+            value=args["value"],
+            sender=client,
         )
 
     with ape.reverts(market.TokenNotAllowed):

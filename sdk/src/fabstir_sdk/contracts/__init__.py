@@ -1,5 +1,7 @@
 """Contract bindings shared by the SDK and the node: ABIs, deployments, EIP-712 vouchers."""
 
+from fabstir_sdk.contracts.artifacts import Artifact, build_hash, load_artifact
+from fabstir_sdk.contracts.deployment import ETH, Deployment, DeploymentError
 from fabstir_sdk.contracts.vouchers import (
     Voucher,
     VoucherDomain,
@@ -8,4 +10,16 @@ from fabstir_sdk.contracts.vouchers import (
     voucher_digest,
 )
 
-__all__ = ["Voucher", "VoucherDomain", "recover_signer", "sign_voucher", "voucher_digest"]
+__all__ = [
+    "ETH",
+    "Artifact",
+    "Deployment",
+    "DeploymentError",
+    "Voucher",
+    "VoucherDomain",
+    "build_hash",
+    "load_artifact",
+    "recover_signer",
+    "sign_voucher",
+    "voucher_digest",
+]

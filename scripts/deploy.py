@@ -1,0 +1,116 @@
+"""Deploy the Fabstir contracts and write ``deployments/<chainId>.json``.
+
+    python scripts/deploy.py                       # fresh Anvil, kept running until Ctrl-C
+    python scripts/deploy.py --exit                # fresh Anvil, deploy, stop
+    python scripts/deploy.py --rpc-url URL         # an existing chain (FABSTIR_DEPLOYER_KEY)
+    ape run deploy [--network ethereum:local:foundry]
+
+The manifest holds the addresses, the deploy block and the hash of the ABIs the contracts were
+built from, so the SDK and the node refuse a manifest that doesn't match their bindings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from eth_account import Account
+from fabstir_sdk.contracts import Deployment
+from fabstir_sdk.contracts.transactions import TransactionSender
+from fabstir_sdk.devnet import Anvil, DeployParams, anvil_account, deploy_protocol
+from web3 import Web3
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENTS = ROOT / "deployments"
+ANVIL_CHAIN_ID = 31337
+
+
+def manifest_path(chain_id: int, directory: Path = DEPLOYMENTS) -> Path:
+    return directory / f"{chain_id}.json"
+
+
+def deploy_to(w3: Web3, key: str | None, out_dir: Path, quiet: bool = False) -> Deployment:
+    chain_id = w3.eth.chain_id
+    if key:
+        deployer = Account.from_key(key)
+    elif chain_id in (ANVIL_CHAIN_ID, 1337):
+        deployer = anvil_account(0)
+    else:
+        raise SystemExit("set FABSTIR_DEPLOYER_KEY (or --private-key) to deploy to a real chain")
+    params = DeployParams(test_tokens=chain_id in (ANVIL_CHAIN_ID, 1337))
+    log = (lambda _m: None) if quiet else (lambda m: print(m, file=sys.stderr))
+    deployment = deploy_protocol(TransactionSender(w3, deployer), params, log=log)
+    path = manifest_path(chain_id, out_dir)
+    deployment.save(path)
+    log(f"wrote {path}")
+    return deployment
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Deploy the Fabstir contracts and write deployments/<chainId>.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rpc-url", help="chain to deploy to (default: start a fresh Anvil)")
+    parser.add_argument(
+        "--private-key",
+        default=os.environ.get("FABSTIR_DEPLOYER_KEY"),
+        help="deployer key (default: $FABSTIR_DEPLOYER_KEY; Anvil's first key on a local chain)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEPLOYMENTS,
+        help="where to write <chainId>.json (default: deployments/)",
+    )
+    parser.add_argument(
+        "--exit", action="store_true", help="stop the Anvil this script started once deployed"
+    )
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    args = parser.parse_args(argv)
+
+    if args.rpc_url:
+        w3 = Web3(Web3.HTTPProvider(args.rpc_url))
+        if not w3.is_connected():
+            print(f"cannot reach {args.rpc_url}", file=sys.stderr)
+            return 3
+        deployment = deploy_to(w3, args.private_key, args.out_dir, quiet=args.json)
+        _report(deployment, args.json, manifest_path(deployment.chain_id, args.out_dir))
+        return 0
+
+    with Anvil() as anvil:
+        deployment = deploy_to(anvil.w3, args.private_key, args.out_dir, quiet=args.json)
+        _report(deployment, args.json, manifest_path(deployment.chain_id, args.out_dir))
+        if args.exit:
+            return 0
+        print(
+            f"Anvil running at {anvil.url} (chain {deployment.chain_id}); Ctrl-C to stop",
+            file=sys.stderr,
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _report(deployment: Deployment, as_json: bool, path: Path) -> None:
+    if as_json:
+        print(path.read_text(), end="")
+    else:
+        print(json.dumps(deployment.contracts, indent=2))
+
+
+def main() -> None:
+    """Entry point for ``ape run deploy``: deploy on Ape's connected network."""
+    from ape import networks
+
+    deploy_to(networks.provider.web3, os.environ.get("FABSTIR_DEPLOYER_KEY"), DEPLOYMENTS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

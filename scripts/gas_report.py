@@ -1,0 +1,104 @@
+"""Gas used by one paid session's lifecycle on a fresh Anvil: register, open, checkpoint,
+settle, withdraw (ETH and TestUSD). Prints a table with the change against the saved report,
+then saves the new one (``make gas``), so a contract change shows its gas cost in review."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from eth_account import Account
+from fabstir_sdk.contracts import ETH, sign_voucher
+from fabstir_sdk.contracts.transactions import TransactionSender
+from fabstir_sdk.contracts.vouchers import VoucherDomain
+from fabstir_sdk.devnet import Anvil, DeployParams, anvil_account, deploy_protocol
+from web3.logs import DISCARD
+
+PRICE = 2 * 10**12
+USD_PRICE = 2_000
+PEER_ID = bytes.fromhex("002408011220") + bytes(32)
+
+
+def measure() -> dict[str, int]:
+    with Anvil() as anvil:
+        w3 = anvil.w3
+        owner, host, client = (TransactionSender(w3, anvil_account(i)) for i in (0, 1, 2))
+        params = DeployParams()
+        d = deploy_protocol(owner, params)
+        fab, models, nodes, earnings, market, usd = (
+            d.contract(w3, n)
+            for n in (
+                "FabToken",
+                "ModelRegistry",
+                "NodeRegistry",
+                "HostEarnings",
+                "JobMarketplace",
+                "TestUSD",
+            )
+        )
+        repo, file = "unsloth/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf"
+        owner.transact(models.functions.addModel(repo, file, b"\x11" * 32, 1), "addModel")
+        model_id = models.functions.modelIdOf(repo, file).call()
+        owner.transact(fab.functions.mint(host.address, params.min_stake), "FAB mint")
+        host.transact(fab.functions.approve(nodes.address, params.min_stake), "FAB approve")
+        prices = [(model_id, ETH, PRICE), (model_id, usd.address, USD_PRICE)]
+        host.transact(
+            nodes.functions.register(
+                PEER_ID, ["/ip4/127.0.0.1/tcp/4001"], "{}", [model_id], prices, params.min_stake
+            ),
+            "register",
+        )
+        domain = VoucherDomain(d.chain_id, market.address)
+        for token, price, deposit in ((ETH, PRICE, 10**15), (usd.address, USD_PRICE, 10**7)):
+            tag = "ETH" if token == ETH else "ERC20"
+            signer = Account.create()
+            if token != ETH:
+                client.transact(usd.functions.mint(client.address, deposit), "USD mint")
+                client.transact(usd.functions.approve(market.address, deposit), f"approve {tag}")
+            value = deposit if token == ETH else 0
+            receipt = client.transact(
+                market.functions.open(
+                    host.address, model_id, token, deposit, price, 3600, signer.address
+                ),
+                f"open ({tag})",
+                value=value,
+            )
+            opened = market.events.SessionOpened().process_receipt(receipt, errors=DISCARD)
+            sid = opened[0]["args"]["sessionId"]
+            v1 = sign_voucher(signer, domain, sid, 1000, b"\x01" * 32)
+            host.transact(market.functions.checkpoint(*v1.as_args()), f"checkpoint ({tag})")
+            v2 = sign_voucher(signer, domain, sid, 2000, b"\x02" * 32)
+            host.transact(market.functions.settle(*v2.as_args()), f"settle ({tag})")
+            host.transact(earnings.functions.withdraw(token), f"withdraw ({tag})")
+        keep = ("register", "open", "checkpoint", "settle", "withdraw", "deploy")
+        gas = {**owner.gas_used, **host.gas_used, **client.gas_used}
+        return {k: v for k, v in gas.items() if k.startswith(keep)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, help="save the report as JSON here")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    gas = measure()
+    before: dict[str, int] = {}
+    if args.output and args.output.exists():
+        before = json.loads(args.output.read_text())
+    if args.json:
+        print(json.dumps(gas, indent=2))
+    else:
+        print(f"{'operation':<24}{'gas':>10}{'change':>10}")
+        for name, used in gas.items():
+            change = f"{used - before[name]:+d}" if name in before else "new"
+            print(f"{name:<24}{used:>10}{change:>10}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(gas, indent=2) + "\n")
+        print(f"saved {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Compiled contract artifacts (ABI + creation bytecode) exported from Ape's build.
+
+``scripts/export_abi.py`` writes them into ``abi/`` with :func:`render_artifacts`; the contract
+suite fails when the exported files differ from a fresh compile, so the SDK and the node can
+never talk to contracts with a stale ABI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+#: The contracts the SDK and the node bind to (TestUSD only exists on local chains).
+EXPORTED = (
+    "FabToken",
+    "TestUSD",
+    "ModelRegistry",
+    "NodeRegistry",
+    "HostEarnings",
+    "JobMarketplace",
+)
+BUILD_FILE = "build.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    abi: list[dict[str, Any]]
+    bytecode: str
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True) + "\n"
+
+
+def render_artifacts(contract_types: dict[str, Any], solc_version: str) -> dict[str, str]:
+    """File name -> file text for the exported artifacts, from Ape's ``contractTypes``."""
+    files: dict[str, str] = {}
+    for name in EXPORTED:
+        ct = contract_types[name]
+        bytecode = ct["deploymentBytecode"]["bytecode"]
+        files[f"{name}.json"] = _dump(
+            {"contractName": name, "abi": ct["abi"], "bytecode": bytecode}
+        )
+    digest = hashlib.sha256("".join(files[k] for k in sorted(files)).encode()).hexdigest()
+    files[BUILD_FILE] = _dump({"buildHash": "0x" + digest, "solc": solc_version})
+    return files
+
+
+def _read(name: str) -> Any:
+    return json.loads(resources.files("fabstir_sdk.contracts").joinpath("abi", name).read_text())
+
+
+@cache
+def load_artifact(name: str) -> Artifact:
+    """The exported ABI and creation bytecode of contract ``name``."""
+    data = _read(f"{name}.json")
+    return Artifact(name, data["abi"], data["bytecode"])
+
+
+@cache
+def build_hash() -> str:
+    """Identifies the exported build; deployments record it to catch ABI/address mismatches."""
+    return str(_read(BUILD_FILE)["buildHash"])

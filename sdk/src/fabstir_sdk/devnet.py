@@ -1,0 +1,199 @@
+"""A local chain for development and tests: start Anvil and deploy the whole protocol.
+
+Anvil comes from npm (``@foundry-rs/anvil``, installed by ``make setup`` into
+``node_modules/.bin``) or from ``$FABSTIR_ANVIL`` / ``PATH``. Deploying uses plain web3.py and
+the artifacts exported into this package, so no Ape is needed at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from fabstir_sdk.contracts.artifacts import build_hash
+from fabstir_sdk.contracts.deployment import ETH, Deployment
+from fabstir_sdk.contracts.transactions import TransactionSender
+
+#: Anvil's well-known development mnemonic; its accounts are funded with 10,000 ETH each.
+ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
+ETHER = 10**18
+
+
+def anvil_account(index: int) -> LocalAccount:
+    """The ``index``-th funded Anvil development account (never use these keys elsewhere)."""
+    Account.enable_unaudited_hdwallet_features()
+    return Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+def find_anvil() -> str:
+    """The Anvil executable: ``$FABSTIR_ANVIL``, the repo's node_modules, or ``PATH``."""
+    if env := os.environ.get("FABSTIR_ANVIL"):
+        return env
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "node_modules" / ".bin" / "anvil"
+        if candidate.exists():
+            return str(candidate)
+    if found := shutil.which("anvil"):
+        return found
+    raise FileNotFoundError("anvil not found: run `make setup` or set FABSTIR_ANVIL")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Anvil:
+    """A fresh Anvil on a random 127.0.0.1 port; a context manager that stops it on exit."""
+
+    def __init__(self, *, port: int | None = None, block_time: float | None = None) -> None:
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [find_anvil(), "--host", "127.0.0.1", "--port", str(self.port), "--silent"]
+        if block_time:
+            args += ["--block-time", str(block_time)]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 30}))
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise RuntimeError(f"anvil exited with {self._proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("anvil did not start within 30 s")
+            time.sleep(0.05)
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self.w3.is_connected())
+        except Exception:
+            return False
+
+    def increase_time(self, seconds: int) -> None:
+        """Move the chain's clock forward and mine a block."""
+        self.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> Anvil:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    """Protocol parameters; the defaults suit a local chain (short windows, test tokens)."""
+
+    min_stake: int = 100 * ETHER
+    unbonding_delay: int = 24 * 3600
+    fee_bps: int = 1000
+    dispute_window: int = 600
+    eth_min_deposit: int = 10**12
+    eth_max_deposit: int = 100 * ETHER
+    test_tokens: bool = True
+    usd_min_deposit: int = 10**4
+    usd_max_deposit: int = 10**12
+    treasury: str | None = None
+
+
+def deploy_protocol(
+    sender: TransactionSender,
+    params: DeployParams | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> Deployment:
+    """Deploy and wire every contract from ``sender`` (the owner); returns the manifest."""
+    params = params or DeployParams()
+    w3 = sender.w3
+    owner = sender.address
+    treasury = params.treasury or owner
+    start_block = w3.eth.block_number
+    fab = sender.deploy("FabToken", owner)
+    log(f"FabToken        {fab.address}")
+    models = sender.deploy("ModelRegistry", owner)
+    log(f"ModelRegistry   {models.address}")
+    nodes = sender.deploy(
+        "NodeRegistry",
+        owner,
+        fab.address,
+        models.address,
+        params.min_stake,
+        params.unbonding_delay,
+    )
+    log(f"NodeRegistry    {nodes.address}")
+    earnings = sender.deploy("HostEarnings", owner)
+    log(f"HostEarnings    {earnings.address}")
+    market = sender.deploy(
+        "JobMarketplace",
+        owner,
+        models.address,
+        nodes.address,
+        earnings.address,
+        treasury,
+        params.fee_bps,
+        params.dispute_window,
+    )
+    log(f"JobMarketplace  {market.address}")
+    sender.transact(earnings.functions.setMarketplace(market.address), "setMarketplace")
+    sender.transact(
+        market.functions.setTokenConfig(ETH, True, params.eth_min_deposit, params.eth_max_deposit),
+        "allow ETH",
+    )
+    contracts = {
+        "FabToken": fab.address,
+        "ModelRegistry": models.address,
+        "NodeRegistry": nodes.address,
+        "HostEarnings": earnings.address,
+        "JobMarketplace": market.address,
+    }
+    if params.test_tokens:
+        usd = sender.deploy("TestUSD")
+        log(f"TestUSD         {usd.address}")
+        sender.transact(
+            market.functions.setTokenConfig(
+                usd.address, True, params.usd_min_deposit, params.usd_max_deposit
+            ),
+            "allow TestUSD",
+        )
+        contracts["TestUSD"] = usd.address
+    return Deployment(
+        chain_id=w3.eth.chain_id,
+        contracts=contracts,
+        deploy_block=start_block + 1,
+        build_hash=build_hash(),
+        params={
+            "minStake": params.min_stake,
+            "unbondingDelay": params.unbonding_delay,
+            "feeBps": params.fee_bps,
+            "disputeWindow": params.dispute_window,
+            "treasury": treasury,
+            "owner": owner,
+        },
+    )
