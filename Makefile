@@ -36,7 +36,8 @@ $(NPM_STAMP): package.json package-lock.json
 $(SOLC_SHIM): $(NPM_STAMP) $(PY_STAMP) scripts/toolchain/install_solc.py scripts/toolchain/solc.cjs
 	$(BIN)/python scripts/toolchain/install_solc.py
 
-test: setup ## Run every suite: contracts (ape test), SDK, node, integration
+test: setup ## Run every suite: lint, contracts (ape test), SDK, node, integration
+	$(MAKE) lint
 	$(MAKE) test-contracts
 	$(MAKE) test-sdk
 	$(MAKE) test-node

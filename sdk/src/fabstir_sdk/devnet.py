@@ -33,7 +33,10 @@ ETHER = 10**18
 def anvil_account(index: int) -> LocalAccount:
     """The ``index``-th funded Anvil development account (never use these keys elsewhere)."""
     Account.enable_unaudited_hdwallet_features()
-    return Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    account: LocalAccount = Account.from_mnemonic(
+        ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}"
+    )
+    return account
 
 
 def find_anvil() -> str:
@@ -166,7 +169,7 @@ def deploy_protocol(
         market.functions.setTokenConfig(ETH, True, params.eth_min_deposit, params.eth_max_deposit),
         "allow ETH",
     )
-    contracts = {
+    contracts: dict[str, str] = {
         "FabToken": fab.address,
         "ModelRegistry": models.address,
         "NodeRegistry": nodes.address,

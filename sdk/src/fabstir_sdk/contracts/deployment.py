@@ -67,4 +67,5 @@ class Deployment:
         """A web3 contract object for ``name`` at its deployed address."""
         if name not in self.contracts:
             raise DeploymentError(f"{name} is not part of this deployment")
-        return w3.eth.contract(address=self.contracts[name], abi=load_artifact(name).abi)
+        address = Web3.to_checksum_address(self.contracts[name])
+        return w3.eth.contract(address=address, abi=load_artifact(name).abi)

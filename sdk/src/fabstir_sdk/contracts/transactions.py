@@ -37,7 +37,7 @@ class TransactionSender:
         self.chain_id = w3.eth.chain_id
         self.gas_used: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._nonce = w3.eth.get_transaction_count(account.address, "pending")
+        self._nonce = int(w3.eth.get_transaction_count(account.address, "pending"))
 
     @property
     def address(self) -> str:
