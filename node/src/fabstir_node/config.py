@@ -1,0 +1,107 @@
+"""Node configuration: defaults, then a TOML file, then ``FABSTIR_*`` environment variables,
+then command-line flags, each overriding the one before."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FABSTIR_"
+
+
+class ConfigError(ValueError):
+    """A configuration file or variable has a bad value; the message names it."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fabstir-node"
+
+
+def default_threads() -> int:
+    # One thread per core; more only fights the HTTP/p2p threads for the same cores.
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+@dataclass
+class NodeConfig:
+    """Everything ``fabstir-node`` reads at start. Field names are the TOML keys; the
+    environment variable of ``n_ctx`` is ``FABSTIR_N_CTX``."""
+
+    model: str = "smollm2-135m-instruct"
+    model_sha256: str | None = None  # required for a model given by path, unless unpinned
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_ctx: int = 2048
+    n_batch: int = 512
+    n_threads: int = field(default_factory=default_threads)
+    n_threads_batch: int | None = None  # defaults to n_threads
+    queue_size: int = 8
+    max_tokens: int = 512  # when a request names none
+    chat_template: str | None = None  # a Jinja template (or a path to one) overriding the GGUF's
+    data_dir: Path = field(default_factory=default_data_dir)
+    log_level: str = "info"
+
+    @property
+    def threads_batch(self) -> int:
+        return self.n_threads_batch or self.n_threads
+
+    def validate(self) -> NodeConfig:
+        for name in ("n_ctx", "n_batch", "n_threads", "queue_size", "max_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535 (0 picks a free port), got {self.port}")
+        return self
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        if "int" in str(kind) and not isinstance(value, bool):
+            return int(value)
+        if "Path" in str(kind):
+            return Path(text).expanduser()
+        if "bool" in str(kind):
+            return text.lower() in ("1", "true", "yes", "on")
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot read {value!r} as {kind}") from exc
+    return text
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> NodeConfig:
+    """Build the configuration; ``overrides`` (CLI flags) whose value is None are ignored."""
+    env = os.environ if env is None else env
+    fields = {f.name: f.type for f in dataclasses.fields(NodeConfig)}
+    values: dict[str, Any] = {}
+    path = path or (Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        section = data.get("node", data)
+        unknown = set(section) - set(fields)
+        if unknown:
+            raise ConfigError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
+        values.update({k: _coerce(k, fields[k], v) for k, v in section.items()})
+    for name, kind in fields.items():
+        if (raw := env.get(ENV_PREFIX + name.upper())) is not None:
+            values[name] = _coerce(ENV_PREFIX + name.upper(), kind, raw)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, fields[name], value)
+    return NodeConfig(**values).validate()

