@@ -58,8 +58,14 @@ def raw_run(llm: object, max_tokens: int) -> Run:
 
 
 def api_run(client: httpx.Client, url: str, max_tokens: int) -> Run:
-    body = {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": max_tokens,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first, tokens = None, 0
     with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
@@ -76,9 +82,22 @@ def api_run(client: httpx.Client, url: str, max_tokens: int) -> Run:
 
 def start_node(threads: int) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fabstir_node", "serve", "--model", MODEL, "--port", "0",
-         "--threads", str(threads), "--n-ctx", "2048"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fabstir_node",
+            "serve",
+            "--model",
+            MODEL,
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--n-ctx",
+            "2048",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -88,8 +107,9 @@ def start_node(threads: int) -> tuple[subprocess.Popen[str], str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=default_threads())
@@ -100,8 +120,13 @@ def main() -> int:
     from fabstir_node.models import resolve
 
     path = resolve(MODEL).path
-    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=args.threads,
-                n_threads_batch=args.threads, verbose=False)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=2048,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        verbose=False,
+    )
     proc, url = start_node(args.threads)
     raw: list[Run] = []
     api: list[Run] = []
@@ -122,10 +147,12 @@ def main() -> int:
     def med(runs: list[Run], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in runs)
 
-    rows = [("tokens per answer", "tokens", "{:.0f}"),
-            ("tokens/s (end to end)", "tokens_per_s", "{:.1f}"),
-            ("tokens/s (decode)", "decode_tokens_per_s", "{:.1f}"),
-            ("time to first token ms", "ttft_s", None)]
+    rows = [
+        ("tokens per answer", "tokens", "{:.0f}"),
+        ("tokens/s (end to end)", "tokens_per_s", "{:.1f}"),
+        ("tokens/s (decode)", "decode_tokens_per_s", "{:.1f}"),
+        ("time to first token ms", "ttft_s", None),
+    ]
     print(f"SmolLM2-135M-Instruct Q4_1, {args.threads} threads, {args.runs} runs, median")
     print(f"{'':<26}{'raw':>12}{'node API':>12}{'ratio':>10}")
     for label, attr, fmt in rows:
@@ -135,12 +162,16 @@ def main() -> int:
         else:
             print(f"{label:<26}{fmt.format(r):>12}{fmt.format(a):>12}{a / r:>10.3f}")
     best = max(r.tokens_per_s for r in api) / max(r.tokens_per_s for r in raw)
-    print(f"{'tokens/s, best run':<26}{max(r.tokens_per_s for r in raw):>12.1f}"
-          f"{max(r.tokens_per_s for r in api):>12.1f}{best:>10.3f}")
+    print(
+        f"{'tokens/s, best run':<26}{max(r.tokens_per_s for r in raw):>12.1f}"
+        f"{max(r.tokens_per_s for r in api):>12.1f}{best:>10.3f}"
+    )
     ratio = med(api, "tokens_per_s") / med(raw, "tokens_per_s")
     ttft = (med(api, "ttft_s") - med(raw, "ttft_s")) * 1000
-    print(f"targets: tokens/s ratio >= 0.95 ({'met' if ratio >= 0.95 else 'MISSED'}), "
-          f"TTFT +<= 30 ms ({'met' if ttft <= 30 else 'MISSED'})")
+    print(
+        f"targets: tokens/s ratio >= 0.95 ({'met' if ratio >= 0.95 else 'MISSED'}), "
+        f"TTFT +<= 30 ms ({'met' if ttft <= 30 else 'MISSED'})"
+    )
     return 0
 
 

@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from web3 import Web3
+
 from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.devnet import Anvil, anvil_account
-from web3 import Web3
 
 ROOT = Path(__file__).resolve().parents[1]
 ABI_DIR = ROOT / "sdk" / "src" / "fabstir_sdk" / "contracts" / "abi"

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 from eth_account import Account
+from web3 import Web3
+
 from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.devnet import Anvil, DeployParams, anvil_account, deploy_protocol
-from web3 import Web3
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = ROOT / "deployments"

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from eth_account import Account
+from web3.logs import DISCARD
+
 from fabstir_sdk.contracts import ETH, sign_voucher
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.contracts.vouchers import VoucherDomain
 from fabstir_sdk.devnet import Anvil, DeployParams, anvil_account, deploy_protocol
-from web3.logs import DISCARD
 
 PRICE = 2 * 10**12
 USD_PRICE = 2_000

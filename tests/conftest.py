@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 from hypothesis import HealthCheck, settings
+
+from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 
 ETH = "0x0000000000000000000000000000000000000000"
 ETHER = 10**18

@@ -4,7 +4,6 @@ holds exactly what it owes, over random amounts and random sequences of actions.
 from dataclasses import dataclass
 from typing import Any
 
-from conftest import ETH, ETH_PRICE, USD_PRICE, Opened
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -15,6 +14,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+
+from conftest import ETH, ETH_PRICE, USD_PRICE, Opened
 
 
 def max_tokens(deposit: int, price: int) -> int:

@@ -5,9 +5,11 @@ from typing import Any
 
 import ape
 import pytest
-from conftest import ETH, ETH_PRICE, Opened
 from eth_account import Account
+
 from fabstir_sdk.contracts import VoucherDomain, sign_voucher
+
+from conftest import ETH, ETH_PRICE, Opened
 
 
 def test_voucher_signed_by_someone_else(market: Any, open_session: Any, registered: Any) -> None:

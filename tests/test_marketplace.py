@@ -3,9 +3,11 @@
 from typing import Any
 
 import ape
-from conftest import DISPUTE_WINDOW, ETH, ETH_PRICE, FEE_BPS, USD_PRICE
 from eth_account import Account
+
 from fabstir_sdk.contracts import sign_voucher, voucher_digest
+
+from conftest import DISPUTE_WINDOW, ETH, ETH_PRICE, FEE_BPS, USD_PRICE
 
 TRANSCRIPT = b"\xab" * 32
 

@@ -1,8 +1,9 @@
 from typing import Any
 
 import ape
-from conftest import MODEL, MODEL_SHA
 from eth_utils import keccak
+
+from conftest import MODEL, MODEL_SHA
 
 
 def test_model_id_matches_original_scheme(models: Any) -> None:

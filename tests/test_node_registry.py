@@ -1,6 +1,7 @@
 from typing import Any
 
 import ape
+
 from conftest import ADDRS, ETH, ETH_PRICE, MIN_STAKE, PEER_ID, UNBONDING, register_host
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fabstir_node.api import Api
 from fabstir_node.inference import Engine
 from fabstir_node.server import HttpServer

@@ -6,6 +6,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from conftest import LONG_CTX, LiveServer
 
 

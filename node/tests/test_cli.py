@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from fabstir_node.models import sha256_file
 
 

@@ -2,7 +2,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import LONG_CTX, TINY_CTX, make_engine
+
 from fabstir_node.inference import (
     Engine,
     Finished,
@@ -13,6 +13,8 @@ from fabstir_node.inference import (
     TokenChunk,
     _StopMatcher,
 )
+
+from conftest import LONG_CTX, TINY_CTX, make_engine
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from fabstir_node.models import (
     BUILTIN,
     HashCache,

@@ -4,11 +4,13 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from conftest import LiveServer
+
 from fabstir_node.api import Api
 from fabstir_node.config import default_threads
 from fabstir_node.inference import Engine
 from fabstir_node.models import HashCache, probe, resolve, verify
+
+from conftest import LiveServer
 
 
 @pytest.fixture(scope="module")

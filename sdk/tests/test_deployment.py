@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fabstir_sdk.contracts import Deployment, DeploymentError, build_hash, load_artifact
 from fabstir_sdk.contracts.artifacts import EXPORTED
 

@@ -1,5 +1,6 @@
 import pytest
 from eth_account import Account
+
 from fabstir_sdk.contracts import VoucherDomain, recover_signer, sign_voucher, voucher_digest
 
 DOMAIN = VoucherDomain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")

@@ -8,16 +8,39 @@ transaction from one key goes through one :class:`TransactionSender`.
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import requests
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import Web3RPCError
 from web3.types import TxReceipt
 
 from fabstir_sdk.contracts.artifacts import load_artifact
 
 GAS_HEADROOM = 1.2
+T = TypeVar("T")
+RETRIES = (0.2, 0.5, 1.0, 2.0)
+TRANSIENT = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
+
+
+class ChainUnavailable(RuntimeError):
+    """The RPC endpoint did not answer after retries."""
+
+
+def with_retries(fn: Callable[[], T], what: str) -> T:
+    """Call ``fn``, retrying transient RPC failures with backoff."""
+    for delay in (*RETRIES, None):
+        try:
+            return fn()
+        except TRANSIENT as exc:
+            if delay is None:
+                raise ChainUnavailable(f"{what}: the chain RPC is unreachable ({exc})") from exc
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class TransactionFailed(RuntimeError):
@@ -47,12 +70,23 @@ class TransactionSender:
         """Send ``tx`` and wait for its receipt; raise :class:`TransactionFailed` on revert."""
         with self._lock:
             tx = {**tx, "from": self.address, "nonce": self._nonce, "chainId": self.chain_id}
-            tx.setdefault("gas", int(self.w3.eth.estimate_gas(tx) * GAS_HEADROOM))  # type: ignore[arg-type]
-            tx_hash = self.w3.eth.send_raw_transaction(
-                self.account.sign_transaction(tx).raw_transaction
-            )
+            if "gas" not in tx:
+                estimate = with_retries(lambda: self.w3.eth.estimate_gas(tx), label)  # type: ignore[arg-type]
+                tx["gas"] = int(estimate * GAS_HEADROOM)
+            signed = self.account.sign_transaction(tx)
+            tx_hash = signed.hash
+            # Resending the same signed bytes is idempotent: a retry can't double-spend.
+            try:
+                with_retries(
+                    lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), label
+                )
+            except Web3RPCError as exc:
+                if "already known" not in str(exc):
+                    raise
             self._nonce += 1
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+        receipt = with_retries(
+            lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120), label
+        )
         self.gas_used[label] = int(receipt["gasUsed"])
         if receipt["status"] != 1:
             raise TransactionFailed(label, receipt)

@@ -1,0 +1,347 @@
+"""The Fabstir wire protocol, shared by the node and the SDK.
+
+Every frame is an unsigned-varint length (as libp2p's own protocols use) followed by one CBOR
+map in deterministic encoding, at most :data:`MAX_FRAME` bytes. Field ``t`` names the message
+type. A frame that is too large, undecodable, invalid or out of order raises a
+:class:`ProtocolError` whose ``code`` the receiver sends back in an ``error`` frame before
+closing the stream. Unknown fields are ignored, so peers can add fields without a version bump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import cbor2
+
+SESSION_PROTOCOL = "/fabstir/session/1.0.0"
+INFO_PROTOCOL = "/fabstir/info/1.0.0"
+HOSTS_TOPIC = "/fabstir/hosts/1.0.0"
+MAX_FRAME = 1 << 20
+MAX_VARINT_BYTES = 10
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol; ``code`` goes into the ``error`` frame sent back."""
+
+    code = "protocol_error"
+    retryable = False
+
+
+class FrameTooLarge(ProtocolError):
+    code = "frame_too_large"
+
+
+class MalformedFrame(ProtocolError):
+    code = "malformed_frame"
+
+
+class InvalidMessage(ProtocolError):
+    code = "invalid_message"
+
+
+class UnexpectedMessage(ProtocolError):
+    code = "unexpected_message"
+
+
+class StreamClosed(ProtocolError):
+    """The peer closed the stream (cleanly between frames, or in the middle of one)."""
+
+    code = "stream_closed"
+    retryable = True
+
+
+class ReadTimeout(ProtocolError):
+    code = "timeout"
+    retryable = True
+
+
+# --------------------------------------------------------------------------- varints
+
+
+def encode_uvarint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("uvarint must be non-negative")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def decode_uvarint(data: bytes) -> tuple[int, int] | None:
+    """(value, bytes used), or None when ``data`` ends inside the varint."""
+    value = shift = 0
+    for i, byte in enumerate(data[:MAX_VARINT_BYTES]):
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i + 1
+        shift += 7
+    if len(data) >= MAX_VARINT_BYTES:
+        raise MalformedFrame("varint longer than 10 bytes")
+    return None
+
+
+# --------------------------------------------------------------------------- messages
+
+_TYPES: dict[str, type[Message]] = {}
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidMessage(message)
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all messages; subclasses declare ``TYPE`` and typed fields."""
+
+    TYPE: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE:
+            _TYPES[cls.TYPE] = cls
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidMessage` when a field is out of range."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TYPE, **{k: v for k, v in asdict(self).items() if v is not None}}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Message:
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                kwargs[f.name] = data[f.name]
+        try:
+            message = cls(**kwargs)
+        except TypeError as exc:
+            raise InvalidMessage(f"{cls.TYPE}: {exc}") from None
+        message._check_types()
+        message.validate()
+        return message
+
+    def _check_types(self) -> None:
+        for f in fields(self):
+            value, spec = getattr(self, f.name), str(f.type)
+            if value is None:
+                _check("None" in spec, f"{self.TYPE}.{f.name} is required")
+                continue
+            expected = _FIELD_TYPES.get(spec.replace(" | None", ""))
+            if expected is None:
+                continue
+            wrong_bool = isinstance(value, bool) and expected is not bool
+            _check(
+                isinstance(value, expected) and not wrong_bool,
+                f"{self.TYPE}.{f.name} has the wrong type",
+            )
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "str": str,
+    "bytes": bytes,
+    "bool": bool,
+    "float": (int, float),
+    "list[str]": list,
+    "list[dict[str, Any]]": list,
+    "dict[str, Any]": dict,
+}
+
+
+@dataclass(frozen=True)
+class Open(Message):
+    """Client -> host: attach this stream to on-chain session ``session_id``."""
+
+    TYPE: ClassVar[str] = "open"
+    session_id: int
+    chain_id: int
+    version: int = 1
+
+    def validate(self) -> None:
+        _check(self.session_id > 0, "open.session_id must be positive")
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """Host -> client: the session is verified; these are its terms."""
+
+    TYPE: ClassVar[str] = "ready"
+    session_id: int
+    model: str
+    credit_window: int
+    max_tokens: int  # what the deposit pays for, in billable tokens
+    billed_tokens: int = 0  # already billed in this session (a reconnecting client resumes)
+
+
+@dataclass(frozen=True)
+class Prompt(Message):
+    """Client -> host: generate a chat answer (OpenAI-style fields)."""
+
+    TYPE: ClassVar[str] = "prompt"
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check(0 < len(self.messages) <= 512, "prompt.messages must hold 1 to 512 messages")
+        for m in self.messages:
+            _check(
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str),
+                "each message needs role and content",
+            )
+        _check(self.max_tokens is None or self.max_tokens > 0, "prompt.max_tokens must be > 0")
+        _check(0.0 <= self.temperature <= 2.0, "prompt.temperature must be in [0, 2]")
+        _check(0.0 < self.top_p <= 1.0, "prompt.top_p must be in (0, 1]")
+        _check(
+            len(self.stop) <= 4 and all(isinstance(s, str) for s in self.stop),
+            "prompt.stop holds at most 4 strings",
+        )
+
+
+@dataclass(frozen=True)
+class Token(Message):
+    """Host -> client: generated text and the session's cumulative billable tokens."""
+
+    TYPE: ClassVar[str] = "token"
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class VoucherMsg(Message):
+    """Client -> host: an EIP-712 voucher for ``cumulative_tokens``."""
+
+    TYPE: ClassVar[str] = "voucher"
+    cumulative_tokens: int
+    transcript_hash: bytes
+    signature: bytes
+
+    def validate(self) -> None:
+        _check(self.cumulative_tokens >= 0, "voucher.cumulative_tokens must be >= 0")
+        _check(len(self.transcript_hash) == 32, "voucher.transcript_hash must be 32 bytes")
+        _check(len(self.signature) == 65, "voucher.signature must be 65 bytes")
+
+
+@dataclass(frozen=True)
+class Done(Message):
+    """Host -> client: the answer is complete; usage is this prompt's, ``tokens`` the session's."""
+
+    TYPE: ClassVar[str] = "done"
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Client -> host: stop the current answer."""
+
+    TYPE: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class InfoRequest(Message):
+    TYPE: ClassVar[str] = "info"
+
+
+@dataclass(frozen=True)
+class InfoResponse(Message):
+    """Host -> anyone, free: what it serves, for how much, how busy and how fast."""
+
+    TYPE: ClassVar[str] = "info_response"
+    host: str
+    models: list[dict[str, Any]]
+    load: int
+    tokens_per_second: float
+    version: int = 1
+
+
+def error_from(exc: ProtocolError) -> Error:
+    return Error(exc.code, str(exc) or exc.code, exc.retryable)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def encode_frame(message: Message) -> bytes:
+    body = cbor2.dumps(message.to_wire(), canonical=True)
+    if len(body) > MAX_FRAME:
+        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return encode_uvarint(len(body)) + body
+
+
+def decode_body(body: bytes) -> Message:
+    try:
+        data = cbor2.loads(body)
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise MalformedFrame(f"undecodable CBOR: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("t"), str):
+        raise MalformedFrame("a frame must be a CBOR map with a string field 't'")
+    kind = _TYPES.get(data["t"])
+    if kind is None:
+        raise InvalidMessage(f"unknown message type {data['t']!r}")
+    return kind.from_wire(data)
+
+
+ReadFn = Callable[[int], Awaitable[bytes]]
+
+
+class FrameReader:
+    """Reads whole frames from ``read(n)`` (returns up to n bytes, b"" at end of stream)."""
+
+    def __init__(self, read: ReadFn, max_frame: int = MAX_FRAME) -> None:
+        self._read = read
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    async def _fill(self, at_least: int, mid_frame: bool) -> None:
+        while len(self._buf) < at_least:
+            chunk = await self._read(max(65536, at_least - len(self._buf)))
+            if not chunk:
+                raise StreamClosed(
+                    "stream closed in the middle of a frame"
+                    if mid_frame or self._buf
+                    else "stream closed"
+                )
+            self._buf += chunk
+
+    async def read(self, timeout: float | None = None) -> Message:
+        """The next message; raises :class:`ProtocolError` subclasses on bad input."""
+        try:
+            return await asyncio.wait_for(self._read_frame(), timeout)
+        except TimeoutError:
+            raise ReadTimeout(f"no frame within {timeout:g} s" if timeout else "timeout") from None
+
+    async def _read_frame(self) -> Message:
+        while (header := decode_uvarint(bytes(self._buf[:MAX_VARINT_BYTES]))) is None:
+            await self._fill(len(self._buf) + 1, mid_frame=False)
+        length, used = header
+        if length > self.max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
+        await self._fill(used + length, mid_frame=True)
+        body = bytes(self._buf[used : used + length])
+        del self._buf[: used + length]
+        return decode_body(body)
