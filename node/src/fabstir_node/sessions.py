@@ -1,0 +1,390 @@
+"""Paid sessions, host side: one libp2p stream per session.
+
+``open`` is checked against the chain (session open, for this host, for a model we serve at a
+price we accept); then prompts are answered token by token while vouchers arrive. Each voucher
+is verified against the session's signer and journaled before it extends the credit window,
+so the host never computes more than ``credit_window`` tokens ahead of what it can claim.
+When the client closes the stream, or goes silent, the session is settled on-chain with the
+best voucher, exactly once, also across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from fabstir_node.chain import HostChain, ServedModel, SessionRefused
+from fabstir_node.inference import CreditGate, Engine, EngineError, Finished, SamplingParams
+from fabstir_node.journal import ABANDONED, OPEN, SETTLED, SETTLING, Journal
+from fabstir_sdk.contracts import Voucher, recover_signer
+from fabstir_sdk.contracts.client import SessionStatus
+from fabstir_sdk.protocol import (
+    Cancel,
+    Done,
+    Error,
+    FramedStream,
+    InfoRequest,
+    InfoResponse,
+    Message,
+    Open,
+    Prompt,
+    ProtocolError,
+    Ready,
+    StreamClosed,
+    Token,
+    UnexpectedMessage,
+    VoucherMsg,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Refused(ProtocolError):
+    """An ``open`` the host will not serve; the code says why."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+class InvalidVoucher(ProtocolError):
+    code = "invalid_voucher"
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    credit_window: int = 64  # completion tokens generated ahead of the last voucher
+    checkpoint_every: int = 2000  # vouched tokens between on-chain checkpoints
+    open_timeout: float = 10.0
+    idle_timeout: float = 120.0  # a silent client is treated as gone and the session settled
+    voucher_timeout: float = 30.0  # how long to wait at the credit window
+    max_tokens_default: int = 512
+
+
+@dataclass
+class _Live:
+    """A session attached to a stream."""
+
+    id: int
+    signer: str
+    max_tokens: int
+    billed: int
+    best: int
+    checkpointed: int
+    prompts: asyncio.Queue[Prompt] = field(default_factory=asyncio.Queue)
+    gate: CreditGate | None = None
+    base: int = 0  # billed tokens before the answer in progress
+    generation: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: ProtocolError | None = None
+
+
+class SessionService:
+    """Serves ``/fabstir/session/1.0.0`` and ``/fabstir/info/1.0.0`` streams."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        chain: HostChain,
+        journal: Journal,
+        served: ServedModel,
+        policy: SessionPolicy | None = None,
+    ) -> None:
+        self.engine = engine
+        self.chain = chain
+        self.journal = journal
+        self.served = served
+        self.policy = policy or SessionPolicy()
+        self.domain = chain.contracts.voucher_domain()
+        self.tokens_per_second = 0.0
+        self._attached: set[int] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- streams
+
+    async def handle_session(self, framed: FramedStream) -> None:
+        """Serve one session stream; never raises (a handler error must not reach libp2p)."""
+        session_id = None
+        try:
+            session_id = await self._serve(framed)
+        except ProtocolError as exc:
+            if not isinstance(exc, StreamClosed):
+                await framed.fail(exc)
+        except Exception as exc:  # a bug must cost one stream, not the node
+            log.exception("session stream failed")
+            await framed.fail(
+                Refused("internal_error", f"host error: {type(exc).__name__}", retryable=True)
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await framed.stream.close()
+            if session_id is not None:
+                self._attached.discard(session_id)
+                self._spawn(self.settle(session_id))
+
+    async def handle_info(self, framed: FramedStream) -> None:
+        try:
+            request = await framed.receive(timeout=self.policy.open_timeout)
+            if not isinstance(request, InfoRequest):
+                raise UnexpectedMessage(f"expected info, got {request.TYPE}")
+            await framed.send(self.info())
+        except ProtocolError as exc:
+            await framed.fail(exc)
+        except Exception:
+            log.exception("info stream failed")
+        finally:
+            with contextlib.suppress(Exception):
+                await framed.stream.close()
+
+    def info(self) -> InfoResponse:
+        model = {
+            "name": self.served.name,
+            "model_id": self.served.model_id,
+            "prices": dict(self.served.prices),
+        }
+        return InfoResponse(
+            self.chain.address, [model], self.engine.queue_depth, round(self.tokens_per_second, 2)
+        )
+
+    async def _serve(self, framed: FramedStream) -> int | None:
+        first = await framed.receive(timeout=self.policy.open_timeout)
+        if not isinstance(first, Open):
+            raise UnexpectedMessage(f"the first message must be open, not {first.TYPE}")
+        try:
+            onchain = await self.chain.verify_session(first.session_id, first.chain_id, self.served)
+        except SessionRefused as exc:
+            raise Refused(exc.code, str(exc)) from None
+        if first.session_id in self._attached:
+            raise Refused("session_busy", "this session is already attached to a stream")
+        journaled = self.journal.open_session(
+            onchain.id,
+            onchain.client,
+            onchain.signer,
+            self.served.name,
+            onchain.deposit,
+            onchain.price,
+            onchain.max_tokens,
+        )
+        if journaled.state != OPEN:
+            raise Refused("session_closed", f"session {onchain.id} is {journaled.state}")
+        self._attached.add(onchain.id)
+        best = journaled.best.cumulative_tokens if journaled.best else 0
+        live = _Live(
+            onchain.id,
+            onchain.signer,
+            onchain.max_tokens,
+            journaled.billed_tokens,
+            best,
+            max(journaled.checkpoint_tokens, onchain.checkpoint_tokens),
+        )
+        await framed.send(
+            Ready(
+                onchain.id,
+                self.served.name,
+                self.policy.credit_window,
+                onchain.max_tokens,
+                live.billed,
+            )
+        )
+        reader = asyncio.ensure_future(self._read(framed, live))
+        try:
+            await self._answer_prompts(framed, live)
+        finally:
+            reader.cancel()
+            if live.generation is not None:
+                live.generation.cancel()
+        if live.failure is not None and not isinstance(live.failure, StreamClosed):
+            await framed.fail(live.failure)
+        return onchain.id
+
+    # ----------------------------------------------------------------- inbound
+
+    async def _read(self, framed: FramedStream, live: _Live) -> None:
+        """Handle the client's frames while answers stream: vouchers, cancels, prompts."""
+        try:
+            while True:
+                message = await framed.receive(timeout=self.policy.idle_timeout)
+                await self._on_message(live, message)
+        except ProtocolError as exc:
+            live.failure = exc
+        except Exception as exc:  # never leave the session hanging on a reader bug
+            log.exception("session reader failed")
+            live.failure = Refused("internal_error", type(exc).__name__, retryable=True)
+        finally:
+            if live.generation is not None:
+                live.generation.cancel()
+            live.ended.set()
+
+    async def _on_message(self, live: _Live, message: Message) -> None:
+        if isinstance(message, VoucherMsg):
+            self._accept_voucher(live, message)
+        elif isinstance(message, Cancel):
+            if live.generation is not None:
+                live.generation.cancel()
+        elif isinstance(message, Prompt):
+            if live.generation is not None or not live.prompts.empty():
+                raise UnexpectedMessage("a prompt arrived while another is being answered")
+            live.prompts.put_nowait(message)
+        else:
+            raise UnexpectedMessage(f"a client may not send {message.TYPE} here")
+
+    def _accept_voucher(self, live: _Live, message: VoucherMsg) -> None:
+        voucher = Voucher(
+            live.id, message.cumulative_tokens, message.transcript_hash, message.signature
+        )
+        if recover_signer(self.domain, voucher) != live.signer:
+            raise InvalidVoucher("the voucher is not signed by the session's signer")
+        if voucher.cumulative_tokens > live.max_tokens:
+            raise InvalidVoucher(
+                f"the voucher covers {voucher.cumulative_tokens} tokens; the "
+                f"deposit pays for {live.max_tokens}"
+            )
+        if voucher.cumulative_tokens <= live.best:
+            return  # stale or repeated: harmless
+        self.journal.record_voucher(voucher)  # durable before it buys more tokens
+        live.best = voucher.cumulative_tokens
+        if live.gate is not None:
+            live.gate.extend(live.best - live.base + self.policy.credit_window)
+        if live.best - live.checkpointed >= self.policy.checkpoint_every:
+            live.checkpointed = live.best
+            self._spawn(self._checkpoint(voucher))
+
+    # ----------------------------------------------------------------- answers
+
+    async def _answer_prompts(self, framed: FramedStream, live: _Live) -> None:
+        while not live.ended.is_set():
+            next_prompt = asyncio.ensure_future(live.prompts.get())
+            ended = asyncio.ensure_future(live.ended.wait())
+            await asyncio.wait({next_prompt, ended}, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            if not next_prompt.done():
+                next_prompt.cancel()
+                return
+            prompt = next_prompt.result()
+            live.generation = asyncio.ensure_future(self._answer(framed, live, prompt))
+            try:
+                await live.generation
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+            finally:
+                live.generation = None
+
+    async def _answer(self, framed: FramedStream, live: _Live, prompt: Prompt) -> None:
+        try:
+            tokens = self.engine.chat_prompt(prompt.messages)
+        except EngineError as exc:
+            await framed.send(Error(exc.kind, str(exc), False))
+            return
+        base = live.billed
+        room = live.max_tokens - base - len(tokens)
+        if room <= 0:
+            await framed.send(
+                Error("deposit_exhausted", "the deposit is used up: open a new session", False)
+            )
+            return
+        wanted = prompt.max_tokens or self.policy.max_tokens_default
+        params = SamplingParams(
+            min(wanted, room), prompt.temperature, prompt.top_p, prompt.seed, tuple(prompt.stop)
+        )
+        live.base = base
+        live.gate = CreditGate(
+            live.best - base + self.policy.credit_window, self.policy.voucher_timeout
+        )
+        sent = 0
+        finish = "cancelled"
+        try:
+            async for event in self.engine.generate(tokens, params, live.gate):
+                if isinstance(event, Finished):
+                    finish, sent = event.finish_reason, event.usage.completion_tokens
+                    self._observe(event)
+                    break
+                sent = event.completion_tokens
+                await framed.send(Token(event.text, base + len(tokens) + sent))
+        except EngineError as exc:
+            await framed.send(Error(exc.kind, str(exc), exc.kind == "busy"))
+            return
+        except asyncio.CancelledError:
+            finish = "cancelled"
+            if live.ended.is_set():
+                raise
+        finally:
+            live.gate = None
+            live.billed = base + len(tokens) + sent
+            self.journal.add_billed(live.id, len(tokens) + sent)
+        if finish == "length" and sent >= room:
+            finish = "deposit"
+        await framed.send(Done(finish, len(tokens), sent, live.billed))
+
+    def _observe(self, finished: Finished) -> None:
+        if finished.generation_s > 0 and finished.usage.completion_tokens > 1:
+            rate = finished.usage.completion_tokens / finished.generation_s
+            self.tokens_per_second = (
+                rate if not self.tokens_per_second else (0.7 * self.tokens_per_second + 0.3 * rate)
+            )
+
+    # ----------------------------------------------------------------- chain
+
+    async def _checkpoint(self, voucher: Voucher) -> None:
+        try:
+            await self.chain.checkpoint(voucher)
+            self.journal.record_checkpoint(voucher.session_id, voucher.cumulative_tokens)
+        except Exception as exc:  # a later checkpoint or the settlement covers it
+            log.warning("checkpoint of session %s failed: %s", voucher.session_id, exc)
+
+    async def settle(self, session_id: int) -> None:
+        """Settle ``session_id`` with its best voucher, exactly once (safe to call again)."""
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            journaled = self.journal.get(session_id)
+            if journaled is None or journaled.state in (SETTLED, ABANDONED):
+                return
+            if session_id in self._attached:
+                return  # a client reattached; it settles when that stream ends
+            onchain = await self.chain.session(session_id)
+            if onchain.status == SessionStatus.SETTLED:
+                self.journal.set_state(session_id, SETTLED)
+                return
+            if journaled.best is None:
+                # Nothing vouched: nothing to claim. The client gets its deposit back with
+                # requestClose + finalize; we don't spend gas to refund for it.
+                self.journal.set_state(session_id, ABANDONED)
+                return
+            self.journal.set_state(session_id, SETTLING)
+            try:
+                settlement = await self.chain.settle(journaled.best)
+            except Exception:
+                if (await self.chain.session(session_id)).status == SessionStatus.SETTLED:
+                    self.journal.set_state(session_id, SETTLED)
+                    return
+                raise
+            self.journal.set_state(session_id, SETTLED, settlement.tx_hash)
+            log.info(
+                "settled session %s: %s tokens, host %s wei, refund %s wei",
+                session_id,
+                settlement.tokens,
+                settlement.host_amount,
+                settlement.refund,
+            )
+
+    async def resume(self) -> None:
+        """After a restart: settle every session the journal says we are still owed."""
+        for journaled in self.journal.sessions(OPEN, SETTLING):
+            try:
+                await self.settle(journaled.session_id)
+            except Exception as exc:
+                log.warning("could not settle session %s yet: %s", journaled.session_id, exc)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background checkpoints and settlements (used at shutdown and in tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)

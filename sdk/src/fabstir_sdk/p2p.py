@@ -1,0 +1,412 @@
+"""A libp2p host for both sides of Fabstir, running py-libp2p (trio-only) in its own thread
+behind an asyncio API.
+
+Security is Noise only and the muxer Yamux only, so any spec-conformant libp2p peer (js-libp2p,
+rust-libp2p) can talk to us. Stream handlers are asyncio coroutines that receive a
+:class:`BridgedStream`; anything they raise is contained, because an exception escaping a
+py-libp2p handler takes the whole host down. Kademlia provider records are keyed by a CIDv1
+(raw) of sha256(model id), and gossipsub carries host announcements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import multiaddr
+import multihash
+import trio
+from cid import make_cid
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+log = logging.getLogger(__name__)
+logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)  # noisy on stream close
+
+T = TypeVar("T")
+Handler = Callable[["BridgedStream"], Awaitable[None]]
+_CLOSE, _RESET = object(), object()
+READ_CHUNK = 1 << 16
+
+
+class P2PError(RuntimeError):
+    """Dialing, opening a stream or a DHT/pubsub operation failed."""
+
+
+def peer_id_of_seed(seed: bytes) -> str:
+    return str(ID.from_pubkey(ed25519_key_pair(seed).public_key))
+
+
+def peer_id_bytes(peer_id: str) -> bytes:
+    return bytes(ID.from_base58(peer_id).to_bytes())
+
+
+def peer_id_from_bytes(raw: bytes) -> str:
+    return str(ID(raw))
+
+
+def provider_key(model_id: bytes) -> str:
+    """The DHT key for "who serves this model": CIDv1, raw codec, sha256 over the model id."""
+    digest = multihash.encode(hashlib.sha256(model_id).digest(), "sha2-256")
+    return str(make_cid(1, "raw", digest).encode("base32").decode())
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    peer_id: str
+    addrs: list[str]
+
+
+class BridgedStream:
+    """A libp2p stream seen from asyncio: ``read``/``write``/``close``/``reset``."""
+
+    def __init__(self, owner: P2PHost, remote_peer: str, protocol: str) -> None:
+        self.remote_peer = remote_peer
+        self.protocol = protocol
+        self._owner = owner
+        self._incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self._buffer = b""
+        self._eof = False
+        send, receive = trio.open_memory_channel[object](math.inf)
+        self._to_trio, self._from_asyncio = send, receive
+        self.flushed: asyncio.Future[None] = owner.loop.create_future()  # our side is closed
+        self.closed: asyncio.Future[None] = owner.loop.create_future()  # both sides are
+
+    # asyncio side ------------------------------------------------------------
+    async def read(self, n: int) -> bytes:
+        if not self._buffer and not self._eof:
+            chunk = await self._incoming.get()
+            if not chunk:
+                self._eof = True
+            self._buffer = chunk
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    async def write(self, data: bytes) -> None:
+        if self.flushed.done():
+            raise ConnectionResetError("the stream is closed")
+        self._owner._trio_soon(self._to_trio.send_nowait, data)
+
+    async def close(self) -> None:
+        """Flush what was written, then half-close (the peer may still be reading)."""
+        if not self.flushed.done():
+            with contextlib.suppress(Exception):
+                self._owner._trio_soon(self._to_trio.send_nowait, _CLOSE)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self.flushed), 10)
+
+    async def close_from_trio(self) -> None:
+        with contextlib.suppress(Exception):
+            self._to_trio.send_nowait(_CLOSE)
+
+    async def reset(self) -> None:
+        if not self.flushed.done():
+            with contextlib.suppress(Exception):
+                self._owner._trio_soon(self._to_trio.send_nowait, _RESET)
+
+    # trio side ---------------------------------------------------------------
+    async def _pump(self, stream: Any, linger: float = 30) -> None:
+        """Move bytes both ways until we close (or reset) and the peer closes its side."""
+        loop = self._owner.loop
+
+        async def inbound() -> None:
+            with contextlib.suppress(Exception):
+                while chunk := await stream.read(READ_CHUNK):
+                    loop.call_soon_threadsafe(self._incoming.put_nowait, chunk)
+            loop.call_soon_threadsafe(self._incoming.put_nowait, b"")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inbound)
+            try:
+                async for item in self._from_asyncio:
+                    if item is _CLOSE:
+                        await stream.close()
+                        break
+                    if item is _RESET:
+                        await stream.reset()
+                        nursery.cancel_scope.cancel()
+                        break
+                    await stream.write(item)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                nursery.cancel_scope.cancel()
+            finally:
+                loop.call_soon_threadsafe(_resolve, self.flushed)
+            # Our side is done; give the peer a while to finish reading and close its side.
+            nursery.cancel_scope.deadline = trio.current_time() + linger
+        loop.call_soon_threadsafe(_resolve, self.closed)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class P2PHost:
+    """One libp2p host (Noise, Yamux, TCP) with a Kademlia DHT and gossipsub."""
+
+    def __init__(self, seed: bytes, listen: list[str] | None = None) -> None:
+        if len(seed) != 32:
+            raise ValueError("the libp2p key seed must be 32 bytes")
+        self._key_pair = ed25519_key_pair(seed)
+        self.peer_id = str(ID.from_pubkey(self._key_pair.public_key))
+        self._listen = [multiaddr.Multiaddr(a) for a in (listen or ["/ip4/127.0.0.1/tcp/0"])]
+        self._handlers: dict[str, Handler] = {}
+        self._subscriptions: dict[str, Callable[[bytes, str], None]] = {}
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._host: Any = None
+        self._dht: Any = None
+        self._pubsub: Any = None
+        self.addrs: list[str] = []
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    def set_handler(self, protocol: str, handler: Handler) -> None:
+        """Serve ``protocol`` with an asyncio handler; call before :meth:`start`."""
+        self._handlers[protocol] = handler
+
+    def on_gossip(self, topic: str, callback: Callable[[bytes, str], None]) -> None:
+        """Call ``callback(data, from_peer)`` on the event loop for each message on ``topic``."""
+        self._subscriptions[topic] = callback
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self.loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="libp2p", daemon=True)
+        self._thread.start()
+        await ready
+
+    async def stop(self) -> None:
+        if self._token is not None and self._stop is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+            self._thread = None
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        try:
+            trio.run(self._main, ready)
+        except BaseException as exc:  # report start failures; later ones are logged
+            log.exception("libp2p host stopped")
+            self.loop.call_soon_threadsafe(_fail, ready, exc)
+
+    async def _main(self, ready: asyncio.Future[None]) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        kp = self._key_pair
+        host = new_host(
+            key_pair=kp,
+            sec_opt={
+                NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=x25519_key_pair().private_key)
+            },
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            connection_config=ConnectionConfig(max_connections_per_peer=1),  # no 250 ms dial wait
+            listen_addrs=self._listen,
+        )
+        self._host = host
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run(listen_addrs=self._listen))
+            gossip = GossipSub(
+                protocols=[PROTOCOL_ID_V11],
+                degree=6,
+                degree_low=4,
+                degree_high=12,
+                heartbeat_interval=1,
+            )
+            pubsub = Pubsub(host, gossip)
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(gossip))
+            await pubsub.wait_until_ready()  # pubsub must run before any peer connects
+            self._pubsub = pubsub
+            dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
+            await stack.enter_async_context(background_trio_service(dht))
+            self._dht = dht
+            for protocol, handler in self._handlers.items():
+                host.set_stream_handler(TProtocol(protocol), self._guarded(protocol, handler))
+            self.addrs = [str(a) for a in host.get_addrs()]
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for topic, callback in self._subscriptions.items():
+                    subscription = await pubsub.subscribe(topic)
+                    nursery.start_soon(self._deliver, subscription, callback)
+                self.loop.call_soon_threadsafe(_resolve, ready)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+
+    async def _deliver(self, subscription: Any, callback: Callable[[bytes, str], None]) -> None:
+        while True:
+            message = await subscription.get()
+            sender = str(ID(message.from_id))
+            if sender != self.peer_id:
+                self.loop.call_soon_threadsafe(_safe_call, callback, bytes(message.data), sender)
+
+    def _guarded(self, protocol: str, handler: Handler) -> Callable[[Any], Awaitable[None]]:
+        async def serve(stream: Any) -> None:
+            try:
+                remote = str(stream.muxed_conn.peer_id)  # authenticated by Noise
+                bridged = BridgedStream(self, remote, protocol)
+                done = trio.Event()
+                token = self._token
+                assert token is not None
+
+                def finished(_: object) -> None:
+                    token.run_sync_soon(done.set)
+
+                future = asyncio.run_coroutine_threadsafe(handler(bridged), self.loop)
+                future.add_done_callback(finished)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(bridged._pump, stream, 2.0)
+                    await done.wait()
+                    if not bridged.flushed.done():  # the handler forgot to close: do it
+                        await bridged.close_from_trio()
+            except Exception as exc:  # never let it reach py-libp2p: it would stop the host
+                log.warning("%s handler failed: %r", protocol, exc)
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+
+        return serve
+
+    # ----------------------------------------------------------------- calls into trio
+
+    def _trio_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._token is None:
+            raise P2PError("the libp2p host is not running")
+        self._token.run_sync_soon(fn, *args)
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float = 30) -> T:
+        """Run ``fn(*args)`` in the trio thread and await its result from asyncio."""
+        future: asyncio.Future[T] = self.loop.create_future()
+
+        async def runner() -> None:
+            try:
+                with trio.fail_after(timeout):
+                    result = await fn(*args)
+            except BaseException as exc:  # delivered to the awaiting asyncio task
+                self.loop.call_soon_threadsafe(_fail, future, exc)
+            else:
+                self.loop.call_soon_threadsafe(_set, future, result)
+
+        nursery = self._nursery
+        if nursery is None:
+            raise P2PError("the libp2p host is not running")
+        self._trio_soon(nursery.start_soon, runner)
+        return await future
+
+    async def connect(self, peer_id: str, addrs: list[str]) -> None:
+        """Dial ``peer_id`` at ``addrs``; Noise fails the dial if the key doesn't match."""
+
+        async def dial() -> None:
+            last: Exception | None = None
+            for addr in addrs:
+                full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
+                info = info_from_p2p_addr(multiaddr.Multiaddr(full))
+                if str(info.peer_id) != peer_id:
+                    raise P2PError(f"{addr} names peer {info.peer_id}, not {peer_id}")
+                try:
+                    await self._host.connect(info)
+                    await self._dht.add_peer(info.peer_id)
+                    return
+                except Exception as exc:
+                    last = exc
+            raise P2PError(f"cannot reach {peer_id}: {last}")
+
+        try:
+            await self._call(dial, timeout=15)
+        except TimeoutError:
+            raise P2PError(f"cannot reach {peer_id}: dial timed out") from None
+
+    async def open_stream(self, peer: PeerAddress, protocol: str) -> BridgedStream:
+        """Connect if needed and open a ``protocol`` stream to ``peer``."""
+        if peer.addrs:
+            await self.connect(peer.peer_id, peer.addrs)
+
+        async def open_() -> BridgedStream:
+            stream = await self._host.new_stream(
+                ID.from_base58(peer.peer_id), [TProtocol(protocol)]
+            )
+            remote = str(stream.muxed_conn.peer_id)
+            bridged = BridgedStream(self, remote, protocol)
+            assert self._nursery is not None
+            self._nursery.start_soon(bridged._pump, stream)
+            return bridged
+
+        try:
+            stream = await self._call(open_, timeout=15)
+        except Exception as exc:
+            raise P2PError(f"cannot open {protocol} to {peer.peer_id}: {exc}") from exc
+        if stream.remote_peer != peer.peer_id:  # defence in depth; Noise already checked
+            await stream.reset()
+            raise P2PError(f"remote authenticated as {stream.remote_peer}, not {peer.peer_id}")
+        return stream
+
+    async def provide(self, key: str) -> None:
+        async def run() -> None:
+            await self._dht.provide(key)
+
+        await self._call(run)
+
+    async def find_providers(self, key: str) -> list[PeerAddress]:
+        async def run() -> list[PeerAddress]:
+            found: dict[str, PeerAddress] = {}
+            providers: list[PeerInfo] = await self._dht.find_providers(key)
+            for info in providers:
+                peer = str(info.peer_id)
+                addrs = [str(a) for a in info.addrs]
+                if peer != self.peer_id:
+                    found.setdefault(peer, PeerAddress(peer, addrs))
+            return list(found.values())
+
+        return await self._call(run)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        async def run() -> None:
+            await self._pubsub.publish(topic, data)
+
+        await self._call(run)
+
+    def connected_peers(self) -> list[str]:
+        return [str(p) for p in self._host.get_connected_peers()] if self._host else []
+
+
+def _set(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc if isinstance(exc, Exception) else P2PError(repr(exc)))
+
+
+def _safe_call(callback: Callable[[bytes, str], None], data: bytes, sender: str) -> None:
+    try:
+        callback(data, sender)
+    except Exception:
+        log.exception("gossip callback failed")
