@@ -130,6 +130,11 @@ class HostChain:
             "register",
         )
 
+    def update_endpoint(self, peer_id: bytes, addrs: list[str]) -> Any:
+        return self.contracts.transact(
+            self.contracts.nodes.functions.updateEndpoint(peer_id, addrs), "updateEndpoint"
+        )
+
     def unregister(self) -> Any:
         return self.contracts.transact(self.contracts.nodes.functions.unregister(), "unregister")
 

@@ -1,7 +1,8 @@
 """``fabstir-node``: the operator's command line.
 
 Exit codes: 0 success, 1 verification failed (hash mismatch), 2 usage error,
-3 model not found or not loadable, 4 configuration error.
+3 model not found or not loadable, 4 configuration error, 5 chain error (unreachable RPC,
+reverted transaction, not registered).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fabstir_node.models import (
     verify,
 )
 
-EXIT_MISMATCH, EXIT_MODEL, EXIT_CONFIG = 1, 3, 4
+EXIT_MISMATCH, EXIT_MODEL, EXIT_CONFIG, EXIT_CHAIN = 1, 3, 4, 5
 
 
 def _fail(message: str, code: int) -> None:
@@ -220,3 +221,310 @@ def models_verify(
         if "loadable" in result:
             click.echo("loads in llama.cpp" if result["loadable"] else result["error"])
     sys.exit(code)
+
+
+# --------------------------------------------------------------------------- paid serving
+
+CHAIN_FLAGS = [
+    click.option("--rpc-url", help="chain RPC [http://127.0.0.1:8545]"),
+    click.option(
+        "--deployment",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="deployment manifest [deployments/<chainId>.json]",
+    ),
+    click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="keys, journal and caches [~/.local/share/fabstir-node]",
+    ),
+]
+
+
+def chain_flags(fn: Any) -> Any:
+    for option in reversed(CHAIN_FLAGS):
+        fn = option(fn)
+    return fn
+
+
+def _keys(config: NodeConfig) -> Any:
+    from fabstir_node.keys import KeysError, load_keys
+
+    try:
+        return load_keys(config.data_dir)
+    except KeysError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+def _chain(config: NodeConfig) -> Any:
+    from fabstir_node.runtime import connect_chain
+    from fabstir_sdk.contracts import DeploymentError
+    from fabstir_sdk.contracts.transactions import ChainUnavailable
+
+    try:
+        return connect_chain(config, _keys(config))
+    except (ChainUnavailable, DeploymentError) as exc:
+        _fail(str(exc), EXIT_CHAIN)
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key:<18} {value}")
+
+
+@main.command()
+@click.option(
+    "--private-key",
+    envvar="FABSTIR_PRIVATE_KEY",
+    help="import this Ethereum key instead of making one (env FABSTIR_PRIVATE_KEY)",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def init(
+    ctx: click.Context, /, private_key: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Create the node's keys (Ethereum + libp2p) and a config file in its data dir."""
+    from fabstir_node.keys import KeysError, create_keys
+
+    config = _config(ctx, data_dir=data_dir)
+    try:
+        keys = create_keys(config.data_dir, private_key)
+    except KeysError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    config_file = config.data_dir / "config.toml"
+    if not config_file.exists():
+        config_file.write_text(
+            f'[node]\nmodel = "{config.model}"\nrpc_url = '
+            f'"{config.rpc_url}"\nprice = {config.price}\n'
+        )
+    _emit(
+        {
+            "address": keys.account.address,
+            "peer_id": keys.peer_id,
+            "data_dir": str(config.data_dir),
+            "config": str(config_file),
+        },
+        as_json,
+    )
+
+
+@main.command()
+@chain_flags
+@click.option("--model", "-m", help="model to offer (built-in name or GGUF path)")
+@click.option("--sha256", "model_sha256", help="pin a GGUF given by path")
+@click.option("--price", type=int, help="wei per 1000 tokens")
+@click.option("--stake", type=int, help="FAB (wei) to stake")
+@click.option("--p2p-listen", help="libp2p address to advertise, e.g. /ip4/1.2.3.4/tcp/4001")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Stake and register in the NodeRegistry with the model, its price and the peer id."""
+    from fabstir_node.chain import SessionRefused
+    from fabstir_node.runtime import served_model
+    from fabstir_node.server import prepare_model
+    from fabstir_sdk.contracts.transactions import TransactionFailed
+
+    config = _config(ctx, **flags)
+    keys = _keys(config)
+    chain = _chain(config)
+    try:
+        prepared = prepare_model(config)
+    except ModelError as exc:
+        _fail(str(exc), EXIT_MODEL)
+    served = served_model(prepared, config)
+    try:
+        chain.check_model(served.model_id, prepared.sha256)
+    except SessionRefused as exc:
+        _fail(
+            f"{exc} (model id 0x{served.model_id.hex()}): the ModelRegistry owner must add "
+            "it with this sha256",
+            EXIT_CHAIN,
+        )
+    balance = chain.stake_balance()
+    if balance < config.stake:
+        _fail(
+            f"stake token balance too low: you hold {balance} FAB wei and staking needs "
+            f"{config.stake}; get FAB to {chain.address} first",
+            EXIT_CHAIN,
+        )
+    listen = config.p2p_listen
+    addrs = [] if listen.endswith("/tcp/0") else [f"{listen}/p2p/{keys.peer_id}"]
+    from fabstir_sdk.p2p import peer_id_bytes
+
+    try:
+        receipt = chain.register(
+            peer_id_bytes(keys.peer_id), addrs, {"model": served.name}, [served], config.stake
+        )
+    except (TransactionFailed, Exception) as exc:
+        _fail(f"registration failed: {exc}", EXIT_CHAIN)
+    _emit(
+        {
+            "address": chain.address,
+            "peer_id": keys.peer_id,
+            "model": served.name,
+            "model_id": "0x" + served.model_id.hex(),
+            "price": config.price,
+            "stake": config.stake,
+            "tx": receipt["transactionHash"].hex(),
+        },
+        as_json,
+    )
+
+
+@main.command()
+@chain_flags
+@click.option("--model", "-m", help="built-in model name or path to a .gguf file")
+@click.option("--sha256", "model_sha256", help="pin a GGUF given by path")
+@click.option("--host", help="HTTP interface [127.0.0.1]")
+@click.option("--port", "-p", type=int, help="HTTP port [8080]; 0 picks a free one")
+@click.option("--p2p-listen", help="libp2p listen address [/ip4/127.0.0.1/tcp/0]")
+@click.option("--bootstrap", help="comma-separated peers to join (multiaddrs with /p2p/)")
+@click.option("--price", type=int, help="wei per 1000 tokens (must match the registration)")
+@click.pass_context
+def run(ctx: click.Context, /, **flags: Any) -> None:
+    """Serve paid sessions over libp2p (and the HTTP API), settling on-chain."""
+    import logging
+
+    from fabstir_node.chain import SessionRefused
+    from fabstir_node.runtime import HostNode
+    from fabstir_sdk.contracts import DeploymentError
+    from fabstir_sdk.contracts.transactions import ChainUnavailable
+
+    config = _config(ctx, **flags)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    node = HostNode(config, _keys(config))
+
+    async def main_task() -> None:
+        status = await node.start()
+        for key, value in (
+            ("address", status.address),
+            ("peer id", status.peer_id),
+            ("listening", " ".join(status.addrs)),
+            ("model", f"{status.model} sha256 {status.sha256} (verified)"),
+            ("model id", status.model_id),
+            ("price", f"{status.price} wei / 1000 tokens"),
+            ("api", f"{status.http}/v1  metrics {status.http}/metrics"),
+            ("journal", str(config.data_dir / "journal.sqlite")),
+        ):
+            click.echo(f"{key:<10} {value}", err=True)
+        click.echo("ready", err=True)
+        await asyncio.Event().wait()
+
+    async def runner() -> None:
+        task = asyncio.ensure_future(main_task())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await node.stop()
+
+    try:
+        asyncio.run(runner())
+    except HashMismatch as exc:
+        _fail(str(exc), EXIT_MISMATCH)
+    except ModelError as exc:
+        _fail(str(exc), EXIT_MODEL)
+    except (ChainUnavailable, DeploymentError, SessionRefused) as exc:
+        _fail(str(exc), EXIT_CHAIN)
+    click.echo("stopped", err=True)
+
+
+@main.command()
+@chain_flags
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Registration, sessions in flight, vouchers held, pending settlements, earnings."""
+    from fabstir_node.journal import OPEN, SETTLED, SETTLING, Journal
+    from fabstir_sdk.contracts import ETH
+
+    config = _config(ctx, **flags)
+    chain = _chain(config)
+    record = chain.contracts.host(chain.address)
+    journal = Journal(config.data_dir / "journal.sqlite")
+    sessions = journal.sessions()
+    journal.close()
+    owed = [s for s in sessions if s.state in (OPEN, SETTLING) and s.best]
+    data = {
+        "address": chain.address,
+        "registered": record.active,
+        "stake": record.stake,
+        "sessions_open": sum(s.state == OPEN for s in sessions),
+        "sessions_settled": sum(s.state == SETTLED for s in sessions),
+        "pending_settlements": len(owed),
+        "vouched_unsettled_tokens": sum(s.best.cumulative_tokens for s in owed if s.best),
+        "earnings_wei": chain.earnings(ETH),
+        "sessions": [
+            {
+                "id": s.session_id,
+                "state": s.state,
+                "billed": s.billed_tokens,
+                "vouched": s.best.cumulative_tokens if s.best else 0,
+                "settle_tx": s.settle_tx,
+            }
+            for s in sessions[-20:]
+        ],
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key != "sessions":
+            click.echo(f"{key:<26} {value}")
+    for s in data["sessions"]:
+        click.echo(
+            f"  session {s['id']:<6} {s['state']:<9} billed {s['billed']:<7} vouched {s['vouched']}"
+        )
+
+
+@main.command()
+@chain_flags
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def earnings(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """What the host can withdraw (wei)."""
+    from fabstir_sdk.contracts import ETH
+
+    chain = _chain(_config(ctx, **flags))
+    _emit({"address": chain.address, "eth_wei": chain.earnings(ETH)}, as_json)
+
+
+@main.command()
+@chain_flags
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def withdraw(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Withdraw all ETH earnings to the host's address."""
+    from fabstir_sdk.contracts import ETH
+
+    chain = _chain(_config(ctx, **flags))
+    amount = chain.earnings(ETH)
+    if amount == 0:
+        _fail("nothing to withdraw yet", EXIT_CHAIN)
+    receipt = chain.contracts.withdraw(ETH)
+    _emit({"withdrawn_wei": amount, "tx": receipt["transactionHash"].hex()}, as_json)
+
+
+@main.command()
+@chain_flags
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def unregister(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Stop offering models; the stake unbonds and is withdrawable after the delay."""
+    chain = _chain(_config(ctx, **flags))
+    if not chain.contracts.host(chain.address).active:
+        _fail("this host is not registered", EXIT_CHAIN)
+    receipt = chain.unregister()
+    _emit({"address": chain.address, "tx": receipt["transactionHash"].hex()}, as_json)

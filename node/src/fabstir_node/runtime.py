@@ -23,7 +23,7 @@ from fabstir_node.sessions import SessionPolicy, SessionService
 from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.transactions import with_retries
-from fabstir_sdk.p2p import P2PHost
+from fabstir_sdk.p2p import P2PHost, peer_id_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,19 @@ class HostNode:
         host = P2PHost(self.keys.p2p_seed, [config.p2p_listen])
         self.network = NodeNetwork(host, self.sessions, self.keys.account)
         await self.network.start(config.bootstrap_peers)
+        await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
         return self.status()
+
+    def _refresh_endpoint(self, chain: HostChain) -> None:
+        """Keep the registry's peer id and addresses equal to where we listen now."""
+        assert self.network is not None
+        record = chain.contracts.host(chain.address)
+        addrs = self.network.host.addrs
+        if record.active and (
+            record.peer_id != peer_id_bytes(self.network.host.peer_id) or record.addrs != addrs
+        ):
+            chain.update_endpoint(peer_id_bytes(self.network.host.peer_id), addrs)
 
     def _connect_chain(self) -> HostChain:
         return connect_chain(self.config, self.keys)
