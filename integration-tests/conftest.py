@@ -1,15 +1,120 @@
-"""Whole-system fixtures: a fresh Anvil per test module with the protocol deployed."""
+"""Whole-system fixtures: a fresh Anvil with the protocol deployed, the tiny test model
+registered with its real sha256, host nodes and SDK clients on real 127.0.0.1 sockets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
-from fabstir_sdk.devnet import Anvil
+from fabstir_node.config import NodeConfig
+from fabstir_node.keys import create_keys
+from fabstir_node.models import sha256_file
+from fabstir_node.runtime import HostNode, served_model
+from fabstir_node.testing import write_tiny_gguf
+from fabstir_sdk.client import FabstirClient
+from fabstir_sdk.contracts import Deployment
+from fabstir_sdk.contracts.transactions import TransactionSender
+from fabstir_sdk.devnet import (
+    Anvil,
+    DeployParams,
+    add_model,
+    anvil_account,
+    deploy_protocol,
+    mint_fab,
+)
+from fabstir_sdk.p2p import peer_id_bytes
+
+T = TypeVar("T")
+PRICE = 2 * 10**12  # wei per 1000 tokens
+HOST_ACCOUNTS = (1, 2, 3)
+CLIENT_ACCOUNTS = (4, 5, 6, 7)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@dataclass
+class Devnet:
+    anvil: Anvil
+    deployment: Deployment
+    deployment_path: Path
+    owner: TransactionSender
+    model_path: Path
+    model_sha: str
+    root: Path
+    _nodes: list[HostNode] = field(default_factory=list)
+
+    def config(self, name: str, **overrides: Any) -> NodeConfig:
+        values: dict[str, Any] = {
+            "model": str(self.model_path),
+            "model_sha256": self.model_sha,
+            "port": 0,
+            "rpc_url": self.anvil.url,
+            "deployment": self.deployment_path,
+            "data_dir": self.root / name,
+            "n_ctx": 512,
+            "n_threads": 1,
+            "price": PRICE,
+            "idle_timeout": 30.0,
+        }
+        values.update(overrides)
+        return NodeConfig(**values).validate()
+
+    async def start_node(self, index: int, *, register: bool = True, **overrides: Any) -> HostNode:
+        """A host node for Anvil account ``index``, staked and registered."""
+        config = self.config(f"node{index}", **overrides)
+        keys_dir = config.data_dir / "keys"
+        if not keys_dir.exists():
+            create_keys(config.data_dir, anvil_account(index).key.hex())
+        from fabstir_node.keys import load_keys
+
+        node = HostNode(config, load_keys(config.data_dir))
+        await node.start()
+        self._nodes.append(node)
+        if register:
+            await asyncio.to_thread(self.register, node)
+        return node
+
+    def register(self, node: HostNode) -> None:
+        assert node.sessions is not None
+        chain = node.sessions.chain  # the node's own sender: one nonce counter per key
+        if chain.contracts.host(chain.address).active:
+            return
+        stake = self.deployment.params["minStake"]
+        mint_fab(self.owner, self.deployment, chain.address, stake)
+        assert node.prepared and node.network
+        chain.register(
+            peer_id_bytes(node.network.host.peer_id),
+            node.network.host.addrs,
+            {"test": True},
+            [served_model(node.prepared, node.config)],
+            stake,
+        )
+
+    def client(self, index: int = 4) -> FabstirClient:
+        return FabstirClient(self.anvil.url, anvil_account(index).key.hex(), self.deployment)
 
 
 @pytest.fixture(scope="module")
 def anvil() -> Iterator[Anvil]:
     with Anvil() as chain:
         yield chain
+
+
+@pytest.fixture(scope="module")
+def devnet(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Devnet:
+    root = tmp_path_factory.mktemp("devnet")
+    owner = TransactionSender(anvil.w3, anvil_account(0))
+    deployment = deploy_protocol(owner, DeployParams(dispute_window=600))
+    path = root / "deployment.json"
+    deployment.save(path)
+    model = write_tiny_gguf(root / "tiny.gguf")
+    sha = sha256_file(model)
+    add_model(owner, deployment, "local", model.name, sha)
+    return Devnet(anvil, deployment, path, owner, model, sha, root)

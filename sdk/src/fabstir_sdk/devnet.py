@@ -200,3 +200,25 @@ def deploy_protocol(
             "owner": owner,
         },
     )
+
+
+def add_model(
+    owner: TransactionSender,
+    deployment: Deployment,
+    repo: str,
+    file: str,
+    sha256_hex: str,
+    tier: int = 1,
+) -> bytes:
+    """Register a model in the ModelRegistry (owner only); returns its id."""
+    models = deployment.contract(owner.w3, "ModelRegistry")
+    owner.transact(
+        models.functions.addModel(repo, file, bytes.fromhex(sha256_hex), tier), f"addModel {file}"
+    )
+    return bytes(models.functions.modelIdOf(repo, file).call())
+
+
+def mint_fab(owner: TransactionSender, deployment: Deployment, to: str, amount: int) -> None:
+    """Give ``to`` stake tokens (the local FabToken's owner mints)."""
+    fab = deployment.contract(owner.w3, "FabToken")
+    owner.transact(fab.functions.mint(to, amount), "mint FAB")

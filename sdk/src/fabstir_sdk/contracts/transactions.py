@@ -69,21 +69,18 @@ class TransactionSender:
     def send(self, tx: dict[str, Any], label: str) -> TxReceipt:
         """Send ``tx`` and wait for its receipt; raise :class:`TransactionFailed` on revert."""
         with self._lock:
-            tx = {**tx, "from": self.address, "nonce": self._nonce, "chainId": self.chain_id}
-            if "gas" not in tx:
-                estimate = with_retries(lambda: self.w3.eth.estimate_gas(tx), label)  # type: ignore[arg-type]
-                tx["gas"] = int(estimate * GAS_HEADROOM)
-            signed = self.account.sign_transaction(tx)
-            tx_hash = signed.hash
-            # Resending the same signed bytes is idempotent: a retry can't double-spend.
-            try:
-                with_retries(
-                    lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), label
-                )
-            except Web3RPCError as exc:
-                if "already known" not in str(exc):
-                    raise
-            self._nonce += 1
+            for attempt in range(2):
+                try:
+                    tx_hash = self._submit(tx, label)
+                    break
+                except Web3RPCError as exc:
+                    # Another process sent from this key (e.g. `fabstir-node register` while
+                    # the node ran): resynchronize once and re-sign.
+                    if attempt or "nonce too low" not in str(exc):
+                        raise
+                    self._nonce = int(
+                        self.w3.eth.get_transaction_count(self.account.address, "pending")
+                    )
         receipt = with_retries(
             lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120), label
         )
@@ -91,6 +88,21 @@ class TransactionSender:
         if receipt["status"] != 1:
             raise TransactionFailed(label, receipt)
         return receipt
+
+    def _submit(self, tx: dict[str, Any], label: str) -> Any:
+        tx = {**tx, "from": self.address, "nonce": self._nonce, "chainId": self.chain_id}
+        if "gas" not in tx:
+            estimate = with_retries(lambda: self.w3.eth.estimate_gas(tx), label)  # type: ignore[arg-type]
+            tx["gas"] = int(estimate * GAS_HEADROOM)
+        signed = self.account.sign_transaction(tx)
+        # Resending the same signed bytes is idempotent: a retry can't double-spend.
+        try:
+            with_retries(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), label)
+        except Web3RPCError as exc:
+            if "already known" not in str(exc):
+                raise
+        self._nonce += 1
+        return signed.hash
 
     def transact(self, call: Any, label: str, value: int = 0) -> TxReceipt:
         """Send a bound contract call, e.g. ``market.functions.settle(...)``."""

@@ -1,0 +1,66 @@
+"""A paid session end to end: real Anvil, real libp2p on 127.0.0.1, real llama.cpp model."""
+
+from __future__ import annotations
+
+from fabstir_sdk.contracts import ETH
+from fabstir_sdk.models import model_id
+
+from conftest import PRICE, Devnet, run
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_two_chats_then_settlement_exact_to_the_wei(devnet: Devnet) -> None:
+    async def main() -> None:
+        node = await devnet.start_node(1)
+        client = devnet.client(4)
+        try:
+            model = model_id("local", devnet.model_path.name)
+            hosts = await client.find_hosts(model)
+            assert [h.address for h in hosts] == [node.keys.account.address]
+            deposit = 10**15
+            session = await client.open_session(model, deposit=deposit)
+            first = session.chat(MESSAGES, max_tokens=20, temperature=0)
+            text1 = await first.collect()
+            second = session.chat(
+                [
+                    *MESSAGES,
+                    {"role": "assistant", "content": text1},
+                    {"role": "user", "content": "more"},
+                ],
+                max_tokens=30,
+            )
+            await second.collect()
+            assert first.usage and second.usage
+            assert first.usage.completion_tokens == 20 and second.usage.completion_tokens == 30
+            billed = first.usage.total_tokens + second.usage.total_tokens
+            assert session.billed == session.vouched == billed
+
+            client_before = client.contracts.w3.eth.get_balance(client.account.address)
+            settlement = await session.close(wait_settlement=30)
+            assert settlement is not None, "the host did not settle"
+            payment = billed * PRICE // 1000
+            fee = payment * 1000 // 10_000
+            assert settlement.tokens == billed
+            assert (settlement.host_amount, settlement.fee) == (payment - fee, fee)
+            assert settlement.refund == deposit - payment
+            assert settlement.host_amount + settlement.fee + settlement.refund == deposit
+            client_after = client.contracts.w3.eth.get_balance(client.account.address)
+            assert client_after - client_before == settlement.refund  # the host paid the gas
+            host = node.keys.account.address
+            assert client.contracts.earnings_of(host) == payment - fee
+            treasury = devnet.deployment.params["treasury"]
+            assert client.contracts.earnings_of(treasury) >= fee
+
+            chain = node.sessions.chain  # type: ignore[union-attr]
+            before = chain.contracts.w3.eth.get_balance(host)
+            receipt = chain.contracts.withdraw(ETH)
+            gas = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+            after = chain.contracts.w3.eth.get_balance(host)
+            assert after - before == payment - fee - gas
+            assert chain.earnings(ETH) == 0
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
