@@ -4,6 +4,11 @@ registered with its real sha256, host nodes and SDK clients on real 127.0.0.1 so
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,3 +123,92 @@ def devnet(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Devnet:
     sha = sha256_file(model)
     add_model(owner, deployment, "local", model.name, sha)
     return Devnet(anvil, deployment, path, owner, model, sha, root)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NodeProcess:
+    """``fabstir-node run`` as a real subprocess, killable with SIGKILL."""
+
+    def __init__(self, devnet: Devnet, index: int, p2p_port: int, **env: str) -> None:
+        self.devnet = devnet
+        self.index = index
+        self.data_dir = devnet.root / f"proc{index}"
+        self.p2p_port = p2p_port
+        self.env = {**os.environ, "FABSTIR_N_CTX": "512", "FABSTIR_N_THREADS": "1", **env}
+        self.proc: subprocess.Popen[str] | None = None
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fabstir_node", *args, *self.flags(args[0])],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+
+    def flags(self, command: str) -> list[str]:
+        d = self.devnet
+        common = [
+            "--rpc-url",
+            d.anvil.url,
+            "--deployment",
+            str(d.deployment_path),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        model = [
+            "--model",
+            str(d.model_path),
+            "--sha256",
+            d.model_sha,
+            "--price",
+            str(PRICE),
+            "--p2p-listen",
+            f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
+        ]
+        if command == "init":
+            return ["--data-dir", str(self.data_dir)]
+        if command in ("register", "run"):
+            return common + model + (["--port", "0"] if command == "run" else [])
+        return common
+
+    def setup(self) -> None:
+        key = anvil_account(self.index).key.hex()
+        assert self.cli("init", "--private-key", key).returncode == 0
+        mint_fab(
+            self.devnet.owner,
+            self.devnet.deployment,
+            anvil_account(self.index).address,
+            self.devnet.deployment.params["minStake"],
+        )
+        result = self.cli("register", "--json")
+        assert result.returncode == 0, result.stderr
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fabstir_node", "run", *self.flags("run")],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if line.strip() == "ready":
+                return
+        raise AssertionError(f"node exited with {self.proc.wait()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fabstir_sdk.contracts import ETH
 from fabstir_sdk.models import model_id
+from fabstir_sdk.session import Session
 
 from conftest import PRICE, Devnet, run
 
@@ -59,6 +60,50 @@ def test_two_chats_then_settlement_exact_to_the_wei(devnet: Devnet) -> None:
             after = chain.contracts.w3.eth.get_balance(host)
             assert after - before == payment - fee - gas
             assert chain.earnings(ETH) == 0
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
+
+
+class NonPayingSession(Session):
+    """Fault injection: a client that stops signing vouchers after its first answer."""
+
+    paying = True
+
+    async def _vouch(self) -> None:
+        if self.paying:
+            await super()._vouch()
+
+
+def test_host_pauses_at_its_credit_window_and_settles_what_was_vouched(devnet: Devnet) -> None:
+    window = 16
+
+    async def main() -> None:
+        node = await devnet.start_node(2, credit_window=window, voucher_timeout=1.0)
+        client = devnet.client(5)
+        try:
+            model = model_id("local", devnet.model_path.name)
+            session = await client.open_session(model, host=node.keys.account.address)
+            session.__class__ = NonPayingSession
+            paid = session.chat(MESSAGES, max_tokens=10, temperature=0)
+            await paid.collect()
+            vouched = session.vouched
+            assert paid.usage and vouched == paid.usage.total_tokens
+
+            session.paying = False  # type: ignore[attr-defined]
+            unpaid = session.chat(MESSAGES, max_tokens=200, temperature=0)
+            await unpaid.collect()
+            assert unpaid.finish_reason == "credit"
+            assert unpaid.usage is not None
+            # It stopped at the window: no more completion tokens than the window allows
+            # beyond what was vouched (the previous answer was fully vouched).
+            assert unpaid.usage.completion_tokens == window
+
+            settlement = await session.close(wait_settlement=30)
+            assert settlement is not None and settlement.tokens == vouched
+            assert settlement.refund == session.deposit - vouched * PRICE // 1000
         finally:
             await client.close()
             await node.stop()

@@ -16,7 +16,7 @@ from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.discovery import Discovery, HostInfo
 from fabstir_sdk.models import resolve_model_id
-from fabstir_sdk.p2p import P2PHost, PeerAddress
+from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
     HOSTS_TOPIC,
     SESSION_PROTOCOL,
@@ -110,18 +110,26 @@ class FabstirClient:
             candidates = [h for h in candidates if h.price <= max_price]
         if not candidates:
             raise NoHostAvailable("no registered host serves this model within your limits")
-        chosen = candidates[0]
-        signer = Account.create()
-        session_id, _ = await asyncio.to_thread(
-            self.contracts.open_session,
-            chosen.address,
-            model_id,
-            deposit,
-            chosen.price,
-            duration,
-            signer.address,
-        )
-        return await self.attach(session_id, chosen, signer, voucher_every=voucher_every)
+        # Deposit only with a host we can reach right now: dial candidates best first.
+        failures = []
+        for chosen in candidates:
+            try:
+                await self.p2p.connect(chosen.peer_id, chosen.addrs)
+            except P2PError as exc:
+                failures.append(f"{chosen.address}: {exc}")
+                continue
+            signer = Account.create()
+            session_id, _ = await asyncio.to_thread(
+                self.contracts.open_session,
+                chosen.address,
+                model_id,
+                deposit,
+                chosen.price,
+                duration,
+                signer.address,
+            )
+            return await self.attach(session_id, chosen, signer, voucher_every=voucher_every)
+        raise NoHostAvailable("no host is reachable: " + "; ".join(failures))
 
     async def attach(
         self,

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ class P2PHost:
         self.peer_id = str(ID.from_pubkey(self._key_pair.public_key))
         self._listen = [multiaddr.Multiaddr(a) for a in (listen or ["/ip4/127.0.0.1/tcp/0"])]
         self._handlers: dict[str, Handler] = {}
+        self._streams: weakref.WeakSet[BridgedStream] = weakref.WeakSet()
         self._subscriptions: dict[str, Callable[[bytes, str], None]] = {}
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -203,6 +205,10 @@ class P2PHost:
         await ready
 
     async def stop(self) -> None:
+        """Flush and close open streams (so a last voucher is not lost), then stop."""
+        streams = [s for s in self._streams if not s.flushed.done()]
+        if streams:
+            await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)
         if self._token is not None and self._stop is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
@@ -353,6 +359,7 @@ class P2PHost:
             )
             remote = str(stream.muxed_conn.peer_id)
             bridged = BridgedStream(self, remote, protocol)
+            self._streams.add(bridged)
             assert self._nursery is not None
             self._nursery.start_soon(bridged._pump, stream)
             return bridged

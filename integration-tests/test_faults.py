@@ -1,0 +1,112 @@
+"""Faults: a host killed mid-answer (the client gets its refund), a host killed after
+vouchers and restarted (it settles from its journal, exactly once)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from fabstir_sdk.contracts.client import SessionStatus
+from fabstir_sdk.models import model_id
+from fabstir_sdk.session import HostError, Session
+
+from conftest import PRICE, Devnet, NodeProcess, free_port, run
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+class SilentSession(Session):
+    """Fault injection: never vouches, so the host stops at its credit window and waits."""
+
+    async def _vouch(self) -> None:
+        return None
+
+
+def test_host_killed_mid_answer_client_gets_error_then_refund(devnet: Devnet) -> None:
+    node = NodeProcess(
+        devnet, 6, free_port(), FABSTIR_CREDIT_WINDOW="16", FABSTIR_VOUCHER_TIMEOUT="60"
+    )
+    node.setup()
+    node.start()
+
+    async def main() -> None:
+        client = devnet.client(7)
+        try:
+            model = model_id("local", devnet.model_path.name)
+            session = await client.open_session(model, deposit=10**15)
+            session.__class__ = SilentSession
+            received = []
+
+            async def chat() -> None:
+                async for piece in session.chat(MESSAGES, max_tokens=200):
+                    received.append(piece)
+
+            task = asyncio.ensure_future(chat())
+            while len(received) < 10:  # the host is answering, then waits for a voucher
+                await asyncio.sleep(0.01)
+            node.kill()
+            with pytest.raises(HostError) as error:
+                await asyncio.wait_for(task, 30)
+            assert error.value.retryable and "went away" in str(error.value)
+
+            finalizable_at = await session.request_refund()
+            devnet.anvil.increase_time(finalizable_at - client.contracts.latest_timestamp())
+            settlement = await session.finalize()
+            # Nothing was vouched or checkpointed: the whole deposit comes back.
+            assert settlement.tokens == 0 and settlement.refund == 10**15
+        finally:
+            await client.close()
+
+    try:
+        run(main())
+    finally:
+        node.stop()
+
+
+def test_host_killed_after_vouchers_settles_from_its_journal_once(devnet: Devnet) -> None:
+    node = NodeProcess(devnet, 3, free_port())
+    node.setup()
+    node.start()
+
+    async def main() -> tuple[int, int]:
+        client = devnet.client(4)
+        try:
+            session = await client.open_session(model_id("local", devnet.model_path.name))
+            answer = session.chat(MESSAGES, max_tokens=40, temperature=0)
+            await answer.collect()
+            for _ in range(100):  # until the last voucher is in the host's journal
+                status = json.loads(node.cli("status", "--json").stdout)
+                held = [s["vouched"] for s in status["sessions"] if s["id"] == session.id]
+                if held == [session.vouched]:
+                    break
+                await asyncio.sleep(0.05)
+            node.kill()  # with the session still attached: nothing was settled
+            return session.id, session.vouched
+        finally:
+            await client.close()
+
+    session_id, vouched = run(main())
+    contracts = devnet.client(4).contracts
+    assert contracts.session(session_id).status == SessionStatus.OPEN
+
+    node.start()  # resumes from the journal
+    for _ in range(100):
+        if contracts.session(session_id).status == SessionStatus.SETTLED:
+            break
+        run(asyncio.sleep(0.1))
+    settlement = contracts.settlement_of(session_id)
+    assert settlement is not None and settlement.tokens == vouched
+    assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
+    node.stop()
+
+    node.start()  # and again: nothing left to settle, nothing settled twice
+    status = json.loads(node.cli("status", "--json").stdout)
+    node.stop()
+    mine = [s for s in status["sessions"] if s["id"] == session_id]
+    assert mine and mine[0]["state"] == "settled" and mine[0]["vouched"] == vouched
+    logs = contracts.market.events.SessionSettled().get_logs(
+        from_block=0, argument_filters={"sessionId": session_id}
+    )
+    assert len(logs) == 1
