@@ -1,0 +1,71 @@
+"""Discovery with three nodes: the client finds the two serving its model through the DHT
+(it is connected to neither) and hears their signed gossip announcements."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fabstir_node.models import sha256_file
+from fabstir_node.testing import write_tiny_gguf
+from fabstir_sdk.client import FabstirClient
+from fabstir_sdk.devnet import add_model, anvil_account
+from fabstir_sdk.models import model_id
+from fabstir_sdk.p2p import provider_key
+
+from conftest import Devnet, run
+
+
+def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
+    other_model = write_tiny_gguf(devnet.root / "other.gguf", seed=99)
+    other_sha = sha256_file(other_model)
+    add_model(devnet.owner, devnet.deployment, "local", other_model.name, other_sha)
+    wanted = model_id("local", devnet.model_path.name)
+
+    async def main() -> None:
+        first = await devnet.start_node(1)
+        assert first.network is not None
+        hub = ",".join(first.network.host.addrs)
+        second = await devnet.start_node(2, bootstrap=hub)
+        third = await devnet.start_node(
+            3, bootstrap=hub, model=str(other_model), model_sha256=other_sha
+        )
+        assert third.network is not None
+        for node in (first, second):
+            assert node.network is not None
+            await node.network.provide()  # now that peers exist, store the record with them
+        client = FabstirClient(
+            devnet.anvil.url,
+            anvil_account(4).key.hex(),
+            devnet.deployment,
+            bootstrap=third.network.host.addrs,
+        )  # knows only the third node
+        try:
+            await client.start()
+            started = time.monotonic()
+            providers = await client.p2p.find_providers(provider_key(wanted))
+            found = {p.peer_id for p in providers}
+            serving = {first.network.host.peer_id, second.network.host.peer_id}  # type: ignore[union-attr]
+            assert found == serving
+
+            hosts = []
+            while time.monotonic() - started < 20:
+                hosts = await client.find_hosts(wanted)
+                if all(h.last_seen is not None for h in hosts) and len(hosts) == 2:
+                    break
+                await asyncio.sleep(0.5)
+            assert {h.address for h in hosts} == {
+                first.keys.account.address,
+                second.keys.account.address,
+            }
+            assert all(h.in_dht for h in hosts)
+            assert all(h.last_seen is not None and h.load is not None for h in hosts), (
+                "no gossip announcements heard"
+            )
+            print(f"discovery + gossip in {time.monotonic() - started:.1f} s")
+        finally:
+            await client.close()
+            for node in (first, second, third):
+                await node.stop()
+
+    run(main())
