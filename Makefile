@@ -88,8 +88,9 @@ gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's l
 serve: setup ## Serve SmolLM2-135M-Instruct over the OpenAI-compatible API on 127.0.0.1:8080
 	$(BIN)/fabstir-node serve --model smollm2-135m-instruct
 
-bench: setup ## Benchmarks: raw llama-cpp-python vs the node's HTTP API (ratios in one run)
+bench: setup ## Benchmarks: raw llama-cpp-python vs the node's HTTP API and vs a paid P2P session
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/session.py
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .

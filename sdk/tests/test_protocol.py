@@ -38,8 +38,13 @@ def test_frames_are_deterministic_cbor_maps() -> None:
     length, used = decode_uvarint(frame)  # type: ignore[misc]
     body = frame[used:]
     assert len(body) == length
-    assert cbor2.loads(body) == {"t": "done", "finish_reason": "stop", "prompt_tokens": 3,
-                                 "completion_tokens": 4, "tokens": 7}
+    assert cbor2.loads(body) == {
+        "t": "done",
+        "finish_reason": "stop",
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "tokens": 7,
+    }
     assert encode_frame(Done("stop", 3, 4, 7)) == frame
 
 
@@ -53,8 +58,9 @@ def reader_over(*chunks: bytes) -> FrameReader:
 
 
 def test_reader_reassembles_frames_split_anywhere() -> None:
-    data = encode_frame(Token("héllo", 9)) + encode_frame(Prompt([{"role": "user",
-                                                                   "content": "x"}]))
+    data = encode_frame(Token("héllo", 9)) + encode_frame(
+        Prompt([{"role": "user", "content": "x"}])
+    )
     chunks = [data[i : i + 3] for i in range(0, len(data), 3)]
 
     async def main() -> list[object]:
@@ -93,11 +99,24 @@ def test_truncated_frame_is_stream_closed() -> None:
         (cbor2.dumps({"t": "token", "text": 5, "tokens": 1}), InvalidMessage),
         (cbor2.dumps({"t": "token", "text": "x", "tokens": True}), InvalidMessage),
         (cbor2.dumps({"t": "token", "text": "x"}), InvalidMessage),
-        (cbor2.dumps({"t": "voucher", "cumulative_tokens": 1, "transcript_hash": b"x",
-                      "signature": b"y" * 65}), InvalidMessage),
+        (
+            cbor2.dumps(
+                {
+                    "t": "voucher",
+                    "cumulative_tokens": 1,
+                    "transcript_hash": b"x",
+                    "signature": b"y" * 65,
+                }
+            ),
+            InvalidMessage,
+        ),
         (cbor2.dumps({"t": "prompt", "messages": []}), InvalidMessage),
-        (cbor2.dumps({"t": "prompt", "messages": [{"role": "user", "content": "x"}],
-                      "temperature": 9}), InvalidMessage),
+        (
+            cbor2.dumps(
+                {"t": "prompt", "messages": [{"role": "user", "content": "x"}], "temperature": 9}
+            ),
+            InvalidMessage,
+        ),
     ],
 )
 def test_invalid_bodies(body: bytes, error: type[Exception]) -> None:
