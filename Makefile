@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench lint clean
+        compile abi deploy gas serve bench demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,12 @@ deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil started for the purpo
 
 gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's lifecycle on Anvil
 	$(BIN)/python scripts/gas_report.py --output bench/gas-report.json
+
+demo: setup ## Local chain + 2 hosts + a paid chat with SmolLM2, then a receipt (cleans up after)
+	cd scripts && ../$(BIN)/python demo.py
+
+devnet: setup ## The demo's network (Anvil, contracts, 2 hosts), kept running until Ctrl-C
+	cd scripts && ../$(BIN)/python devnet.py
 
 serve: setup ## Serve SmolLM2-135M-Instruct over the OpenAI-compatible API on 127.0.0.1:8080
 	$(BIN)/fabstir-node serve --model smollm2-135m-instruct
