@@ -1,0 +1,330 @@
+"""``fabstir``: the app developer's command line.
+
+Wallet, chain and deployment come from flags or ``FABSTIR_*`` variables, on top of a profile:
+``local`` (default: Anvil on 127.0.0.1:8545, deployments/31337.json) or ``base-sepolia``
+(needs only FABSTIR_RPC_URL and deployments/84532.json). The key is read from
+``--key-file``/FABSTIR_KEY_FILE or FABSTIR_KEY and is never printed.
+
+Exit codes: 0 success, 1 the host or session failed, 2 usage error, 3 no host available,
+4 configuration error, 5 chain error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fabstir_sdk import __version__
+from fabstir_sdk.contracts import Deployment, DeploymentError
+from fabstir_sdk.contracts.client import SessionStatus
+from fabstir_sdk.contracts.transactions import ChainUnavailable
+
+EXIT_HOST, EXIT_NO_HOST, EXIT_CONFIG, EXIT_CHAIN = 1, 3, 4, 5
+PROFILES = {"local": ("http://127.0.0.1:8545", 31337), "base-sepolia": (None, 84532)}
+
+
+@dataclass
+class Settings:
+    profile: str
+    rpc_url: str | None
+    deployment: Path | None
+    key: str | None
+    key_file: Path | None
+
+
+def _fail(message: str, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _client(settings: Settings) -> Any:
+    from fabstir_sdk.client import FabstirClient
+
+    default_rpc, chain_id = PROFILES[settings.profile]
+    rpc = settings.rpc_url or default_rpc
+    if rpc is None:
+        _fail(f"profile {settings.profile} needs FABSTIR_RPC_URL (or --rpc-url)", EXIT_CONFIG)
+    key = settings.key
+    if settings.key_file is not None:
+        try:
+            key = settings.key_file.read_text().strip()
+        except OSError as exc:
+            _fail(f"cannot read key file {settings.key_file}: {exc.strerror}", EXIT_CONFIG)
+    if not key:
+        _fail("no wallet key: set FABSTIR_KEY or FABSTIR_KEY_FILE (or --key-file)", EXIT_CONFIG)
+    path = settings.deployment or Path("deployments") / f"{chain_id}.json"
+    try:
+        return FabstirClient(str(rpc), str(key), Deployment.load(path))
+    except DeploymentError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except ChainUnavailable as exc:
+        _fail(str(exc), EXIT_CHAIN)
+    except ValueError:
+        _fail("the wallet key is not a valid private key", EXIT_CONFIG)
+
+
+def _run(coro: Any) -> Any:
+    from fabstir_sdk.client import NoHostAvailable
+    from fabstir_sdk.session import HostError
+
+    try:
+        return asyncio.run(coro)
+    except NoHostAvailable as exc:
+        _fail(str(exc), EXIT_NO_HOST)
+    except HostError as exc:
+        _fail(f"host error {exc}", EXIT_HOST)
+    except ChainUnavailable as exc:
+        _fail(str(exc), EXIT_CHAIN)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fabstir")
+@click.option(
+    "--profile",
+    type=click.Choice(sorted(PROFILES)),
+    default="local",
+    envvar="FABSTIR_PROFILE",
+    show_default=True,
+)
+@click.option("--rpc-url", envvar="FABSTIR_RPC_URL", help="chain RPC (env FABSTIR_RPC_URL)")
+@click.option(
+    "--deployment",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="FABSTIR_DEPLOYMENT",
+    help="deployment manifest [deployments/<chainId>.json]",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="FABSTIR_KEY_FILE",
+    help="file holding the wallet's private key",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    profile: str,
+    rpc_url: str | None,
+    deployment: Path | None,
+    key_file: Path | None,
+) -> None:
+    """Use the Fabstir marketplace: find LLM hosts, chat through paid P2P sessions, or run a
+    local OpenAI-compatible gateway that pays hosts for any OpenAI client."""
+    import os
+
+    ctx.obj = Settings(profile, rpc_url, deployment, os.environ.get("FABSTIR_KEY"), key_file)
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="catalogue name, repo/file or 0x model id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def hosts(settings: Settings, model: str, as_json: bool) -> None:
+    """Hosts serving a model: price, stake, speed, load, reachability (best first)."""
+    client = _client(settings)
+
+    async def main_() -> list[Any]:
+        async with client:
+            found = await client.find_hosts(model)
+            await asyncio.sleep(1.5)  # listen to a round of gossip for load and speed
+            return list(await client.find_hosts(model)) or found
+
+    rows = _run(main_())
+    if as_json:
+        click.echo(json.dumps([asdict(h) for h in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no host serves this model")
+        return
+    click.echo(
+        f"{'host':<44}{'price/1k tok':>14}{'stake FAB':>11}{'tok/s':>8}{'load':>6}  reachable"
+    )
+    for h in rows:
+        reachable = "yes" if (h.in_dht or h.last_seen) else "unknown"
+        speed = f"{h.tokens_per_second:.0f}" if h.tokens_per_second else "-"
+        load = str(h.load) if h.load is not None else "-"
+        click.echo(
+            f"{h.address:<44}{h.price:>14}{h.stake / 10**18:>11.0f}{speed:>8}{load:>6}  {reachable}"
+        )
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="catalogue name, repo/file or 0x model id")
+@click.option("--host", help="pin a host address")
+@click.option("--deposit", type=int, default=10**15, show_default=True, help="wei to escrow")
+@click.option("--max-price", type=int, help="refuse hosts asking more (wei / 1000 tokens)")
+@click.option("-p", "--prompt", help="one-shot question (otherwise interactive)")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.pass_obj
+def chat(
+    settings: Settings,
+    model: str,
+    host: str | None,
+    deposit: int,
+    max_price: int | None,
+    prompt: str | None,
+    max_tokens: int,
+    temperature: float,
+) -> None:
+    """Chat through a paid session; the session closes (and the host settles) on exit."""
+    client = _client(settings)
+
+    async def main_() -> None:
+        async with client:
+            session = await client.open_session(
+                model, host=host, deposit=deposit, max_price=max_price
+            )
+            click.echo(
+                f"[session {session.id} with {session.host}, {session.price} wei/1000 tokens]",
+                err=True,
+            )
+            history: list[dict[str, str]] = []
+            try:
+                for question in _questions(prompt):
+                    history.append({"role": "user", "content": question})
+                    answer = session.chat(history, max_tokens=max_tokens, temperature=temperature)
+                    async for piece in answer:
+                        click.echo(piece, nl=False)
+                    click.echo()
+                    history.append({"role": "assistant", "content": answer.text})
+                    cost = session.billed * session.price // 1000
+                    click.echo(f"[{session.billed} tokens so far, {cost} wei]", err=True)
+            finally:
+                settlement = await session.close(wait_settlement=30)
+                if settlement is not None:
+                    click.echo(
+                        f"[settled: paid {settlement.payment} wei, refunded "
+                        f"{settlement.refund} wei]",
+                        err=True,
+                    )
+                else:
+                    click.echo("[closed; the host settles shortly]", err=True)
+
+    _run(main_())
+
+
+def _questions(prompt: str | None) -> Any:
+    if prompt is not None:
+        yield prompt
+        return
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip():
+            yield line
+
+
+@main.group()
+def session() -> None:
+    """Your sessions: list them, close them, get refunds from dead hosts."""
+
+
+@session.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def session_list(settings: Settings, as_json: bool) -> None:
+    """Sessions opened by this wallet and their on-chain state."""
+    client = _client(settings)
+    contracts = client.contracts
+    logs = contracts.market.events.SessionOpened().get_logs(
+        from_block=contracts.deployment.deploy_block,
+        argument_filters={"client": client.account.address},
+    )
+    rows = []
+    for log_ in logs:
+        s = contracts.session(log_["args"]["sessionId"])
+        rows.append(
+            {
+                "id": s.id,
+                "host": s.host,
+                "status": s.status.name.lower(),
+                "deposit": s.deposit,
+                "price": s.price,
+                "checkpoint_tokens": s.checkpoint_tokens,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>6}  {r['status']:<16}{r['host']}  deposit {r['deposit']}")
+
+
+@session.command("close")
+@click.argument("session_id", type=int)
+@click.pass_obj
+def session_close(settings: Settings, session_id: int) -> None:
+    """Ask to close a session on-chain (starts the host's dispute window)."""
+    client = _client(settings)
+    s = client.contracts.session(session_id)
+    if s.status != SessionStatus.OPEN:
+        _fail(f"session {session_id} is {s.status.name.lower()}", EXIT_CHAIN)
+    client.contracts.request_close(session_id)
+    click.echo(
+        f"close requested; refundable from unix time "
+        f"{client.contracts.finalizable_at(session_id)} (`fabstir session refund "
+        f"{session_id}`)"
+    )
+
+
+@session.command("refund")
+@click.argument("session_id", type=int)
+@click.pass_obj
+def session_refund(settings: Settings, session_id: int) -> None:
+    """After the dispute window: settle on the last checkpoint and take the refund."""
+    client = _client(settings)
+    at = client.contracts.finalizable_at(session_id)
+    now = client.contracts.latest_timestamp()
+    if now < at:
+        _fail(f"the dispute window is open for {at - now} more seconds", EXIT_CHAIN)
+    settlement = client.contracts.finalize(session_id)
+    click.echo(f"refunded {settlement.refund} wei (host paid {settlement.payment} wei)")
+
+
+@main.command()
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--host", "bind", default="127.0.0.1", show_default=True)
+@click.option(
+    "--deposit",
+    type=int,
+    default=10**16,
+    show_default=True,
+    help="wei escrowed per session (one session per model)",
+)
+@click.option("--max-price", type=int, help="refuse hosts asking more (wei / 1000 tokens)")
+@click.pass_obj
+def proxy(settings: Settings, port: int, bind: str, deposit: int, max_price: int | None) -> None:
+    """A local OpenAI-compatible gateway (/v1/models, /v1/chat/completions) paying hosts."""
+    from aiohttp import web
+
+    from fabstir_sdk.proxy import PayingProxy
+
+    client = _client(settings)
+
+    async def main_() -> None:
+        async with client:
+            gateway = PayingProxy(client, deposit, max_price)
+            runner = web.AppRunner(gateway.app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, bind, port).start()
+            click.echo(
+                f"OpenAI-compatible gateway on http://{bind}:{port}/v1 (Ctrl-C stops)", err=True
+            )
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(main_())
