@@ -1,0 +1,154 @@
+"""The real CLIs as subprocesses against a devnet, and the stock OpenAI client through the
+paying proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import openai
+
+from fabstir_sdk.devnet import anvil_account
+
+from conftest import PRICE, Devnet, free_port, run
+
+MODEL = "local/tiny.gguf"
+
+
+def fabstir(devnet: Devnet, *args: str, key_index: int = 5) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "FABSTIR_RPC_URL": devnet.anvil.url,
+        "FABSTIR_DEPLOYMENT": str(devnet.deployment_path),
+        "FABSTIR_KEY": anvil_account(key_index).key.hex(),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "fabstir_sdk", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None:
+    async def main() -> None:
+        node = await devnet.start_node(1)
+        try:
+            listed = await asyncio.to_thread(fabstir, devnet, "hosts", "--model", MODEL, "--json")
+            assert listed.returncode == 0, listed.stderr
+            [host] = json.loads(listed.stdout)
+            assert host["address"] == node.keys.account.address and host["price"] == PRICE
+
+            answer = await asyncio.to_thread(
+                fabstir, devnet, "chat", "--model", MODEL, "-p", "hello", "--max-tokens", "12"
+            )
+            assert answer.returncode == 0, answer.stderr
+            assert answer.stdout.strip() and "[settled: paid" in answer.stderr
+
+            sessions = await asyncio.to_thread(fabstir, devnet, "session", "list", "--json")
+            assert [s["status"] for s in json.loads(sessions.stdout)] == ["settled"]
+
+            none = await asyncio.to_thread(
+                fabstir, devnet, "hosts", "--model", "org/none.gguf", "--json"
+            )
+            assert none.returncode == 0 and json.loads(none.stdout) == []
+            nokey = subprocess.run(
+                [sys.executable, "-m", "fabstir_sdk", "hosts", "-m", MODEL],
+                capture_output=True,
+                text=True,
+                env={k: v for k, v in os.environ.items() if not k.startswith("FABSTIR_")},
+            )
+            assert nokey.returncode == 4 and "FABSTIR_KEY" in nokey.stderr
+        finally:
+            await node.stop()
+
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "fabstir_node",
+                "status",
+                "--json",
+                "--rpc-url",
+                devnet.anvil.url,
+                "--deployment",
+                str(devnet.deployment_path),
+                "--data-dir",
+                str(node.config.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        report = json.loads(status.stdout)
+        assert report["registered"] and report["sessions_settled"] == 1
+        assert report["pending_settlements"] == 0 and report["earnings_wei"] > 0
+
+    run(main())
+
+
+def test_openai_client_through_the_paying_proxy(devnet: Devnet) -> None:
+    port = free_port()
+
+    async def main() -> None:
+        node = await devnet.start_node(2)
+        env = {
+            **os.environ,
+            "FABSTIR_RPC_URL": devnet.anvil.url,
+            "FABSTIR_DEPLOYMENT": str(devnet.deployment_path),
+            "FABSTIR_KEY": anvil_account(6).key.hex(),
+        }
+        proxy = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fabstir_sdk",
+            "proxy",
+            "--port",
+            str(port),
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert proxy.stderr is not None
+            line = await asyncio.wait_for(proxy.stderr.readline(), 60)
+            assert b"gateway on" in line
+            client = openai.AsyncOpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+            )
+            reply = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=9,
+                temperature=0,
+            )
+            assert reply.choices[0].message.content
+            assert reply.usage is not None and reply.usage.completion_tokens == 9
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=9,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            text, usage = "", None
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                text += "".join(c.delta.content or "" for c in chunk.choices)
+            assert text == reply.choices[0].message.content
+            assert usage is not None and usage.total_tokens == reply.usage.total_tokens
+            # usage equals what was billed: the session's billed tokens are the two answers
+            sessions = node.journal.sessions() if node.journal else []
+            billed = [s.billed_tokens for s in sessions]
+            assert billed == [reply.usage.total_tokens + usage.total_tokens]
+        finally:
+            proxy.terminate()
+            await proxy.wait()
+            await node.stop()
+
+    run(main())
