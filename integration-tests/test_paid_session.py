@@ -13,7 +13,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 def test_two_chats_then_settlement_exact_to_the_wei(devnet: Devnet) -> None:
     async def main() -> None:
-        node = await devnet.start_node(1)
+        node = await devnet.start_node(1, checkpoint_every=40)
         client = devnet.client(4)
         try:
             model = model_id("local", devnet.model_path.name)
@@ -36,6 +36,10 @@ def test_two_chats_then_settlement_exact_to_the_wei(devnet: Devnet) -> None:
             assert first.usage.completion_tokens == 20 and second.usage.completion_tokens == 30
             billed = first.usage.total_tokens + second.usage.total_tokens
             assert session.billed == session.vouched == billed
+            assert node.sessions is not None
+            await node.sessions.drain()  # background checkpoints
+            checkpointed = client.contracts.session(session.id).checkpoint_tokens
+            assert 40 <= checkpointed <= billed  # a long session is never all at risk
 
             client_before = client.contracts.w3.eth.get_balance(client.account.address)
             settlement = await session.close(wait_settlement=30)
