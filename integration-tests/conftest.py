@@ -134,8 +134,18 @@ def free_port() -> int:
 class NodeProcess:
     """``fabstir-node run`` as a real subprocess, killable with SIGKILL."""
 
-    def __init__(self, devnet: Devnet, index: int, p2p_port: int, **env: str) -> None:
+    def __init__(
+        self,
+        devnet: Devnet,
+        index: int,
+        p2p_port: int,
+        model: str | None = None,
+        sha256: str | None = None,
+        **env: str,
+    ) -> None:
         self.devnet = devnet
+        self.model = model or str(devnet.model_path)
+        self.sha256 = sha256 or devnet.model_sha
         self.index = index
         self.data_dir = devnet.root / f"proc{index}"
         self.p2p_port = p2p_port
@@ -163,9 +173,9 @@ class NodeProcess:
         ]
         model = [
             "--model",
-            str(d.model_path),
+            self.model,
             "--sha256",
-            d.model_sha,
+            self.sha256,
             "--price",
             str(PRICE),
             "--p2p-listen",

@@ -68,10 +68,14 @@ class Usage:
 
 @dataclass(frozen=True)
 class TokenChunk:
-    """Text released to the caller; ``completion_tokens`` counts every token generated so far."""
+    """Text released to the caller; ``completion_tokens`` counts every token generated so far.
+
+    ``token_ids`` are the tokens behind ``text`` (and any held back before it), so another host
+    with the same model can continue an answer exactly where this one stopped."""
 
     text: str
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,10 @@ class Engine:
     def text_prompt(self, text: str) -> list[int]:
         return list(self._require().tokenize(text.encode(), add_bos=True, special=False))
 
+    @property
+    def n_vocab(self) -> int:
+        return int(self._require().n_vocab())
+
     def tokenize(self, text: str) -> list[int]:
         return list(self._require().tokenize(text.encode(), add_bos=False, special=False))
 
@@ -322,6 +330,7 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = _StopMatcher(params.stop)
         generated = 0
+        pending: list[int] = []
         reason: FinishReason = "length"
         started = time.perf_counter()
         first: float | None = None
@@ -347,11 +356,13 @@ class Engine:
                     break
                 generated += 1
                 self.generated_tokens += 1
+                pending.append(token)
                 text, hit = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
                     if first is None:
                         first = time.perf_counter() - job.enqueued_at
-                    _post(job, TokenChunk(text, generated))
+                    _post(job, TokenChunk(text, generated, tuple(pending)))
+                    pending.clear()
                 if hit:
                     reason = "stop"
                     break
@@ -363,8 +374,8 @@ class Engine:
         finally:
             tokens.close()
         tail = stops.flush() + decoder.decode(b"", final=True)
-        if tail and reason != "cancelled":
-            _post(job, TokenChunk(tail, generated))
+        if (tail or pending) and reason != "cancelled":
+            _post(job, TokenChunk(tail, generated, tuple(pending)))
         if reason == "cancelled":
             self.cancelled_jobs += 1
         usage = Usage(len(job.prompt), generated)

@@ -282,6 +282,10 @@ class SessionService:
         except EngineError as exc:
             await framed.send(Error(exc.kind, str(exc), False))
             return
+        if any(i >= self.engine.n_vocab for i in prompt.prefix_ids):
+            await framed.send(Error("invalid_request", "prefix_ids outside the vocabulary"))
+            return
+        tokens += prompt.prefix_ids  # billed as prompt: this host computes them again
         base = live.billed
         room = live.max_tokens - base - len(tokens)
         if room <= 0:
@@ -306,7 +310,9 @@ class SessionService:
                     self._observe(event)
                     break
                 sent = event.completion_tokens
-                await framed.send(Token(event.text, base + len(tokens) + sent))
+                await framed.send(
+                    Token(event.text, base + len(tokens) + sent, list(event.token_ids))
+                )
         except EngineError as exc:
             await framed.send(Error(exc.kind, str(exc), exc.kind == "busy"))
             return

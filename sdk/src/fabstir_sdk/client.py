@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -15,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.discovery import Discovery, HostInfo
+from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
 from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
@@ -170,3 +173,34 @@ class FabstirClient:
         )
         session.billed = session.vouched = ready.billed_tokens
         return session
+
+    def chat(
+        self,
+        model: str | bytes,
+        messages: Sequence[dict[str, Any]],
+        *,
+        max_tokens: int = 256,
+        session: Session | None = None,
+        deposit: int = DEFAULT_DEPOSIT,
+        max_price: int | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        max_failovers: int = 2,
+        stall_timeout: float = STALL_TIMEOUT_S,
+    ) -> FailoverChat:
+        """An answer that fails over to the next host mid-stream (see :mod:`failover`).
+
+        Reuses ``session`` when given (the answer's ``session`` is the one to reuse next)."""
+        return FailoverChat(
+            self,
+            model,
+            messages,
+            max_tokens=max_tokens,
+            session=session,
+            open_kwargs={"deposit": deposit, "max_price": max_price},
+            params={"temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop},
+            max_failovers=max_failovers,
+            stall_timeout=stall_timeout,
+        )

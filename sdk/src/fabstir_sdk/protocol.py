@@ -153,6 +153,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "bool": bool,
     "float": (int, float),
     "list[str]": list,
+    "list[int]": list,
     "list[dict[str, Any]]": list,
     "dict[str, Any]": dict,
 }
@@ -194,9 +195,18 @@ class Prompt(Message):
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # Continue an answer another host began: its token ids, appended after the prompt.
+    prefix_ids: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         _check(0 < len(self.messages) <= 512, "prompt.messages must hold 1 to 512 messages")
+        _check(
+            len(self.prefix_ids) <= 65536
+            and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.prefix_ids
+            ),
+            "prompt.prefix_ids must be token ids",
+        )
         for m in self.messages:
             _check(
                 isinstance(m, dict)
@@ -220,6 +230,7 @@ class Token(Message):
     TYPE: ClassVar[str] = "token"
     text: str
     tokens: int
+    ids: list[int] = field(default_factory=list)  # the model's token ids behind ``text``
 
 
 @dataclass(frozen=True)

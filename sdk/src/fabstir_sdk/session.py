@@ -62,6 +62,7 @@ class ChatStream:
         self._session = session
         self._prompt = prompt
         self.text = ""
+        self.token_ids: list[int] = []  # behind ``text``: lets another host continue it
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
 
@@ -116,6 +117,7 @@ class Session:
         self.last_voucher: Voucher | None = None
         self._busy = False
         self.closed = False
+        self.stall_timeout = TOKEN_TIMEOUT_S  # silence this long mid-answer = the host is gone
 
     # ----------------------------------------------------------------- chat
 
@@ -128,9 +130,17 @@ class Session:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        prefix_ids: Sequence[int] = (),
     ) -> ChatStream:
+        """Ask for an answer; ``prefix_ids`` continues one another host began."""
         prompt = Prompt(
-            [dict(m) for m in messages], max_tokens, temperature, top_p, seed, list(stop)
+            [dict(m) for m in messages],
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            list(stop),
+            list(prefix_ids),
         )
         prompt.validate()
         return ChatStream(self, prompt)
@@ -149,6 +159,7 @@ class Session:
                 if isinstance(message, Token):
                     self._account(message.tokens)
                     self._absorb(message.text.encode())
+                    out.token_ids += message.ids
                     if self.billed - self.vouched >= self.voucher_every:
                         await self._vouch()
                     if message.text:
@@ -170,7 +181,7 @@ class Session:
 
     async def _receive(self) -> Any:
         try:
-            return await self._framed.receive(timeout=TOKEN_TIMEOUT_S)
+            return await self._framed.receive(timeout=self.stall_timeout)
         except ProtocolError as exc:
             raise HostError(exc.code, f"the host went away: {exc}", True) from exc
 

@@ -1,0 +1,73 @@
+"""Mid-stream failover: the serving host is killed in the middle of an answer; the SDK
+continues the same answer with the next host. The text equals the reference greedy answer,
+no token is paid twice, and both hosts settle exactly what they delivered."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fabstir_sdk.contracts.client import SessionStatus
+from fabstir_sdk.devnet import add_model, anvil_account
+from fabstir_sdk.models import CATALOG
+
+from conftest import PRICE, Devnet, NodeProcess, free_port, run
+
+MODEL = CATALOG["smollm2-135m-instruct"]
+MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+LENGTH = 64
+
+
+def test_failover_continues_the_same_answer_with_the_next_host(devnet: Devnet) -> None:
+    add_model(devnet.owner, devnet.deployment, MODEL.repo, MODEL.file, MODEL.sha256)
+    first = NodeProcess(devnet, 1, free_port(), model=MODEL.name, sha256=MODEL.sha256)
+    second = NodeProcess(devnet, 2, free_port(), model=MODEL.name, sha256=MODEL.sha256)
+    for node in (first, second):
+        node.setup()
+        node.start()
+    first_address, second_address = anvil_account(1).address, anvil_account(2).address
+
+    async def main() -> None:
+        client = devnet.client(5)
+        try:
+            reference = await client.open_session(MODEL.name, host=second_address)
+            expected = reference.chat(MESSAGES, max_tokens=LENGTH, temperature=0)
+            expected_text = await expected.collect()
+            await reference.close()
+
+            doomed = await client.open_session(MODEL.name, host=first_address)
+            answer = client.chat(
+                MODEL.name, MESSAGES, max_tokens=LENGTH, temperature=0, session=doomed
+            )
+            pieces = []
+            async for piece in answer:
+                pieces.append(piece)
+                if len(pieces) == 12:
+                    await asyncio.to_thread(first.kill)
+            assert answer.hosts == [first_address, second_address]
+            assert "".join(pieces) == answer.text == expected_text  # no gap, no duplicate
+            assert len(answer.token_ids) == LENGTH
+            assert answer.gaps_s and answer.gaps_s[0] < 2.0, answer.gaps_s
+            print(f"failover gap {answer.gaps_s[0] * 1000:.0f} ms")
+
+            rescue = answer.session
+            assert rescue is not None and rescue.host == second_address
+            settled = await rescue.close(wait_settlement=30)
+            assert settled is not None and settled.tokens == rescue.vouched
+            paid_to_first = doomed.vouched
+            return_value = (doomed.id, paid_to_first)
+        finally:
+            await client.close()
+        return return_value  # type: ignore[return-value]
+
+    doomed_id, vouched = run(main())  # type: ignore[func-returns-value]
+    first.start()  # the killed host comes back and settles from its journal
+    contracts = devnet.client(5).contracts
+    for _ in range(100):
+        if contracts.session(doomed_id).status == SessionStatus.SETTLED:
+            break
+        run(asyncio.sleep(0.1))
+    settlement = contracts.settlement_of(doomed_id)
+    assert settlement is not None and settlement.tokens == vouched
+    assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
+    first.stop()
+    second.stop()
