@@ -1,16 +1,15 @@
 """A local OpenAI-compatible gateway that pays Fabstir hosts: point any OpenAI client at it.
 
 One paid session per model is opened on first use and reused; requests to a model are served
-one at a time over its session. If a host fails before the first token of an answer, the
-proxy opens a session with the next host and retries; ``usage`` in every response is exactly
-what the host billed.
+one at a time over its session. If a host dies or stalls, even mid-answer, the answer fails
+over to the next host (:mod:`fabstir_sdk.failover`); ``usage`` in every response is exactly
+what the hosts billed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,18 +18,18 @@ from aiohttp import web
 
 from fabstir_sdk import openai_format as oai
 from fabstir_sdk.client import FabstirClient, NoHostAvailable
+from fabstir_sdk.failover import FailoverChat
 from fabstir_sdk.models import CATALOG
 from fabstir_sdk.protocol import InvalidMessage
 from fabstir_sdk.session import HostError, Session
 
-log = logging.getLogger(__name__)
+DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass
 class _Slot:
     session: Session | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    failed_hosts: set[str] = field(default_factory=set)
 
 
 class PayingProxy:
@@ -57,13 +56,6 @@ class PayingProxy:
         ]
         return web.json_response({"object": "list", "data": data})
 
-    async def _session(self, model: str, slot: _Slot) -> Session:
-        if slot.session is None or slot.session.closed:
-            slot.session = await self.client.open_session(
-                model, deposit=self.deposit, max_price=self.max_price, exclude=slot.failed_hosts
-            )
-        return slot.session
-
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
@@ -72,62 +64,70 @@ class PayingProxy:
                 {"role": str(m["role"]), "content": _text(m.get("content"))}
                 for m in body["messages"]
             ]
+            stop = body.get("stop")
+            params = {
+                "temperature": float(body.get("temperature", 1.0)),
+                "top_p": float(body.get("top_p", 1.0)),
+                "seed": body.get("seed"),
+                "stop": [stop] if isinstance(stop, str) else list(stop or []),
+            }
+            max_tokens = int(
+                body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+            )
         except (ValueError, KeyError, TypeError):
             return _error(400, "the body needs model and messages", "invalid_request_error")
-        options = {
-            "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens"),
-            "temperature": float(body.get("temperature", 1.0)),
-            "top_p": float(body.get("top_p", 1.0)),
-            "seed": body.get("seed"),
-            "stop": [body["stop"]]
-            if isinstance(body.get("stop"), str)
-            else list(body.get("stop") or []),
-        }
         slot = self._slots.setdefault(model, _Slot())
         async with slot.lock:
-            for _attempt in range(3):
-                try:
-                    session = await self._session(model, slot)
-                    answer = session.chat(messages, **options)
-                except NoHostAvailable as exc:
-                    return _error(503, str(exc), "server_overloaded", "no_host")
-                except InvalidMessage as exc:
-                    return _error(400, str(exc), "invalid_request_error")
-                except (HostError, OSError) as exc:
-                    self._fail(slot, exc)
-                    continue
-                iterator = answer.__aiter__()
-                try:
-                    first = await anext(iterator, None)
-                except HostError as exc:
-                    if exc.code in ("invalid_request", "context_length_exceeded"):
-                        return _error(400, str(exc), "invalid_request_error", exc.code)
-                    self._fail(slot, exc)  # nothing streamed yet: safe to try another host
-                    continue
-                if body.get("stream"):
-                    return await self._stream(request, model, body, answer, first, iterator)
+            if slot.session is not None and slot.session.closed:
+                slot.session = None
+            answer = self.client.chat(
+                model,
+                messages,
+                session=slot.session,
+                deposit=self.deposit,
+                max_price=self.max_price,
+                max_tokens=max_tokens,
+                **params,
+            )
+            iterator = answer.__aiter__()
+            try:
+                first = await anext(iterator, None)
+            except NoHostAvailable as exc:
+                return _error(503, str(exc), "server_overloaded", "no_host")
+            except (InvalidMessage, ValueError) as exc:
+                return _error(400, str(exc), "invalid_request_error")
+            except HostError as exc:
+                bad = exc.code in ("invalid_request", "context_length_exceeded")
+                return _error(
+                    400 if bad else 502,
+                    str(exc),
+                    "invalid_request_error" if bad else "server_error",
+                    exc.code,
+                )
+            finally:
+                slot.session = answer.session  # reuse it (failover may have replaced it)
+            if body.get("stream"):
+                response = await self._stream(request, model, body, answer, first, iterator)
+            else:
                 text = (first or "") + "".join([p async for p in iterator])
-                assert answer.usage is not None
-                used = oai.usage(answer.usage.prompt_tokens, answer.usage.completion_tokens)
-                return web.json_response(
+                response = web.json_response(
                     oai.chat_response(
-                        oai.completion_id(), model, text, answer.finish_reason or "stop", used
+                        oai.completion_id(),
+                        model,
+                        text,
+                        answer.finish_reason or "stop",
+                        _usage(answer),
                     )
                 )
-        return _error(503, "every host tried failed", "server_overloaded", "hosts_failed")
-
-    def _fail(self, slot: _Slot, exc: Exception) -> None:
-        log.warning("host failed: %s", exc)
-        if slot.session is not None:
-            slot.failed_hosts.add(slot.session.host)
-            slot.session = None
+            slot.session = answer.session
+            return response
 
     async def _stream(
         self,
         request: web.Request,
         model: str,
         body: dict[str, Any],
-        answer: Any,
+        answer: FailoverChat,
         first: str | None,
         iterator: Any,
     ) -> web.StreamResponse:
@@ -137,38 +137,33 @@ class PayingProxy:
         await response.prepare(request)
         ident, created = oai.completion_id(), int(time.time())
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        await response.write(
-            oai.sse(
-                oai.chat_chunk(ident, model, created, text="", role=True, with_usage=include_usage)
+
+        async def send(**kw: Any) -> None:
+            await response.write(
+                oai.sse(oai.chat_chunk(ident, model, created, with_usage=include_usage, **kw))
             )
-        )
+
+        await send(text="", role=True)
         try:
             piece = first
             while piece is not None:
-                await response.write(
-                    oai.sse(
-                        oai.chat_chunk(ident, model, created, text=piece, with_usage=include_usage)
-                    )
-                )
+                await send(text=piece)
                 piece = await anext(iterator, None)
-            await response.write(
-                oai.sse(
-                    oai.chat_chunk(
-                        ident,
-                        model,
-                        created,
-                        reason=answer.finish_reason or "stop",
-                        with_usage=include_usage,
-                    )
+            await send(reason=answer.finish_reason or "stop")
+            if include_usage:
+                await response.write(
+                    oai.sse(oai.usage_chunk(ident, model, created, _usage(answer)))
                 )
-            )
-            if include_usage and answer.usage is not None:
-                used = oai.usage(answer.usage.prompt_tokens, answer.usage.completion_tokens)
-                await response.write(oai.sse(oai.usage_chunk(ident, model, created, used)))
             await response.write(oai.sse("[DONE]"))
-        except HostError as exc:
+        except HostError as exc:  # every host failed mid-answer: say so in-band, as OpenAI does
             await response.write(oai.sse(oai.error_body(str(exc), "server_error", exc.code)))
         return response
+
+
+def _usage(answer: FailoverChat) -> dict[str, int]:
+    if answer.usage is None:
+        return oai.usage(0, 0)
+    return oai.usage(answer.usage.prompt_tokens, answer.usage.completion_tokens)
 
 
 def _text(content: Any) -> str:
