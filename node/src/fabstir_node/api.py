@@ -7,9 +7,7 @@ error is ``{"error": {"message", "type", "param", "code"}}`` with the matching s
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -29,6 +27,7 @@ from fabstir_node.inference import (
     Usage,
 )
 from fabstir_node.metrics import CONTENT_TYPE, NodeMetrics
+from fabstir_sdk import openai_format as oai
 
 MAX_BODY = 4 * 1024 * 1024
 STATUS = {
@@ -132,14 +131,7 @@ class ApiError(Exception):
         self.status, self.type, self.code, self.param = status, type_, code, param
 
     def response(self) -> web.Response:
-        body = {
-            "error": {
-                "message": str(self),
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        body = oai.error_body(str(self), self.type, self.code, self.param)
         headers = {"Retry-After": "1"} if self.status == 503 else None
         return web.json_response(body, status=self.status, headers=headers)
 
@@ -150,19 +142,11 @@ def _engine_error(exc: EngineError) -> ApiError:
 
 
 def _usage(usage: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
+    return oai.usage(usage.prompt_tokens, usage.completion_tokens)
 
 
 def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
-
-
-def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
 
 
 class Api:
@@ -296,7 +280,7 @@ class Api:
         self, request: web.Request, body: _Common, prompt: list[int], *, chat: bool
     ) -> web.StreamResponse:
         params = body.sampling(self.max_tokens_default)
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        ident = oai.completion_id(chat)
         events = self._events(prompt, params)
         # Pull the first event before answering, so queue-full and context errors still get
         # a proper status code rather than a broken stream.
@@ -314,32 +298,10 @@ class Api:
                 event = await anext(events)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        created = int(time.time())
-        if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": _finish(event.finish_reason),
-                "logprobs": None,
-            }
-            kind = "chat.completion"
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "finish_reason": _finish(event.finish_reason),
-                "logprobs": None,
-            }
-            kind = "text_completion"
         return web.json_response(
-            {
-                "id": ident,
-                "object": kind,
-                "created": created,
-                "model": self.model_name,
-                "choices": [choice],
-                "usage": _usage(event.usage),
-            }
+            oai.response(
+                ident, self.model_name, text, event.finish_reason, _usage(event.usage), chat=chat
+            )
         )
 
     async def _stream(
@@ -357,64 +319,31 @@ class Api:
         )
         await response.prepare(request)
         created = int(time.time())
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
-            if chat:
-                delta: dict[str, Any] = {}
-                if role:
-                    delta["role"] = "assistant"
-                if text is not None:
-                    delta["content"] = text
-                choice: dict[str, Any] = {
-                    "index": 0,
-                    "delta": delta,
-                    "finish_reason": finish,
-                    "logprobs": None,
-                }
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            data: dict[str, Any] = {
-                "id": ident,
-                "object": kind,
-                "created": created,
-                "model": self.model_name,
-                "choices": [choice],
-            }
-            if body.include_usage:
-                data["usage"] = None
-            return data
+        model = self.model_name
 
         async def send(data: dict[str, Any] | str) -> None:
-            payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-            await response.write(f"data: {payload}\n\n".encode())
+            await response.write(oai.sse(data))
+
+        def chunk(**kw: Any) -> dict[str, Any]:
+            return oai.chunk(ident, model, created, with_usage=body.include_usage, chat=chat, **kw)
 
         try:
             if chat:
-                await send(chunk("", None, role=True))
+                await send(chunk(text="", role=True))
             event = first
             while not isinstance(event, Finished):
                 if _client_gone(request):
                     raise ConnectionResetError
-                await send(chunk(event.text, None))
+                await send(chunk(text=event.text))
                 event = await anext(events)
-            await send(chunk(None if chat else "", _finish(event.finish_reason)))
+            await send(chunk(text=None if chat else "", reason=event.finish_reason))
             if body.include_usage:
-                await send(
-                    {
-                        "id": ident,
-                        "object": kind,
-                        "created": created,
-                        "model": self.model_name,
-                        "choices": [],
-                        "usage": _usage(event.usage),
-                    }
-                )
+                await send(oai.usage_chunk(ident, model, created, _usage(event.usage), chat=chat))
             await send("[DONE]")
         except (ConnectionResetError, ConnectionError):
             self.metrics.errors.labels("client_disconnected").inc()
         except ApiError as exc:  # failed mid-stream: tell the client in-band, as OpenAI does
-            await send({"error": {"message": str(exc), "type": exc.type, "code": exc.code}})
+            await send(oai.error_body(str(exc), exc.type, exc.code))
         finally:
             await events.aclose()  # type: ignore[attr-defined]  # cancels generation if unfinished
         return response

@@ -20,7 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fabstir_sdk.protocol import Usage
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp's OpenMP starts
+
+__all__ = [
+    "CreditGate",
+    "Engine",
+    "EngineError",
+    "Finished",
+    "SamplingParams",
+    "TokenChunk",
+    "Usage",
+]
 
 FinishReason = Literal["stop", "length", "cancelled", "credit"]
 
@@ -54,16 +66,6 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True)

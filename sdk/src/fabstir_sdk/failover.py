@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fabstir_sdk.session import HostError, Session, Usage
+from fabstir_sdk.protocol import Usage
+from fabstir_sdk.session import HostError, Session
 
 if TYPE_CHECKING:
     from fabstir_sdk.client import FabstirClient

@@ -26,27 +26,26 @@ def finish(reason: str) -> str:
     return "length" if reason in ("length", "deposit") else "stop"
 
 
-def chat_response(
-    ident: str, model: str, text: str, reason: str, used: dict[str, int]
+def response(
+    ident: str, model: str, text: str, reason: str, used: dict[str, int], *, chat: bool = True
 ) -> dict[str, Any]:
+    """A whole (non-streamed) chat or text completion."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish(reason), "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
     return {
         "id": ident,
-        "object": "chat.completion",
+        "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": model,
+        "choices": [choice],
         "usage": used,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish(reason),
-                "logprobs": None,
-            }
-        ],
     }
 
 
-def chat_chunk(
+def chunk(
     ident: str,
     model: str,
     created: int,
@@ -55,42 +54,48 @@ def chat_chunk(
     role: bool = False,
     reason: str | None = None,
     with_usage: bool = False,
+    chat: bool = True,
 ) -> dict[str, Any]:
-    delta: dict[str, Any] = {}
-    if role:
-        delta["role"] = "assistant"
-    if text is not None:
-        delta["content"] = text
+    """One server-sent event of a streamed chat (``delta``) or text completion (``text``)."""
+    choice: dict[str, Any] = {
+        "index": 0,
+        "finish_reason": reason and finish(reason),
+        "logprobs": None,
+    }
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice["delta"] = delta
+    else:
+        choice["text"] = text or ""
     data: dict[str, Any] = {
         "id": ident,
-        "object": "chat.completion.chunk",
+        "object": _chunk_kind(chat),
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "delta": delta,
-                "finish_reason": reason and finish(reason),
-                "logprobs": None,
-            }
-        ],
+        "choices": [choice],
     }
     if with_usage:
-        data["usage"] = None
+        data["usage"] = None  # OpenAI sends null until the final usage chunk
     return data
 
 
 def usage_chunk(
-    ident: str, model: str, created: int, used: dict[str, int], kind: str = "chat.completion.chunk"
+    ident: str, model: str, created: int, used: dict[str, int], *, chat: bool = True
 ) -> dict[str, Any]:
     return {
         "id": ident,
-        "object": kind,
+        "object": _chunk_kind(chat),
         "created": created,
         "model": model,
         "choices": [],
         "usage": used,
     }
+
+
+def _chunk_kind(chat: bool) -> str:
+    return "chat.completion.chunk" if chat else "text_completion"
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

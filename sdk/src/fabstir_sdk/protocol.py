@@ -91,6 +91,20 @@ def decode_uvarint(data: bytes) -> tuple[int, int] | None:
 
 # --------------------------------------------------------------------------- messages
 
+
+@dataclass(frozen=True)
+class Usage:
+    """Billable tokens of one answer, in OpenAI's ``usage`` sense, counted by the host's
+    tokenizer: a session bills ``prompt_tokens + completion_tokens`` per answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 _TYPES: dict[str, type[Message]] = {}
 
 

@@ -111,7 +111,7 @@ class PayingProxy:
             else:
                 text = (first or "") + "".join([p async for p in iterator])
                 response = web.json_response(
-                    oai.chat_response(
+                    oai.response(
                         oai.completion_id(),
                         model,
                         text,
@@ -140,7 +140,7 @@ class PayingProxy:
 
         async def send(**kw: Any) -> None:
             await response.write(
-                oai.sse(oai.chat_chunk(ident, model, created, with_usage=include_usage, **kw))
+                oai.sse(oai.chunk(ident, model, created, with_usage=include_usage, **kw))
             )
 
         await send(text="", role=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -29,6 +28,7 @@ from fabstir_sdk.protocol import (
     ProtocolError,
     Token,
     UnexpectedMessage,
+    Usage,
     VoucherMsg,
 )
 
@@ -42,16 +42,6 @@ class HostError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 class ChatStream:
