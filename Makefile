@@ -94,9 +94,10 @@ devnet: setup ## The demo's network (Anvil, contracts, 2 hosts), kept running un
 serve: setup ## Serve SmolLM2-135M-Instruct over the OpenAI-compatible API on 127.0.0.1:8080
 	$(BIN)/fabstir-node serve --model smollm2-135m-instruct
 
-bench: setup ## Benchmarks: raw llama-cpp-python vs the node's HTTP API and vs a paid P2P session
+bench: setup ## Benchmarks: llama-cpp-python vs the node API and a paid P2P session; failover gap
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/session.py
+	$(BIN)/python bench/failover.py
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .

@@ -118,26 +118,36 @@ class LocalNetwork:
         self.node_env.append(env)
         self._node("init", "--private-key", anvil_account(index).key.hex(), env=env)
         self._node("register", env=env)
+        proc, info = self._run(env)
+        self.nodes.append(proc)
+        self.node_info.append(info)
+        step(
+            f"host {index} serving at {price} wei/1000 tokens: {info.get('address')} "
+            f"(peer {info.get('peer id', '')[:16]}..., api {info.get('api', '').split()[0]})"
+        )
+
+    def _run(self, env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fabstir_node", "run", "--port", "0"],
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
-        self.nodes.append(proc)
         info: dict[str, str] = {}
         assert proc.stderr is not None
         for line in proc.stderr:
             if line.strip() == "ready":
-                break
+                return proc, info
             info[line[:10].strip()] = line[11:].strip()  # "key       value" lines
-        else:
-            raise RuntimeError(f"host {index} exited with {proc.wait()}")
-        self.node_info.append(info)
-        step(
-            f"host {index} serving at {price} wei/1000 tokens: {info.get('address')} "
-            f"(peer {info.get('peer id', '')[:16]}..., api {info.get('api', '').split()[0]})"
-        )
+        raise RuntimeError(f"host exited with {proc.wait()}")
+
+    def kill_host(self, position: int) -> None:
+        """SIGKILL a host (fault injection: no chance to settle or say goodbye)."""
+        self.nodes[position].kill()
+        self.nodes[position].wait()
+
+    def restart_host(self, position: int) -> None:
+        self.nodes[position], self.node_info[position] = self._run(self.node_env[position])
 
     def stop(self) -> None:
         for proc in self.nodes:

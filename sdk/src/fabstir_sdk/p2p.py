@@ -335,6 +335,13 @@ class P2PHost:
                 info = info_from_p2p_addr(multiaddr.Multiaddr(full))
                 if str(info.peer_id) != peer_id:
                     raise P2PError(f"{addr} names peer {info.peer_id}, not {peer_id}")
+                # Addresses come fresh from the registry: a restarted host may listen
+                # elsewhere now, so forget that its old addresses failed.
+                with contextlib.suppress(Exception):
+                    self._host.get_network().unblock_peer(info.peer_id)
+                if info.peer_id not in self._host.get_network().connections:
+                    with contextlib.suppress(Exception):
+                        self._host.get_peerstore().clear_addrs(info.peer_id)
                 try:
                     await self._host.connect(info)
                     await self._dht.add_peer(info.peer_id)
