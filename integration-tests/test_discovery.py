@@ -11,7 +11,8 @@ from fabstir_node.testing import write_tiny_gguf
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.devnet import add_model, anvil_account
 from fabstir_sdk.models import model_id
-from fabstir_sdk.p2p import provider_key
+from fabstir_sdk.p2p import PeerAddress, provider_key
+from fabstir_sdk.protocol import INFO_PROTOCOL, FramedStream, InfoRequest, InfoResponse
 
 from conftest import Devnet, run
 
@@ -63,6 +64,17 @@ def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
                 "no gossip announcements heard"
             )
             print(f"discovery + gossip in {time.monotonic() - started:.1f} s")
+
+            # The free info protocol answers anyone: model, prices, load, speed.
+            stream = await client.p2p.open_stream(
+                PeerAddress(first.network.host.peer_id, first.network.host.addrs), INFO_PROTOCOL
+            )
+            framed = FramedStream(stream)
+            await framed.send(InfoRequest())
+            info = await framed.receive(timeout=10)
+            assert isinstance(info, InfoResponse)
+            assert info.host == first.keys.account.address
+            assert info.models[0]["model_id"] == wanted
         finally:
             await client.close()
             for node in (first, second, third):

@@ -528,3 +528,20 @@ def unregister(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         _fail("this host is not registered", EXIT_CHAIN)
     receipt = chain.unregister()
     _emit({"address": chain.address, "tx": receipt["transactionHash"].hex()}, as_json)
+
+
+@main.command("withdraw-stake")
+@chain_flags
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def withdraw_stake(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """After `unregister` and the unbonding delay: take the stake back."""
+    chain = _chain(_config(ctx, **flags))
+    record = chain.contracts.host(chain.address)
+    if record.active or record.stake == 0:
+        _fail("nothing is unbonding: run `fabstir-node unregister` first", EXIT_CHAIN)
+    try:
+        receipt = chain.withdraw_stake()
+    except Exception as exc:
+        _fail(f"the stake is still unbonding ({exc})", EXIT_CHAIN)
+    _emit({"withdrawn_fab_wei": record.stake, "tx": receipt["transactionHash"].hex()}, as_json)

@@ -265,9 +265,6 @@ class Engine:
     def n_vocab(self) -> int:
         return int(self._require().n_vocab())
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._require().tokenize(text.encode(), add_bos=False, special=False))
-
     # ----------------------------------------------------------------- generation
 
     async def generate(

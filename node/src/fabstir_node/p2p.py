@@ -12,7 +12,7 @@ from eth_account.signers.local import LocalAccount
 
 from fabstir_node.sessions import SessionService
 from fabstir_sdk.announcements import HostAnnouncement, sign_announcement
-from fabstir_sdk.p2p import BridgedStream, P2PHost, PeerAddress, provider_key
+from fabstir_sdk.p2p import BridgedStream, P2PHost, provider_key
 from fabstir_sdk.protocol import HOSTS_TOPIC, INFO_PROTOCOL, SESSION_PROTOCOL, FramedStream
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ class NodeNetwork:
             except Exception as exc:
                 log.debug("announcement failed: %s", exc)
             await asyncio.sleep(self.announce_every)
-
-    async def connect(self, peer: PeerAddress) -> None:
-        await self.host.connect(peer.peer_id, peer.addrs)
-        await self.provide()  # re-announce to the new part of the network
 
     async def stop(self) -> None:
         if self._announcer is not None:

@@ -405,9 +405,6 @@ class P2PHost:
 
         await self._call(run)
 
-    def connected_peers(self) -> list[str]:
-        return [str(p) for p in self._host.get_connected_peers()] if self._host else []
-
 
 def _set(future: asyncio.Future[T], value: T) -> None:
     if not future.done():
