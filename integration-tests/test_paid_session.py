@@ -113,3 +113,39 @@ def test_host_pauses_at_its_credit_window_and_settles_what_was_vouched(devnet: D
             await node.stop()
 
     run(main())
+
+
+def test_sync_wrappers_for_scripts(devnet: Devnet) -> None:
+    import asyncio
+    import threading
+
+    from fabstir_sdk.devnet import anvil_account
+    from fabstir_sdk.sync import SyncClient
+
+    ready, stop = threading.Event(), threading.Event()
+
+    def host() -> None:  # the node runs on its own loop, as it would in its own process
+        async def main() -> None:
+            node = await devnet.start_node(3)
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await node.stop()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    try:
+        assert ready.wait(60)
+        with SyncClient(devnet.anvil.url, anvil_account(6).key.hex(), devnet.deployment) as c:
+            session = c.open_session(
+                model_id("local", devnet.model_path.name), host=anvil_account(3).address
+            )
+            text = "".join(session.chat(MESSAGES, max_tokens=6, temperature=0))
+            assert text and session.usage is not None
+            settlement = session.close(wait_settlement=30)
+            assert settlement is not None and settlement.tokens == session.usage.total_tokens
+    finally:
+        stop.set()
+        thread.join(60)
