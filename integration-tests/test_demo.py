@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,5 +23,9 @@ def test_demo_prints_an_exact_receipt_and_cleans_up() -> None:
     assert "Paris" in result.stdout
     receipt = result.stdout[result.stdout.index("Receipt") :]
     assert " OK" in receipt and "withdrawn: yes" in receipt
-    leftovers = subprocess.run(["pgrep", "-f", "fabstir_node run"], capture_output=True)
-    assert leftovers.stdout.strip() == b""  # every host process it started is gone
+    leftovers = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "fabstir_node" in (p.info["cmdline"] or []) and "run" in p.info["cmdline"]
+    ]
+    assert leftovers == []  # every host process it started is gone
