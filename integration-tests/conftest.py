@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,8 @@ class NodeProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             if line.strip() == "ready":
+                # Keep draining: a full stderr pipe would stall the node.
+                threading.Thread(target=self.proc.stderr.read, daemon=True).start()
                 return
         raise AssertionError(f"node exited with {self.proc.wait()}")
 

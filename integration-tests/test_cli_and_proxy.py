@@ -44,7 +44,17 @@ def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None
             assert host["address"] == node.keys.account.address and host["price"] == PRICE
 
             answer = await asyncio.to_thread(
-                fabstir, devnet, "chat", "--model", MODEL, "-p", "hello", "--max-tokens", "12"
+                fabstir,
+                devnet,
+                "chat",
+                "--model",
+                MODEL,
+                "-p",
+                "hello",
+                "--max-tokens",
+                "12",
+                "--temperature",
+                "0",
             )
             assert answer.returncode == 0, answer.stderr
             assert answer.stdout.strip() and "[settled: paid" in answer.stderr

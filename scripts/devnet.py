@@ -12,9 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.transactions import TransactionSender
@@ -37,6 +39,14 @@ CLIENT_ACCOUNT = 4
 
 def step(message: str) -> None:
     print(f"\033[36m==>\033[0m {message}", file=sys.stderr, flush=True)
+
+
+def _copy(stream: Any, path: Path) -> None:
+    """Keep draining a node's stderr into its log file (a full pipe would stall the node)."""
+    with path.open("a") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
 
 
 class LocalNetwork:
@@ -123,7 +133,8 @@ class LocalNetwork:
         self.node_info.append(info)
         step(
             f"host {index} serving at {price} wei/1000 tokens: {info.get('address')} "
-            f"(peer {info.get('peer id', '')[:16]}..., api {info.get('api', '').split()[0]})"
+            f"(peer {info.get('peer id', '')[:16]}..., api {info.get('api', '').split()[0]}, "
+            f"log {Path(info['log']).relative_to(ROOT)})"
         )
 
     def _run(self, env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -137,6 +148,9 @@ class LocalNetwork:
         assert proc.stderr is not None
         for line in proc.stderr:
             if line.strip() == "ready":
+                log = Path(env["FABSTIR_DATA_DIR"]) / "node.log"
+                threading.Thread(target=_copy, args=(proc.stderr, log), daemon=True).start()
+                info["log"] = str(log)
                 return proc, info
             info[line[:10].strip()] = line[11:].strip()  # "key       value" lines
         raise RuntimeError(f"host exited with {proc.wait()}")
