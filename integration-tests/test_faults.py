@@ -115,3 +115,17 @@ def test_host_killed_after_vouchers_settles_from_its_journal_once(devnet: Devnet
         from_block=0, argument_filters={"sessionId": session_id}
     )
     assert len(logs) == 1
+
+
+def test_unregister_then_withdraw_stake_after_unbonding(devnet: Devnet) -> None:
+    node = NodeProcess(devnet, 2, free_port())
+    node.setup()
+    assert node.cli("unregister", "--json").returncode == 0
+    early = node.cli("withdraw-stake")
+    assert early.returncode == 5 and "unbonding" in early.stderr
+    devnet.anvil.increase_time(devnet.deployment.params["unbondingDelay"])
+    done = node.cli("withdraw-stake", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["withdrawn_fab_wei"] == devnet.deployment.params["minStake"]
+    again = node.cli("unregister")
+    assert again.returncode == 5 and "not registered" in again.stderr
