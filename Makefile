@@ -79,7 +79,7 @@ compile: setup ## Compile the contracts (offline, solc-js)
 abi: compile ## Export the compiled ABIs into the SDK package
 	$(BIN)/python scripts/export_abi.py
 
-deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil started for the purpose) and write deployments/<chainId>.json
+deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil, kept running) and write deployments/<chainId>.json
 	$(BIN)/python scripts/deploy.py $(if $(RPC_URL),--rpc-url $(RPC_URL))
 
 gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's lifecycle on Anvil
