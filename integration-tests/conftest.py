@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from fabstir_node.runtime import HostNode, served_model
 from fabstir_node.testing import write_tiny_gguf
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.contracts import Deployment
+from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.devnet import (
     Anvil,
@@ -124,6 +126,17 @@ def devnet(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Devnet:
     sha = sha256_file(model)
     add_model(owner, deployment, "local", model.name, sha)
     return Devnet(anvil, deployment, path, owner, model, sha, root)
+
+
+def assert_settled_for(contracts: Any, session_id: int, vouched: int) -> None:
+    """Wait (up to 10 s) for the host to settle ``session_id``; it must pay exactly ``vouched``."""
+    for _ in range(100):
+        if contracts.session(session_id).status == SessionStatus.SETTLED:
+            break
+        time.sleep(0.1)
+    settlement = contracts.settlement_of(session_id)
+    assert settlement is not None and settlement.tokens == vouched
+    assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
 
 
 def free_port() -> int:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.devnet import add_model, anvil_account
 from fabstir_sdk.models import CATALOG
 
-from conftest import PRICE, Devnet, NodeProcess, free_port, run
+from conftest import Devnet, NodeProcess, assert_settled_for, free_port, run
 
 MODEL = CATALOG["smollm2-135m-instruct"]
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -62,12 +61,6 @@ def test_failover_continues_the_same_answer_with_the_next_host(devnet: Devnet) -
     doomed_id, vouched = run(main())  # type: ignore[func-returns-value]
     first.start()  # the killed host comes back and settles from its journal
     contracts = devnet.client(5).contracts
-    for _ in range(100):
-        if contracts.session(doomed_id).status == SessionStatus.SETTLED:
-            break
-        run(asyncio.sleep(0.1))
-    settlement = contracts.settlement_of(doomed_id)
-    assert settlement is not None and settlement.tokens == vouched
-    assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
+    assert_settled_for(contracts, doomed_id, vouched)
     first.stop()
     second.stop()

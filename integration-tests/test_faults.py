@@ -12,7 +12,7 @@ from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import HostError, Session
 
-from conftest import PRICE, Devnet, NodeProcess, free_port, run
+from conftest import Devnet, NodeProcess, assert_settled_for, free_port, run
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -97,13 +97,7 @@ def test_host_killed_after_vouchers_settles_from_its_journal_once(devnet: Devnet
     assert contracts.session(session_id).status == SessionStatus.OPEN
 
     node.start()  # resumes from the journal
-    for _ in range(100):
-        if contracts.session(session_id).status == SessionStatus.SETTLED:
-            break
-        run(asyncio.sleep(0.1))
-    settlement = contracts.settlement_of(session_id)
-    assert settlement is not None and settlement.tokens == vouched
-    assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
+    assert_settled_for(contracts, session_id, vouched)
     node.stop()
 
     node.start()  # and again: nothing left to settle, nothing settled twice
