@@ -1,9 +1,11 @@
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fabstir_node.inference import (
+    CreditGate,
     Engine,
     Finished,
     InvalidRequest,
@@ -109,15 +111,22 @@ def test_queue_full_is_a_clear_busy_error(tiny_gguf: Path) -> None:
     prompt = engine.chat_prompt(MESSAGES)
     params = SamplingParams(max_tokens=200, temperature=1, seed=1)
 
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
     async def main() -> None:
-        first = engine.generate(prompt, params)
-        await anext(first)  # the worker is busy with this one
+        # Hold the worker deterministically: the first job waits at a credit gate after 1 token.
+        first = engine.generate(prompt, params, CreditGate(allowed=1, timeout=60))
+        running = asyncio.ensure_future(anext(first))
+        await until(lambda: engine.running == 1)  # the worker is busy with this one
         second = engine.generate(prompt, params)
-        waiting = asyncio.ensure_future(anext(second))  # sits in the only queue slot
-        await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(anext(second))
+        await until(lambda: engine.queue_depth == 2)  # and this one takes the only slot
         with pytest.raises(QueueFull, match="retry"):
             await anext(engine.generate(prompt, params))
-        await first.aclose()
+        running.cancel()  # leaving the first answer frees the worker at once
+        await asyncio.gather(running, return_exceptions=True)
         await waiting
         await second.aclose()
 
