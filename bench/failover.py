@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork
-
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.devnet import anvil_account
+
+from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 

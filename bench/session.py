@@ -1,7 +1,8 @@
 """Raw llama-cpp-python vs a paid SDK session over libp2p: same model, same machine, one run.
 
-A fresh Anvil with the contracts, SmolLM2-135M-Instruct registered with its real sha256, a host
-node (its own process, as in production) and an SDK client. Prints tokens/s of each and the
+The demo's network (`scripts/devnet.py`: a fresh Anvil with the contracts, SmolLM2-135M-Instruct
+registered with its real sha256, host nodes in their own processes, as in production) and an
+SDK client. Prints tokens/s of each and the
 ratio (target >= 0.95), time to first token of each (target: <= +30 ms once the session is
 open), the one-time cost of opening a session, and the gas of the session's lifecycle.
 
@@ -15,30 +16,19 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import MESSAGES, Run, raw_run
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "scripts")]
+from fabstir_node.config import default_threads  # noqa: E402
+from fabstir_sdk.client import FabstirClient  # noqa: E402
+from fabstir_sdk.devnet import anvil_account  # noqa: E402
 
-from fabstir_node.config import default_threads
-from fabstir_sdk.client import FabstirClient
-from fabstir_sdk.contracts.transactions import TransactionSender
-from fabstir_sdk.devnet import (
-    Anvil,
-    DeployParams,
-    add_model,
-    anvil_account,
-    deploy_protocol,
-    mint_fab,
-)
-from fabstir_sdk.models import CATALOG
-
-MODEL = CATALOG["smollm2-135m-instruct"]
-PRICE = 2 * 10**12
+from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork  # noqa: E402
+from inference import MESSAGES, Run, raw_run  # noqa: E402
 
 
 async def session_run(session: object, max_tokens: int) -> Run:
@@ -49,74 +39,6 @@ async def session_run(session: object, max_tokens: int) -> Run:
         first = first or time.perf_counter() - start
     assert answer.usage is not None
     return Run(answer.usage.completion_tokens, first or 0.0, time.perf_counter() - start)
-
-
-def start_node(anvil: Anvil, deployment_path: Path, data_dir: Path, threads: int) -> object:
-    import subprocess
-
-    env = {**os.environ, "FABSTIR_N_THREADS": str(threads), "FABSTIR_CHECKPOINT_EVERY": "300"}
-    common = [
-        "--rpc-url",
-        anvil.url,
-        "--deployment",
-        str(deployment_path),
-        "--data-dir",
-        str(data_dir),
-    ]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fabstir_node",
-            "init",
-            "--data-dir",
-            str(data_dir),
-            "--private-key",
-            anvil_account(1).key.hex(),
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fabstir_node",
-            "register",
-            *common,
-            "--model",
-            MODEL.name,
-            "--price",
-            str(PRICE),
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fabstir_node",
-            "run",
-            *common,
-            "--model",
-            MODEL.name,
-            "--price",
-            str(PRICE),
-            "--port",
-            "0",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.strip() == "ready":
-            return proc
-    raise RuntimeError("the node did not start")
 
 
 async def main() -> int:
@@ -139,15 +61,13 @@ async def main() -> int:
         n_threads_batch=args.threads,
         verbose=False,
     )
-    with Anvil() as anvil, tempfile.TemporaryDirectory() as tmp:
-        owner = TransactionSender(anvil.w3, anvil_account(0))
-        deployment = deploy_protocol(owner, DeployParams())
-        path = Path(tmp) / "deployment.json"
-        deployment.save(path)
-        add_model(owner, deployment, MODEL.repo, MODEL.file, MODEL.sha256)
-        mint_fab(owner, deployment, anvil_account(1).address, deployment.params["minStake"])
-        node = start_node(anvil, path, Path(tmp) / "node", args.threads)
-        client = FabstirClient(anvil.url, anvil_account(4).key.hex(), deployment)
+    # The hosts run as their own processes, with the same threads and a checkpoint in the run.
+    os.environ.update(FABSTIR_N_THREADS=str(args.threads), FABSTIR_CHECKPOINT_EVERY="300")
+    with LocalNetwork(port=None) as net:
+        assert net.anvil is not None and net.deployment is not None
+        client = FabstirClient(
+            net.anvil.url, anvil_account(CLIENT_ACCOUNT).key.hex(), net.deployment
+        )
         try:
             t0 = time.perf_counter()
             session = await client.open_session(MODEL.name, deposit=10**16)
@@ -166,8 +86,6 @@ async def main() -> int:
             gas = dict(client.contracts.sender.gas_used) if client.contracts.sender else {}
         finally:
             await client.close()
-            node.terminate()  # type: ignore[attr-defined]
-            node.wait()  # type: ignore[attr-defined]
 
     def med(runs: list[Run], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in runs)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fabstir_node.config import NodeConfig
-from fabstir_node.keys import create_keys
+from fabstir_node.keys import create_keys, load_keys
 from fabstir_node.models import sha256_file
 from fabstir_node.runtime import HostNode, served_model
 from fabstir_node.testing import write_tiny_gguf
@@ -80,8 +80,6 @@ class Devnet:
         keys_dir = config.data_dir / "keys"
         if not keys_dir.exists():
             create_keys(config.data_dir, anvil_account(index).key.hex())
-        from fabstir_node.keys import load_keys
-
         node = HostNode(config, load_keys(config.data_dir))
         await node.start()
         self._nodes.append(node)

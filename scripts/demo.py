@@ -14,10 +14,10 @@ import subprocess
 import sys
 import time
 
-from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork, step
-
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.devnet import anvil_account
+
+from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork, step
 
 QUESTION = "Which city is the capital of France?"
 DEPOSIT = 10**15  # 0.001 ETH

@@ -9,6 +9,7 @@ real sha256, and two host nodes (different prices) that stake, register and serv
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,8 +115,6 @@ class LocalNetwork:
         assert self.anvil is not None
         data = STATE / f"host{index}"
         if data.exists():
-            import shutil
-
             shutil.rmtree(data)
         env = {
             **os.environ,

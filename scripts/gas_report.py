@@ -15,7 +15,15 @@ from web3.logs import DISCARD
 from fabstir_sdk.contracts import ETH, sign_voucher
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.contracts.vouchers import VoucherDomain
-from fabstir_sdk.devnet import Anvil, DeployParams, anvil_account, deploy_protocol
+from fabstir_sdk.devnet import (
+    Anvil,
+    DeployParams,
+    add_model,
+    anvil_account,
+    deploy_protocol,
+    mint_fab,
+)
+from fabstir_sdk.models import CATALOG
 
 PRICE = 2 * 10**12
 USD_PRICE = 2_000
@@ -28,21 +36,13 @@ def measure() -> dict[str, int]:
         owner, host, client = (TransactionSender(w3, anvil_account(i)) for i in (0, 1, 2))
         params = DeployParams()
         d = deploy_protocol(owner, params)
-        fab, models, nodes, earnings, market, usd = (
+        fab, nodes, earnings, market, usd = (
             d.contract(w3, n)
-            for n in (
-                "FabToken",
-                "ModelRegistry",
-                "NodeRegistry",
-                "HostEarnings",
-                "JobMarketplace",
-                "TestUSD",
-            )
+            for n in ("FabToken", "NodeRegistry", "HostEarnings", "JobMarketplace", "TestUSD")
         )
-        repo, file = "unsloth/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf"
-        owner.transact(models.functions.addModel(repo, file, b"\x11" * 32, 1), "addModel")
-        model_id = models.functions.modelIdOf(repo, file).call()
-        owner.transact(fab.functions.mint(host.address, params.min_stake), "FAB mint")
+        model = CATALOG["smollm2-135m-instruct"]
+        model_id = add_model(owner, d, model.repo, model.file, model.sha256)
+        mint_fab(owner, d, host.address, params.min_stake)
         host.transact(fab.functions.approve(nodes.address, params.min_stake), "FAB approve")
         prices = [(model_id, ETH, PRICE), (model_id, usd.address, USD_PRICE)]
         host.transact(

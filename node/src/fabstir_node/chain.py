@@ -19,14 +19,16 @@ from fabstir_sdk.contracts.client import (
     SessionStatus,
     Settlement,
 )
+from fabstir_sdk.protocol import ProtocolError
 
 
-class SessionRefused(Exception):
+class SessionRefused(ProtocolError):
     """The session cannot be served by this host; ``code`` goes into the error frame."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)

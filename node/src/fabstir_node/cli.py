@@ -325,7 +325,6 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     from fabstir_node.chain import SessionRefused
     from fabstir_node.runtime import served_model
     from fabstir_node.server import prepare_model
-    from fabstir_sdk.contracts.transactions import TransactionFailed
 
     config = _config(ctx, **flags)
     keys = _keys(config)
@@ -358,7 +357,7 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         receipt = chain.register(
             peer_id_bytes(keys.peer_id), addrs, {"model": served.name}, [served], config.stake
         )
-    except (TransactionFailed, Exception) as exc:
+    except Exception as exc:  # reverts, unreachable RPC: all end the command the same way
         _fail(f"registration failed: {exc}", EXIT_CHAIN)
     _emit(
         {

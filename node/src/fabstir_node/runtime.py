@@ -75,7 +75,7 @@ class HostNode:
         config = self.config
         self.prepared = prepared = await asyncio.to_thread(prepare_model, config, progress)
         served = served_model(prepared, config)
-        chain = await asyncio.to_thread(self._connect_chain)
+        chain = await asyncio.to_thread(connect_chain, config, self.keys)
         await asyncio.to_thread(chain.check_model, served.model_id, prepared.sha256)
         engine = build_engine(config, prepared.model.path)
         await asyncio.to_thread(engine.load)
@@ -110,9 +110,6 @@ class HostNode:
             record.peer_id != peer_id_bytes(self.network.host.peer_id) or record.addrs != addrs
         ):
             chain.update_endpoint(peer_id_bytes(self.network.host.peer_id), addrs)
-
-    def _connect_chain(self) -> HostChain:
-        return connect_chain(self.config, self.keys)
 
     def status(self) -> NodeStatus:
         assert self.prepared and self.network and self.http

@@ -43,15 +43,6 @@ from fabstir_sdk.protocol import (
 log = logging.getLogger(__name__)
 
 
-class Refused(ProtocolError):
-    """An ``open`` the host will not serve; the code says why."""
-
-    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retryable = retryable
-
-
 class InvalidVoucher(ProtocolError):
     code = "invalid_voucher"
 
@@ -119,7 +110,9 @@ class SessionService:
         except Exception as exc:  # a bug must cost one stream, not the node
             log.exception("session stream failed")
             await framed.fail(
-                Refused("internal_error", f"host error: {type(exc).__name__}", retryable=True)
+                SessionRefused(
+                    "internal_error", f"host error: {type(exc).__name__}", retryable=True
+                )
             )
         finally:
             with contextlib.suppress(Exception):
@@ -156,12 +149,9 @@ class SessionService:
         first = await framed.receive(timeout=self.policy.open_timeout)
         if not isinstance(first, Open):
             raise UnexpectedMessage(f"the first message must be open, not {first.TYPE}")
-        try:
-            onchain = await self.chain.verify_session(first.session_id, first.chain_id, self.served)
-        except SessionRefused as exc:
-            raise Refused(exc.code, str(exc)) from None
+        onchain = await self.chain.verify_session(first.session_id, first.chain_id, self.served)
         if first.session_id in self._attached:
-            raise Refused("session_busy", "this session is already attached to a stream")
+            raise SessionRefused("session_busy", "this session is already attached to a stream")
         journaled = self.journal.open_session(
             onchain.id,
             onchain.client,
@@ -172,7 +162,7 @@ class SessionService:
             onchain.max_tokens,
         )
         if journaled.state != OPEN:
-            raise Refused("session_closed", f"session {onchain.id} is {journaled.state}")
+            raise SessionRefused("session_closed", f"session {onchain.id} is {journaled.state}")
         self._attached.add(onchain.id)
         best = journaled.best.cumulative_tokens if journaled.best else 0
         live = _Live(
@@ -215,7 +205,7 @@ class SessionService:
             live.failure = exc
         except Exception as exc:  # never leave the session hanging on a reader bug
             log.exception("session reader failed")
-            live.failure = Refused("internal_error", type(exc).__name__, retryable=True)
+            live.failure = SessionRefused("internal_error", type(exc).__name__, retryable=True)
         finally:
             if live.generation is not None:
                 live.generation.cancel()

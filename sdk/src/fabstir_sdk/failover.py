@@ -60,7 +60,7 @@ class FailoverChat:
         return self._run()
 
     async def _run(self) -> AsyncIterator[str]:
-        failed: set[str] = set(self.open_kwargs.pop("exclude", set()))
+        failed: set[str] = set()
         prompt_tokens = completion_tokens = 0
         last_text_at: float | None = None
         for attempt in range(self.max_failovers + 1):
