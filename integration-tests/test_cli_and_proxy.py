@@ -42,6 +42,7 @@ def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None
             assert listed.returncode == 0, listed.stderr
             [host] = json.loads(listed.stdout)
             assert host["address"] == node.keys.account.address and host["price"] == PRICE
+            assert host["reachable"] is True and host["last_seen"] is not None  # heard its gossip
 
             answer = await asyncio.to_thread(
                 fabstir,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +132,14 @@ def hosts(settings: Settings, model: str, as_json: bool) -> None:
     async def main_() -> list[Any]:
         async with client:
             found = await client.find_hosts(model)
-            await asyncio.sleep(1.5)  # listen to a round of gossip for load and speed
-            return list(await client.find_hosts(model)) or found
+            dials = await asyncio.gather(
+                *(client.p2p.connect(h.peer_id, h.addrs) for h in found), return_exceptions=True
+            )
+            await asyncio.sleep(1.5)  # the hosts we reached gossip their load and speed
+            return [
+                replace(client.discovery.with_gossip(h), reachable=not isinstance(r, Exception))
+                for h, r in zip(found, dials, strict=True)
+            ]
 
     rows = _run(main_())
     if as_json:
@@ -146,7 +152,7 @@ def hosts(settings: Settings, model: str, as_json: bool) -> None:
         f"{'host':<44}{'price/1k tok':>14}{'stake FAB':>11}{'tok/s':>8}{'load':>6}  reachable"
     )
     for h in rows:
-        reachable = "yes" if (h.in_dht or h.last_seen) else "unknown"
+        reachable = "yes" if h.reachable else "no"
         speed = f"{h.tokens_per_second:.0f}" if h.tokens_per_second else "-"
         load = str(h.load) if h.load is not None else "-"
         click.echo(

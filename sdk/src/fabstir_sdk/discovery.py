@@ -31,6 +31,7 @@ class HostInfo:
     load: int | None = None
     tokens_per_second: float | None = None
     last_seen: float | None = None  # unix time of its last announcement
+    reachable: bool | None = None  # None until someone dials it
 
 
 class Discovery:
@@ -46,6 +47,20 @@ class Discovery:
             log.debug("ignored announcement: %s", exc)
             return
         self.announcements[announcement.host.lower()] = announcement
+
+    def with_gossip(self, info: HostInfo) -> HostInfo:
+        """``info`` updated from the host's latest announcement (ignored if the peer id in it
+        is not the registered one)."""
+        seen = self.announcements.get(info.address.lower())
+        if seen is None or seen.peer_id != info.peer_id:
+            return info
+        return replace(
+            info,
+            load=seen.load,
+            tokens_per_second=seen.tokens_per_second,
+            last_seen=seen.timestamp,
+            addrs=list(dict.fromkeys([*seen.addrs, *info.addrs])),
+        )
 
     async def find_hosts(
         self, model_id: bytes, token: str = ETH, dht_timeout: float = 3.0
@@ -78,16 +93,7 @@ class Discovery:
                 record.stake,
                 record.metadata,
             )
-            info = replace(info, in_dht=info.peer_id in providers)
-            seen = self.announcements.get(record.address.lower())
-            if seen is not None and seen.peer_id == info.peer_id:
-                info = replace(
-                    info,
-                    load=seen.load,
-                    tokens_per_second=seen.tokens_per_second,
-                    last_seen=seen.timestamp,
-                    addrs=list(dict.fromkeys([*seen.addrs, *info.addrs])),
-                )
+            info = self.with_gossip(replace(info, in_dht=info.peer_id in providers))
             hosts.append(info)
         return sorted(hosts, key=score)
 
