@@ -29,14 +29,11 @@ from fabstir_sdk.protocol import (
     ProtocolError,
     Ready,
 )
-from fabstir_sdk.session import HostError, Session
+from fabstir_sdk.errors import HostError, NoHostAvailable
+from fabstir_sdk.session import Session
 
 DEFAULT_DEPOSIT = 10**15  # 0.001 ETH
 DEFAULT_DURATION = 3600
-
-
-class NoHostAvailable(RuntimeError):
-    pass
 
 
 class FabstirClient:

@@ -42,6 +42,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from fabstir_sdk.errors import FabstirError
+
 log = logging.getLogger(__name__)
 logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)  # noisy on stream close
 
@@ -51,7 +53,7 @@ _CLOSE, _RESET = object(), object()
 READ_CHUNK = 1 << 16
 
 
-class P2PError(RuntimeError):
+class P2PError(FabstirError):
     """Dialing, opening a stream or a DHT/pubsub operation failed."""
 
 

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Protocol
 
 import cbor2
 
+from fabstir_sdk.errors import FabstirError
+
 SESSION_PROTOCOL = "/fabstir/session/1.0.0"
 INFO_PROTOCOL = "/fabstir/info/1.0.0"
 HOSTS_TOPIC = "/fabstir/hosts/1.0.0"
@@ -24,7 +26,7 @@ MAX_FRAME = 1 << 20
 MAX_VARINT_BYTES = 10
 
 
-class ProtocolError(Exception):
+class ProtocolError(FabstirError):
     """A peer broke the protocol; ``code`` goes into the ``error`` frame sent back."""
 
     code = "protocol_error"

@@ -19,6 +19,7 @@ from eth_utils.crypto import keccak
 
 from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 from fabstir_sdk.contracts.client import Contracts, SessionStatus, Settlement
+from fabstir_sdk.errors import HostError
 from fabstir_sdk.protocol import (
     Cancel,
     Done,
@@ -33,15 +34,6 @@ from fabstir_sdk.protocol import (
 )
 
 TOKEN_TIMEOUT_S = 60.0
-
-
-class HostError(Exception):
-    """The host answered with an ``error`` frame, or broke off the stream."""
-
-    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.retryable = retryable
 
 
 class ChatStream:

@@ -11,11 +11,12 @@ from web3 import Web3
 from web3.contract import Contract
 
 from fabstir_sdk.contracts.artifacts import build_hash, load_artifact
+from fabstir_sdk.errors import ConfigurationError
 
 ETH = "0x0000000000000000000000000000000000000000"
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(ConfigurationError):
     """The deployment file is missing, malformed or does not match this SDK's ABIs."""
 
 

@@ -20,6 +20,7 @@ from web3.exceptions import Web3RPCError
 from web3.types import TxReceipt
 
 from fabstir_sdk.contracts.artifacts import load_artifact
+from fabstir_sdk.errors import ChainError
 
 GAS_HEADROOM = 1.2
 T = TypeVar("T")
@@ -27,7 +28,7 @@ RETRIES = (0.2, 0.5, 1.0, 2.0)
 TRANSIENT = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
 
 
-class ChainUnavailable(RuntimeError):
+class ChainUnavailable(ChainError):
     """The RPC endpoint did not answer after retries."""
 
 
@@ -43,7 +44,7 @@ def with_retries(fn: Callable[[], T], what: str) -> T:
     raise AssertionError("unreachable")
 
 
-class TransactionFailed(RuntimeError):
+class TransactionFailed(ChainError):
     """A transaction was mined but reverted."""
 
     def __init__(self, label: str, receipt: TxReceipt) -> None:
