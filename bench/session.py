@@ -1,8 +1,8 @@
 """Raw llama-cpp-python vs a paid SDK session over libp2p: same model, same machine, one run.
 
-The demo's network (`scripts/devnet.py`: a fresh Anvil with the contracts, SmolLM2-135M-Instruct
-registered with its real sha256, host nodes in their own processes, as in production) and an
-SDK client. Prints tokens/s of each and the
+The demo's network (`fabstir_devtools.network`: a fresh Anvil with the contracts,
+SmolLM2-135M-Instruct registered with its real sha256, host nodes in their own processes, as in
+production) and an SDK client. Prints tokens/s of each and the
 ratio (target >= 0.95), time to first token of each (target: <= +30 ms once the session is
 open), the one-time cost of opening a session, and the gas of the session's lifecycle.
 
@@ -24,10 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "scripts")]
 from fabstir_node.config import default_threads  # noqa: E402
-from fabstir_sdk.client import FabstirClient  # noqa: E402
-from fabstir_sdk.devnet import anvil_account  # noqa: E402
 
-from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork  # noqa: E402
+from devnet import CLIENT_ACCOUNT, MODEL, demo_network, start_hosts  # noqa: E402
 from inference import MESSAGES, Run, raw_run  # noqa: E402
 
 
@@ -63,11 +61,9 @@ async def main() -> int:
     )
     # The hosts run as their own processes, with the same threads and a checkpoint in the run.
     os.environ.update(FABSTIR_N_THREADS=str(args.threads), FABSTIR_CHECKPOINT_EVERY="300")
-    with LocalNetwork(port=None) as net:
-        assert net.anvil is not None and net.deployment is not None
-        client = FabstirClient(
-            net.anvil.url, anvil_account(CLIENT_ACCOUNT).key.hex(), net.deployment
-        )
+    with demo_network() as net:
+        start_hosts(net)
+        client = net.client(CLIENT_ACCOUNT)
         try:
             t0 = time.perf_counter()
             session = await client.open_session(MODEL.name, deposit=10**16)

@@ -1,62 +1,58 @@
-"""Whole-system fixtures: a fresh Anvil with the protocol deployed, the tiny test model
-registered with its real sha256, host nodes and SDK clients on real 127.0.0.1 sockets."""
+"""Whole-system fixtures: a fresh Anvil with the protocol deployed and the tiny test model
+registered with its real sha256 (the shared launcher, ``fabstir_devtools.network``), host
+nodes in-process or as ``fabstir-node run`` subprocesses, SDK clients, real 127.0.0.1 sockets."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from fabstir_devtools.chain import Anvil, anvil_account, free_port
+from fabstir_devtools.network import DEFAULT_PRICE, LocalNetwork, ModelSpec
+from fabstir_devtools.tiny_gguf import write_tiny_gguf
+from fabstir_devtools.wait import wait_until
 from fabstir_node.config import NodeConfig
 from fabstir_node.keys import create_keys, load_keys
-from fabstir_node.models import sha256_file
 from fabstir_node.runtime import HostNode, served_model
-from fabstir_node.testing import write_tiny_gguf
 from fabstir_sdk.client import FabstirClient
-from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.client import SessionStatus
-from fabstir_sdk.contracts.transactions import TransactionSender
-from fabstir_sdk.devnet import (
-    Anvil,
-    DeployParams,
-    add_model,
-    anvil_account,
-    deploy_protocol,
-    mint_fab,
-)
 from fabstir_sdk.p2p import peer_id_bytes
 
 T = TypeVar("T")
-PRICE = 2 * 10**12  # wei per 1000 tokens
+PRICE = DEFAULT_PRICE  # wei per 1000 tokens
 HOST_ACCOUNTS = (1, 2, 3)
 CLIENT_ACCOUNTS = (4, 5, 6, 7)
+#: Host processes are small: a 512-token context and one thread each, on a 2-core machine.
+NODE_ENV = {"FABSTIR_N_CTX": "512", "FABSTIR_N_THREADS": "1"}
+#: Seconds to wait for a settlement: one transaction, but the machine may be busy.
+SETTLE_TIMEOUT = 120.0
+
+__all__ = ["free_port"]  # for the tests: a port for a proxy or a host to listen on
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-@dataclass
-class Devnet:
-    anvil: Anvil
-    deployment: Deployment
-    deployment_path: Path
-    owner: TransactionSender
-    model_path: Path
-    model_sha: str
-    root: Path
-    _nodes: list[HostNode] = field(default_factory=list)
+class Devnet(LocalNetwork):
+    """A module's network: ``host``/``start_host`` give ``fabstir-node run`` subprocesses
+    (the shared launcher), ``start_node`` an in-process ``HostNode`` to look inside."""
+
+    def __init__(self, root: Path, model: ModelSpec) -> None:
+        super().__init__(root, models=[model], price=PRICE, node_env=NODE_ENV)
+        self.model = model
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model.name)
+
+    @property
+    def model_sha(self) -> str:
+        return self.model.sha256
 
     def config(self, name: str, **overrides: Any) -> NodeConfig:
         values: dict[str, Any] = {
@@ -75,14 +71,13 @@ class Devnet:
         return NodeConfig(**values).validate()
 
     async def start_node(self, index: int, *, register: bool = True, **overrides: Any) -> HostNode:
-        """A host node for Anvil account ``index``, staked and registered."""
+        """An in-process host node for Anvil account ``index``, staked and registered."""
         config = self.config(f"node{index}", **overrides)
         keys_dir = config.data_dir / "keys"
         if not keys_dir.exists():
             create_keys(config.data_dir, anvil_account(index).key.hex())
         node = HostNode(config, load_keys(config.data_dir))
         await node.start()
-        self._nodes.append(node)
         if register:
             await asyncio.to_thread(self.register, node)
         return node
@@ -93,7 +88,7 @@ class Devnet:
         if chain.contracts.host(chain.address).active:
             return
         stake = self.deployment.params["minStake"]
-        mint_fab(self.owner, self.deployment, chain.address, stake)
+        self.fund_stake(chain.address, stake)
         assert node.prepared and node.network
         chain.register(
             peer_id_bytes(node.network.host.peer_id),
@@ -103,8 +98,8 @@ class Devnet:
             stake,
         )
 
-    def client(self, index: int = 4) -> FabstirClient:
-        return FabstirClient(self.anvil.url, anvil_account(index).key.hex(), self.deployment)
+    def client(self, index: int = 4, **kwargs: Any) -> FabstirClient:
+        return super().client(index, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -114,125 +109,21 @@ def anvil() -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def devnet(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Devnet:
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     root = tmp_path_factory.mktemp("devnet")
-    owner = TransactionSender(anvil.w3, anvil_account(0))
-    deployment = deploy_protocol(owner, DeployParams(dispute_window=600))
-    path = root / "deployment.json"
-    deployment.save(path)
-    model = write_tiny_gguf(root / "tiny.gguf")
-    sha = sha256_file(model)
-    add_model(owner, deployment, "local", model.name, sha)
-    return Devnet(anvil, deployment, path, owner, model, sha, root)
+    model = ModelSpec.gguf(write_tiny_gguf(root / "tiny.gguf"))
+    with Devnet(root, model) as net:  # stops every host process it started, also on failure
+        yield net
 
 
 def assert_settled_for(contracts: Any, session_id: int, vouched: int) -> None:
-    """Wait (up to 10 s) for the host to settle ``session_id``; it must pay exactly ``vouched``."""
-    for _ in range(100):
-        if contracts.session(session_id).status == SessionStatus.SETTLED:
-            break
-        time.sleep(0.1)
+    """Wait for the host to settle ``session_id``; it must pay exactly ``vouched``."""
+    wait_until(
+        lambda: contracts.session(session_id).status == SessionStatus.SETTLED,
+        SETTLE_TIMEOUT,
+        f"the host to settle session {session_id}",
+        interval=0.2,
+    )
     settlement = contracts.settlement_of(session_id)
     assert settlement is not None and settlement.tokens == vouched
     assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NodeProcess:
-    """``fabstir-node run`` as a real subprocess, killable with SIGKILL."""
-
-    def __init__(
-        self,
-        devnet: Devnet,
-        index: int,
-        p2p_port: int,
-        model: str | None = None,
-        sha256: str | None = None,
-        **env: str,
-    ) -> None:
-        self.devnet = devnet
-        self.model = model or str(devnet.model_path)
-        self.sha256 = sha256 or devnet.model_sha
-        self.index = index
-        self.data_dir = devnet.root / f"proc{index}"
-        self.p2p_port = p2p_port
-        self.env = {**os.environ, "FABSTIR_N_CTX": "512", "FABSTIR_N_THREADS": "1", **env}
-        self.proc: subprocess.Popen[str] | None = None
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fabstir_node", *args, *self.flags(args[0])],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-        )
-
-    def flags(self, command: str) -> list[str]:
-        d = self.devnet
-        common = [
-            "--rpc-url",
-            d.anvil.url,
-            "--deployment",
-            str(d.deployment_path),
-            "--data-dir",
-            str(self.data_dir),
-        ]
-        model = [
-            "--model",
-            self.model,
-            "--sha256",
-            self.sha256,
-            "--price",
-            str(PRICE),
-            "--p2p-listen",
-            f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
-        ]
-        if command == "init":
-            return ["--data-dir", str(self.data_dir)]
-        if command in ("register", "run"):
-            return common + model + (["--port", "0"] if command == "run" else [])
-        return common
-
-    def setup(self) -> None:
-        key = anvil_account(self.index).key.hex()
-        assert self.cli("init", "--private-key", key).returncode == 0
-        mint_fab(
-            self.devnet.owner,
-            self.devnet.deployment,
-            anvil_account(self.index).address,
-            self.devnet.deployment.params["minStake"],
-        )
-        result = self.cli("register", "--json")
-        assert result.returncode == 0, result.stderr
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fabstir_node", "run", *self.flags("run")],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if line.strip() == "ready":
-                # Keep draining: a full stderr pipe would stall the node.
-                threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-                return
-        raise AssertionError(f"node exited with {self.proc.wait()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)

@@ -11,9 +11,9 @@ import sys
 
 import openai
 
-from fabstir_sdk.devnet import anvil_account
+from fabstir_devtools.chain import anvil_account, free_port
 
-from conftest import PRICE, Devnet, free_port, run
+from conftest import PRICE, Devnet, run
 
 MODEL = "local/tiny.gguf"
 

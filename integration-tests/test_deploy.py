@@ -9,8 +9,8 @@ from pathlib import Path
 
 from web3 import Web3
 
+from fabstir_devtools.chain import Anvil, anvil_account
 from fabstir_sdk.contracts import ETH, Deployment
-from fabstir_sdk.devnet import Anvil, anvil_account
 
 ROOT = Path(__file__).resolve().parents[1]
 ABI_DIR = ROOT / "sdk" / "src" / "fabstir_sdk" / "contracts" / "abi"

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
+
 import time
 
-from fabstir_node.models import sha256_file
-from fabstir_node.testing import write_tiny_gguf
-from fabstir_sdk.client import FabstirClient
-from fabstir_sdk.devnet import add_model, anvil_account
+from fabstir_devtools.network import ModelSpec
+from fabstir_devtools.tiny_gguf import write_tiny_gguf
+from fabstir_devtools.wait import wait_until_async
 from fabstir_sdk.models import model_id
 from fabstir_sdk.p2p import PeerAddress, provider_key
 from fabstir_sdk.protocol import INFO_PROTOCOL, FramedStream, InfoRequest, InfoResponse
@@ -18,9 +18,8 @@ from conftest import Devnet, run
 
 
 def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
-    other_model = write_tiny_gguf(devnet.root / "other.gguf", seed=99)
-    other_sha = sha256_file(other_model)
-    add_model(devnet.owner, devnet.deployment, "local", other_model.name, other_sha)
+    other = ModelSpec.gguf(write_tiny_gguf(devnet.root / "other.gguf", seed=99))
+    devnet.add_model(other)
     wanted = model_id("local", devnet.model_path.name)
 
     async def main() -> None:
@@ -29,18 +28,13 @@ def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
         hub = ",".join(first.network.host.addrs)
         second = await devnet.start_node(2, bootstrap=hub)
         third = await devnet.start_node(
-            3, bootstrap=hub, model=str(other_model), model_sha256=other_sha
+            3, bootstrap=hub, model=other.name, model_sha256=other.sha256
         )
         assert third.network is not None
         for node in (first, second):
             assert node.network is not None
             await node.network.provide()  # now that peers exist, store the record with them
-        client = FabstirClient(
-            devnet.anvil.url,
-            anvil_account(4).key.hex(),
-            devnet.deployment,
-            bootstrap=third.network.host.addrs,
-        )  # knows only the third node
+        client = devnet.client(4, bootstrap=third.network.host.addrs)  # knows only the third
         try:
             await client.start()
             started = time.monotonic()
@@ -49,12 +43,15 @@ def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
             serving = {first.network.host.peer_id, second.network.host.peer_id}  # type: ignore[union-attr]
             assert found == serving
 
-            hosts = []
-            while time.monotonic() - started < 20:
+            async def heard_both() -> list[Any]:
                 hosts = await client.find_hosts(wanted)
-                if all(h.last_seen is not None for h in hosts) and len(hosts) == 2:
-                    break
-                await asyncio.sleep(0.5)
+                heard = len(hosts) == 2 and all(h.last_seen is not None for h in hosts)
+                return hosts if heard else []
+
+            # Hosts announce every few seconds: wait until both were heard.
+            hosts = await wait_until_async(
+                heard_both, 120, "gossip announcements from both hosts", interval=0.5
+            )
             assert {h.address for h in hosts} == {
                 first.keys.account.address,
                 second.keys.account.address,
@@ -71,7 +68,7 @@ def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
             )
             framed = FramedStream(stream)
             await framed.send(InfoRequest())
-            info = await framed.receive(timeout=10)
+            info = await framed.receive(timeout=60)
             assert isinstance(info, InfoResponse)
             assert info.host == first.keys.account.address
             assert info.models[0]["model_id"] == wanted

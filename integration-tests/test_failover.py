@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import asyncio
 
-from fabstir_sdk.devnet import add_model, anvil_account
-from fabstir_sdk.models import CATALOG
+from fabstir_devtools.network import ModelSpec
 
-from conftest import Devnet, NodeProcess, assert_settled_for, free_port, run
+from conftest import SETTLE_TIMEOUT, Devnet, assert_settled_for, run
 
-MODEL = CATALOG["smollm2-135m-instruct"]
+MODEL = ModelSpec.builtin("smollm2-135m-instruct")
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 LENGTH = 64
 
 
 def test_failover_continues_the_same_answer_with_the_next_host(devnet: Devnet) -> None:
-    add_model(devnet.owner, devnet.deployment, MODEL.repo, MODEL.file, MODEL.sha256)
-    first = NodeProcess(devnet, 1, free_port(), model=MODEL.name, sha256=MODEL.sha256)
-    second = NodeProcess(devnet, 2, free_port(), model=MODEL.name, sha256=MODEL.sha256)
-    for node in (first, second):
-        node.setup()
-        node.start()
-    first_address, second_address = anvil_account(1).address, anvil_account(2).address
+    devnet.add_model(MODEL)
+    first = devnet.start_host(1, model=MODEL)
+    second = devnet.start_host(2, model=MODEL)
+    first_address, second_address = first.address, second.address
 
     async def main() -> None:
         client = devnet.client(5)
@@ -50,7 +46,7 @@ def test_failover_continues_the_same_answer_with_the_next_host(devnet: Devnet) -
 
             rescue = answer.session
             assert rescue is not None and rescue.host == second_address
-            settled = await rescue.close(wait_settlement=30)
+            settled = await rescue.close(wait_settlement=SETTLE_TIMEOUT)
             assert settled is not None and settled.tokens == rescue.vouched
             paid_to_first = doomed.vouched
             return_value = (doomed.id, paid_to_first)

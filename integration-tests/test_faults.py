@@ -8,11 +8,12 @@ import json
 
 import pytest
 
+from fabstir_devtools.wait import wait_until_async
 from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import HostError, Session
 
-from conftest import Devnet, NodeProcess, assert_settled_for, free_port, run
+from conftest import Devnet, assert_settled_for, run
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -25,11 +26,10 @@ class SilentSession(Session):
 
 
 def test_host_killed_mid_answer_client_gets_error_then_refund(devnet: Devnet) -> None:
-    node = NodeProcess(
-        devnet, 6, free_port(), FABSTIR_CREDIT_WINDOW="16", FABSTIR_VOUCHER_TIMEOUT="60"
+    window = 16
+    node = devnet.start_host(
+        6, env={"FABSTIR_CREDIT_WINDOW": str(window), "FABSTIR_VOUCHER_TIMEOUT": "60"}
     )
-    node.setup()
-    node.start()
 
     async def main() -> None:
         client = devnet.client(7)
@@ -37,23 +37,18 @@ def test_host_killed_mid_answer_client_gets_error_then_refund(devnet: Devnet) ->
             model = model_id("local", devnet.model_path.name)
             session = await client.open_session(model, deposit=10**15)
             session.__class__ = SilentSession
-            received = []
-
-            async def chat() -> None:
-                async for piece in session.chat(MESSAGES, max_tokens=200):
-                    received.append(piece)
-
-            task = asyncio.ensure_future(chat())
+            answer = session.chat(MESSAGES, max_tokens=200)
+            task = asyncio.ensure_future(answer.collect())
             # The host answers up to its credit window, then waits for a voucher that never
-            # comes (some tokens are partial UTF-8 and carry no text: count billed tokens).
-            billed = -1
-            while session.billed != billed or not received:
-                billed = session.billed
-                await asyncio.sleep(0.3)
-            assert not task.done()
+            # comes (count token ids: some tokens are partial UTF-8 and carry no text).
+            await wait_until_async(
+                lambda: len(answer.token_ids) >= window or task.done(),
+                what="the host to reach its credit window",
+            )
+            assert not task.done() and len(answer.token_ids) == window
             node.kill()
             with pytest.raises(HostError) as error:
-                await asyncio.wait_for(task, 30)
+                await asyncio.wait_for(task, 120)
             assert error.value.retryable and "went away" in str(error.value)
 
             finalizable_at = await session.request_refund()
@@ -71,9 +66,7 @@ def test_host_killed_mid_answer_client_gets_error_then_refund(devnet: Devnet) ->
 
 
 def test_host_killed_after_vouchers_settles_from_its_journal_once(devnet: Devnet) -> None:
-    node = NodeProcess(devnet, 3, free_port())
-    node.setup()
-    node.start()
+    node = devnet.start_host(3)
 
     async def main() -> tuple[int, int]:
         client = devnet.client(4)
@@ -81,12 +74,16 @@ def test_host_killed_after_vouchers_settles_from_its_journal_once(devnet: Devnet
             session = await client.open_session(model_id("local", devnet.model_path.name))
             answer = session.chat(MESSAGES, max_tokens=40, temperature=0)
             await answer.collect()
-            for _ in range(100):  # until the last voucher is in the host's journal
+
+            def journaled() -> list[int]:
                 status = json.loads(node.cli("status", "--json").stdout)
-                held = [s["vouched"] for s in status["sessions"] if s["id"] == session.id]
-                if held == [session.vouched]:
-                    break
-                await asyncio.sleep(0.05)
+                return [s["vouched"] for s in status["sessions"] if s["id"] == session.id]
+
+            await wait_until_async(
+                lambda: asyncio.to_thread(lambda: journaled() == [session.vouched]),
+                what="the host to journal the last voucher",
+                interval=0.2,
+            )
             node.kill()  # with the session still attached: nothing was settled
             return session.id, session.vouched
         finally:
@@ -112,7 +109,7 @@ def test_host_killed_after_vouchers_settles_from_its_journal_once(devnet: Devnet
 
 
 def test_unregister_then_withdraw_stake_after_unbonding(devnet: Devnet) -> None:
-    node = NodeProcess(devnet, 2, free_port())
+    node = devnet.host(2)
     node.setup()
     assert node.cli("unregister", "--json").returncode == 0
     early = node.cli("withdraw-stake")

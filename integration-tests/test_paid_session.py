@@ -6,7 +6,7 @@ from fabstir_sdk.contracts import ETH
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import Session
 
-from conftest import PRICE, Devnet, run
+from conftest import PRICE, SETTLE_TIMEOUT, Devnet, run
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -42,7 +42,7 @@ def test_two_chats_then_settlement_exact_to_the_wei(devnet: Devnet) -> None:
             assert 40 <= checkpointed <= billed  # a long session is never all at risk
 
             client_before = client.contracts.w3.eth.get_balance(client.account.address)
-            settlement = await session.close(wait_settlement=30)
+            settlement = await session.close(wait_settlement=SETTLE_TIMEOUT)
             assert settlement is not None, "the host did not settle"
             payment = billed * PRICE // 1000
             fee = payment * 1000 // 10_000
@@ -105,7 +105,7 @@ def test_host_pauses_at_its_credit_window_and_settles_what_was_vouched(devnet: D
             # beyond what was vouched (the previous answer was fully vouched).
             assert unpaid.usage.completion_tokens == window
 
-            settlement = await session.close(wait_settlement=30)
+            settlement = await session.close(wait_settlement=SETTLE_TIMEOUT)
             assert settlement is not None and settlement.tokens == vouched
             assert settlement.refund == session.deposit - vouched * PRICE // 1000
         finally:
@@ -119,7 +119,7 @@ def test_sync_wrappers_for_scripts(devnet: Devnet) -> None:
     import asyncio
     import threading
 
-    from fabstir_sdk.devnet import anvil_account
+    from fabstir_devtools.chain import anvil_account
     from fabstir_sdk.sync import SyncClient
 
     ready, stop = threading.Event(), threading.Event()
@@ -128,8 +128,7 @@ def test_sync_wrappers_for_scripts(devnet: Devnet) -> None:
         async def main() -> None:
             node = await devnet.start_node(3)
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
             await node.stop()
 
         asyncio.run(main())
@@ -137,14 +136,14 @@ def test_sync_wrappers_for_scripts(devnet: Devnet) -> None:
     thread = threading.Thread(target=host)
     thread.start()
     try:
-        assert ready.wait(60)
+        assert ready.wait(300), "the host did not start"
         with SyncClient(devnet.anvil.url, anvil_account(6).key.hex(), devnet.deployment) as c:
             session = c.open_session(
                 model_id("local", devnet.model_path.name), host=anvil_account(3).address
             )
             text = "".join(session.chat(MESSAGES, max_tokens=6, temperature=0))
             assert text and session.usage is not None
-            settlement = session.close(wait_settlement=30)
+            settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
             assert settlement is not None and settlement.tokens == session.usage.total_tokens
     finally:
         stop.set()

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
 
-from fabstir_sdk.client import FabstirClient
-from fabstir_sdk.devnet import anvil_account
+from fabstir_devtools.network import LocalNetwork
 
-from devnet import CLIENT_ACCOUNT, MODEL, LocalNetwork, step
+from devnet import CLIENT_ACCOUNT, MODEL, demo_network, start_hosts, step
 
 QUESTION = "Which city is the capital of France?"
 DEPOSIT = 10**15  # 0.001 ETH
 
 
 async def chat(net: LocalNetwork, question: str) -> int:
-    assert net.anvil is not None and net.deployment is not None
-    client = FabstirClient(net.anvil.url, anvil_account(CLIENT_ACCOUNT).key.hex(), net.deployment)
+    client = net.client(CLIENT_ACCOUNT)
     try:
         hosts = await client.find_hosts(MODEL.name)
         for h in hosts:
@@ -53,14 +50,7 @@ async def chat(net: LocalNetwork, question: str) -> int:
             print("the host did not settle within 60 s", file=sys.stderr)
             return 1
         step("host settled on-chain")
-        host_index = [i["address"] for i in net.node_info].index(session.host)
-        env = net.node_env[host_index]
-        withdraw = subprocess.run(
-            [sys.executable, "-m", "fabstir_node", "withdraw", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        withdraw = await asyncio.to_thread(net.host_of(session.host).cli, "withdraw", "--json")
         withdrawn = "yes" if withdraw.returncode == 0 else f"no ({withdraw.stderr.strip()})"
         total = settlement.host_amount + settlement.fee + settlement.refund
         gas = client.contracts.sender.gas_used.get("open", 0) if client.contracts.sender else 0
@@ -97,7 +87,8 @@ def main() -> int:
     parser.add_argument("-p", "--prompt", default=QUESTION)
     args = parser.parse_args()
     try:
-        with LocalNetwork(port=None) as net:
+        with demo_network() as net:
+            start_hosts(net)
             return asyncio.run(chat(net, args.prompt))
     except KeyboardInterrupt:
         print("\ninterrupted: stopped everything", file=sys.stderr)

@@ -12,18 +12,11 @@ from pathlib import Path
 from eth_account import Account
 from web3.logs import DISCARD
 
+from fabstir_devtools.chain import anvil_account
+from fabstir_devtools.network import LocalNetwork, ModelSpec
 from fabstir_sdk.contracts import ETH, sign_voucher
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.contracts.vouchers import VoucherDomain
-from fabstir_sdk.devnet import (
-    Anvil,
-    DeployParams,
-    add_model,
-    anvil_account,
-    deploy_protocol,
-    mint_fab,
-)
-from fabstir_sdk.models import CATALOG
 
 PRICE = 2 * 10**12
 USD_PRICE = 2_000
@@ -31,18 +24,20 @@ PEER_ID = bytes.fromhex("002408011220") + bytes(32)
 
 
 def measure() -> dict[str, int]:
-    with Anvil() as anvil:
-        w3 = anvil.w3
-        owner, host, client = (TransactionSender(w3, anvil_account(i)) for i in (0, 1, 2))
-        params = DeployParams()
-        d = deploy_protocol(owner, params)
+    # The shared launcher's chain (deployment and model registration included); no host
+    # processes: the host's transactions are sent here, so every gas figure is one call's.
+    with LocalNetwork() as net:
+        w3 = net.anvil.w3
+        owner = net.owner
+        host, client = (TransactionSender(w3, anvil_account(i)) for i in (1, 2))
+        params = net.params
+        d = net.deployment
         fab, nodes, earnings, market, usd = (
             d.contract(w3, n)
             for n in ("FabToken", "NodeRegistry", "HostEarnings", "JobMarketplace", "TestUSD")
         )
-        model = CATALOG["smollm2-135m-instruct"]
-        model_id = add_model(owner, d, model.repo, model.file, model.sha256)
-        mint_fab(owner, d, host.address, params.min_stake)
+        model_id = net.add_model(ModelSpec.builtin("smollm2-135m-instruct"))
+        net.fund_stake(host.address)
         host.transact(fab.functions.approve(nodes.address, params.min_stake), "FAB approve")
         prices = [(model_id, ETH, PRICE), (model_id, usd.address, USD_PRICE)]
         host.transact(

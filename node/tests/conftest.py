@@ -12,7 +12,7 @@ import pytest
 from fabstir_node.api import Api
 from fabstir_node.inference import Engine
 from fabstir_node.server import HttpServer
-from fabstir_node.testing import write_tiny_gguf
+from fabstir_devtools.tiny_gguf import write_tiny_gguf
 
 TINY_CTX = 256
 LONG_CTX = 4096  # ~0.5 s of generation: long enough to cancel in the middle on a busy machine

@@ -9,6 +9,8 @@ from fabstir_node.api import Api
 from fabstir_node.config import default_threads
 from fabstir_node.inference import Engine
 from fabstir_node.models import HashCache, probe, resolve, verify
+from fabstir_sdk.models import CATALOG
+from fabstir_sdk.tokenizer import Tokenizer, tokenizer_sha256
 
 from conftest import LiveServer
 
@@ -36,3 +38,13 @@ def test_answers_a_real_question(smollm2: LiveServer) -> None:
     )
     assert "Paris" in (reply.choices[0].message.content or "")
     assert reply.choices[0].finish_reason == "stop"  # it ended on its own end-of-turn token
+
+
+def test_the_catalogue_pins_smollm2s_real_tokenizer() -> None:
+    model = resolve("smollm2-135m-instruct")
+    entry = CATALOG["smollm2-135m-instruct"]
+    assert tokenizer_sha256(model.path).hex() == entry.tokenizer_sha256
+    prompt = Tokenizer.from_model(model.path).chat_tokens(
+        [{"role": "user", "content": "Which city is the capital of France?"}]
+    )
+    assert 20 < len(prompt) < 60  # its default system prompt plus the question

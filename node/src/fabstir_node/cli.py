@@ -446,13 +446,14 @@ def run(ctx: click.Context, /, **flags: Any) -> None:
 @click.pass_context
 def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """Registration, sessions in flight, vouchers held, pending settlements, earnings."""
-    from fabstir_node.journal import OPEN, SETTLED, SETTLING, Journal
+    from fabstir_node.journal import OPEN, SETTLED, SETTLING
+    from fabstir_node.runtime import open_journal
     from fabstir_sdk.contracts import ETH
 
     config = _config(ctx, **flags)
     chain = _chain(config)
     record = chain.contracts.host(chain.address)
-    journal = Journal(config.data_dir / "journal.sqlite")
+    journal = open_journal(config, chain)
     sessions = journal.sessions()
     journal.close()
     owed = [s for s in sessions if s.state in (OPEN, SETTLING) and s.best]
@@ -464,6 +465,15 @@ def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         "sessions_settled": sum(s.state == SETTLED for s in sessions),
         "pending_settlements": len(owed),
         "vouched_unsettled_tokens": sum(s.best.cumulative_tokens for s in owed if s.best),
+        "pending": [
+            {
+                "id": s.session_id,
+                "vouched": s.best.cumulative_tokens if s.best else 0,
+                "attempts": s.attempts,
+                "last_error": s.last_error,
+            }
+            for s in owed
+        ],
         "earnings_wei": chain.earnings(ETH),
         "sessions": [
             {
@@ -480,8 +490,13 @@ def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
-        if key != "sessions":
+        if key not in ("sessions", "pending"):
             click.echo(f"{key:<26} {value}")
+    for p in data["pending"]:
+        error = f", last error: {p['last_error']}" if p["last_error"] else ""
+        click.echo(
+            f"  pending {p['id']:<6} vouched {p['vouched']:<7} attempts {p['attempts']}{error}"
+        )
     for s in data["sessions"]:
         click.echo(
             f"  session {s['id']:<6} {s['state']:<9} billed {s['billed']:<7} vouched {s['vouched']}"

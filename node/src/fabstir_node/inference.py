@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fabstir_sdk.protocol import Usage
+from fabstir_sdk.tokenizer import Tokenizer, TokenizerError, tokenizer_file
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp's OpenMP starts
 
@@ -197,7 +198,8 @@ class Engine:
         self._template_override = chat_template
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._llm: Any = None
-        self._formatter: Any = None
+        self.tokenizer: Tokenizer | None = None  # what clients count prompts with
+        self.tokenizer_file = b""
         self._eog: set[int] = set()
         self._worker: threading.Thread | None = None
         self.running = 0
@@ -217,19 +219,12 @@ class Engine:
     def load(self) -> None:
         """Load the model (blocking: call it in a thread) and start the worker."""
         from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         llm = Llama(**self._llama_kwargs)
-        template = self._template_override or llm.metadata.get("tokenizer.chat_template")
-        if template:
-            eos, bos = llm.token_eos(), llm.token_bos()
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=llm.detokenize([eos], special=True).decode(errors="ignore"),
-                bos_token=llm.detokenize([bos], special=True).decode(errors="ignore")
-                if bos >= 0
-                else "",
-            )
+        self.tokenizer_file = tokenizer_file(self.model_path)
+        self.tokenizer = Tokenizer(self.tokenizer_file)
+        if self._template_override:
+            self.tokenizer.set_chat_template(self._template_override)
         self._eog = {t for t in range(llm.n_vocab()) if _is_eog(llm, t)}
         self._llm = llm
         self._worker = threading.Thread(target=self._run, name="llama-worker", daemon=True)
@@ -246,17 +241,18 @@ class Engine:
     # ----------------------------------------------------------------- prompts
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Tokens of ``messages`` rendered with the model's chat template."""
-        llm = self._require()
-        if self._formatter is None:
-            raise InvalidRequest(
-                "this model has no chat template; use /v1/completions or configure chat_template"
-            )
+        """Tokens of ``messages`` rendered with the model's chat template, counted by the same
+        :class:`~fabstir_sdk.tokenizer.Tokenizer` a paying client counts them with."""
+        self._require()
+        assert self.tokenizer is not None
         try:
-            prompt = self._formatter(messages=list(messages)).prompt
-        except Exception as exc:  # a template may raise_exception() on bad roles
-            raise InvalidRequest(f"chat template rejected the messages: {exc}") from exc
-        return list(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+            return self.tokenizer.chat_tokens(messages)
+        except TokenizerError as exc:
+            raise InvalidRequest(
+                f"{exc}; use /v1/completions or configure chat_template"
+                if "no chat template" in str(exc)
+                else str(exc)
+            ) from exc
 
     def text_prompt(self, text: str) -> list[int]:
         return list(self._require().tokenize(text.encode(), add_bos=True, special=False))

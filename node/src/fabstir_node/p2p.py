@@ -13,7 +13,13 @@ from eth_account.signers.local import LocalAccount
 from fabstir_node.sessions import SessionService
 from fabstir_sdk.announcements import HostAnnouncement, sign_announcement
 from fabstir_sdk.p2p import BridgedStream, P2PHost, provider_key
-from fabstir_sdk.protocol import HOSTS_TOPIC, INFO_PROTOCOL, SESSION_PROTOCOL, FramedStream
+from fabstir_sdk.protocol import (
+    HOSTS_TOPIC,
+    INFO_PROTOCOL,
+    SESSION_PROTOCOL,
+    TOKENIZER_PROTOCOL,
+    FramedStream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +39,16 @@ class NodeNetwork:
         self._announcer: asyncio.Task[None] | None = None
         host.set_handler(SESSION_PROTOCOL, self._session)
         host.set_handler(INFO_PROTOCOL, self._info)
+        host.set_handler(TOKENIZER_PROTOCOL, self._tokenizer)
 
     async def _session(self, stream: BridgedStream) -> None:
         await self.sessions.handle_session(FramedStream(stream))
 
     async def _info(self, stream: BridgedStream) -> None:
         await self.sessions.handle_info(FramedStream(stream))
+
+    async def _tokenizer(self, stream: BridgedStream) -> None:
+        await self.sessions.handle_tokenizer(FramedStream(stream))
 
     async def start(self, bootstrap: list[str] | None = None) -> None:
         await self.host.start()

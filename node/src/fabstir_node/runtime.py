@@ -39,6 +39,16 @@ def connect_chain(config: NodeConfig, keys: NodeKeys) -> HostChain:
     return HostChain(Contracts(w3, find_deployment(config, chain_id), keys.account))
 
 
+def open_journal(config: NodeConfig, chain: HostChain) -> Journal:
+    """The journal of this chain's marketplace (rows of other deployments stay apart)."""
+    deployment = chain.contracts.deployment
+    return Journal(
+        config.data_dir / "journal.sqlite",
+        deployment.chain_id,
+        deployment.contracts["JobMarketplace"],
+    )
+
+
 def served_model(prepared: PreparedModel, config: NodeConfig) -> ServedModel:
     return ServedModel(
         prepared.model.name,
@@ -79,7 +89,7 @@ class HostNode:
         await asyncio.to_thread(chain.check_model, served.model_id, prepared.sha256)
         engine = build_engine(config, prepared.model.path)
         await asyncio.to_thread(engine.load)
-        self.journal = Journal(config.data_dir / "journal.sqlite")
+        self.journal = open_journal(config, chain)
         policy = SessionPolicy(
             config.credit_window,
             config.checkpoint_every,

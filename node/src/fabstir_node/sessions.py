@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +37,14 @@ from fabstir_sdk.protocol import (
     Ready,
     StreamClosed,
     Token,
+    TokenizerChunk,
+    TokenizerRequest,
     UnexpectedMessage,
     VoucherMsg,
 )
 
 log = logging.getLogger(__name__)
+TOKENIZER_CHUNK = 256 << 10
 
 
 class InvalidVoucher(ProtocolError):
@@ -55,6 +59,10 @@ class SessionPolicy:
     idle_timeout: float = 120.0  # a silent client is treated as gone and the session settled
     voucher_timeout: float = 30.0  # how long to wait at the credit window
     max_tokens_default: int = 512
+    min_remaining: float = 120.0  # refuse a session that expires sooner than this (seconds)
+    expiry_margin: float = 30.0  # stop serving and settle this long before a session expires
+    watch_interval: float = 15.0  # how often live sessions are checked for expiry/close requests
+    retry_base: float = 5.0  # first delay before a failed settlement is retried (doubles, ≤ 5 min)
 
 
 @dataclass
@@ -73,6 +81,14 @@ class _Live:
     generation: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     failure: ProtocolError | None = None
+    expires_at: float = 0.0
+
+    def end(self, failure: ProtocolError) -> None:
+        """Stop serving this stream (expiry, a close request): the session then settles."""
+        self.failure = failure
+        self.ended.set()
+        if self.generation is not None:
+            self.generation.cancel()
 
 
 class SessionService:
@@ -93,9 +109,11 @@ class SessionService:
         self.policy = policy or SessionPolicy()
         self.domain = chain.contracts.voucher_domain()
         self.tokens_per_second = 0.0
-        self._attached: set[int] = set()
+        self._attached: dict[int, _Live] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._settling: dict[int, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- streams
 
@@ -118,8 +136,8 @@ class SessionService:
             with contextlib.suppress(Exception):
                 await framed.stream.close()
             if session_id is not None:
-                self._attached.discard(session_id)
-                self._spawn(self.settle(session_id))
+                self._attached.pop(session_id, None)
+                self.settle_soon(session_id)
 
     async def handle_info(self, framed: FramedStream) -> None:
         try:
@@ -131,6 +149,26 @@ class SessionService:
             await framed.fail(exc)
         except Exception:
             log.exception("info stream failed")
+        finally:
+            with contextlib.suppress(Exception):
+                await framed.stream.close()
+
+    async def handle_tokenizer(self, framed: FramedStream) -> None:
+        """Send the served model's tokenizer file, in chunks; the client checks its pin."""
+        try:
+            request = await framed.receive(timeout=self.policy.open_timeout)
+            if not isinstance(request, TokenizerRequest):
+                raise UnexpectedMessage(f"expected tokenizer, got {request.TYPE}")
+            if request.model_id != self.served.model_id:
+                raise SessionRefused("wrong_model", "this host does not serve that model")
+            data = self.engine.tokenizer_file
+            for offset in range(0, max(len(data), 1), TOKENIZER_CHUNK):
+                chunk = data[offset : offset + TOKENIZER_CHUNK]
+                await framed.send(TokenizerChunk(offset, len(data), chunk))
+        except ProtocolError as exc:
+            await framed.fail(exc)
+        except Exception:
+            log.exception("tokenizer stream failed")
         finally:
             with contextlib.suppress(Exception):
                 await framed.stream.close()
@@ -152,6 +190,12 @@ class SessionService:
         onchain = await self.chain.verify_session(first.session_id, first.chain_id, self.served)
         if first.session_id in self._attached:
             raise SessionRefused("session_busy", "this session is already attached to a stream")
+        remaining = onchain.expires_at - time.time()
+        if remaining < self.policy.min_remaining:
+            raise SessionRefused(
+                "session_expiring",
+                f"session {onchain.id} expires in {max(remaining, 0):.0f} s: open a new one",
+            )
         journaled = self.journal.open_session(
             onchain.id,
             onchain.client,
@@ -160,26 +204,33 @@ class SessionService:
             onchain.deposit,
             onchain.price,
             onchain.max_tokens,
+            settle_by=onchain.expires_at - self.policy.expiry_margin,
         )
         if journaled.state != OPEN:
             raise SessionRefused("session_closed", f"session {onchain.id} is {journaled.state}")
-        self._attached.add(onchain.id)
-        best = journaled.best.cumulative_tokens if journaled.best else 0
+        # A stream only ever bills on top of what the client has vouched for: tokens a broken
+        # stream delivered without a voucher are the host's loss (at most a credit window).
+        best = journaled.best
+        vouched = best.cumulative_tokens if best else 0
         live = _Live(
             onchain.id,
             onchain.signer,
             onchain.max_tokens,
-            journaled.billed_tokens,
-            best,
+            vouched,
+            vouched,
             max(journaled.checkpoint_tokens, onchain.checkpoint_tokens),
+            expires_at=onchain.expires_at,
         )
+        self._attached[onchain.id] = live
         await framed.send(
             Ready(
                 onchain.id,
                 self.served.name,
                 self.policy.credit_window,
                 onchain.max_tokens,
-                live.billed,
+                vouched,
+                best.transcript_hash if best else None,
+                best.signature if best else None,
             )
         )
         reader = asyncio.ensure_future(self._read(framed, live))
@@ -270,17 +321,18 @@ class SessionService:
         try:
             tokens = self.engine.chat_prompt(prompt.messages)
         except EngineError as exc:
-            await framed.send(Error(exc.kind, str(exc), False))
+            await self._send(framed, Error(exc.kind, str(exc), False))
             return
         if any(i >= self.engine.n_vocab for i in prompt.prefix_ids):
-            await framed.send(Error("invalid_request", "prefix_ids outside the vocabulary"))
+            await self._send(framed, Error("invalid_request", "prefix_ids outside the vocabulary"))
             return
         tokens += prompt.prefix_ids  # billed as prompt: this host computes them again
         base = live.billed
         room = live.max_tokens - base - len(tokens)
         if room <= 0:
-            await framed.send(
-                Error("deposit_exhausted", "the deposit is used up: open a new session", False)
+            await self._send(
+                framed,
+                Error("deposit_exhausted", "the deposit is used up: open a new session", False),
             )
             return
         wanted = prompt.max_tokens or self.policy.max_tokens_default
@@ -291,20 +343,20 @@ class SessionService:
         live.gate = CreditGate(
             live.best - base + self.policy.credit_window, self.policy.voucher_timeout
         )
-        sent = 0
+        sent = 0  # completion token ids delivered: all this answer bills beyond its prompt
         finish = "cancelled"
         try:
             async for event in self.engine.generate(tokens, params, live.gate):
                 if isinstance(event, Finished):
-                    finish, sent = event.finish_reason, event.usage.completion_tokens
+                    finish = event.finish_reason
                     self._observe(event)
                     break
-                sent = event.completion_tokens
-                await framed.send(
-                    Token(event.text, base + len(tokens) + sent, list(event.token_ids))
-                )
+                ids = list(event.token_ids)
+                claim = base + len(tokens) + sent + len(ids)
+                await self._send(framed, Token(event.text, claim, ids))
+                sent += len(ids)
         except EngineError as exc:
-            await framed.send(Error(exc.kind, str(exc), exc.kind == "busy"))
+            await self._send(framed, Error(exc.kind, str(exc), exc.kind == "busy"))
             return
         except asyncio.CancelledError:
             finish = "cancelled"
@@ -316,7 +368,11 @@ class SessionService:
             self.journal.add_billed(live.id, len(tokens) + sent)
         if finish == "length" and sent >= room:
             finish = "deposit"
-        await framed.send(Done(finish, len(tokens), sent, live.billed))
+        await self._send(framed, Done(finish, len(tokens), sent, live.billed))
+
+    async def _send(self, framed: FramedStream, message: Message) -> None:
+        """Every frame of an answer leaves here (a fault-injecting test host overrides it)."""
+        await framed.send(message)
 
     def _observe(self, finished: Finished) -> None:
         if finished.generation_s > 0 and finished.usage.completion_tokens > 1:
@@ -333,6 +389,34 @@ class SessionService:
             self.journal.record_checkpoint(voucher.session_id, voucher.cumulative_tokens)
         except Exception as exc:  # a later checkpoint or the settlement covers it
             log.warning("checkpoint of session %s failed: %s", voucher.session_id, exc)
+
+    def settle_soon(self, session_id: int) -> None:
+        """Settle ``session_id`` in the background, retrying with backoff until it is done."""
+        task = self._settling.get(session_id)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._settle_until_done(session_id))
+            self._settling[session_id] = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _settle_until_done(self, session_id: int) -> None:
+        delay = self.policy.retry_base
+        while True:
+            try:
+                await self.settle(session_id)
+                return
+            except Exception as exc:
+                reason = _reason(exc)
+                attempts = self.journal.record_failure(session_id, reason)
+                log.warning(
+                    "settlement of session %s failed (attempt %d, retry in %.0f s): %s",
+                    session_id,
+                    attempts,
+                    delay,
+                    reason,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
 
     async def settle(self, session_id: int) -> None:
         """Settle ``session_id`` with its best voucher, exactly once (safe to call again)."""
@@ -370,12 +454,31 @@ class SessionService:
             )
 
     async def resume(self) -> None:
-        """After a restart: settle every session the journal says we are still owed."""
+        """At start: settle every session the journal says we are still owed, then keep
+        watching live sessions for expiry and close requests."""
         for journaled in self.journal.sessions(OPEN, SETTLING):
-            try:
-                await self.settle(journaled.session_id)
-            except Exception as exc:
-                log.warning("could not settle session %s yet: %s", journaled.session_id, exc)
+            self.settle_soon(journaled.session_id)
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        """End streams whose session is about to expire or whose client asked to close
+        on-chain, so they settle before anyone can finalize them on an older checkpoint."""
+        while True:
+            await asyncio.sleep(self.policy.watch_interval)
+            for live in list(self._attached.values()):
+                try:
+                    await self._check_live(live)
+                except Exception as exc:  # the RPC hiccuped: look again next round
+                    log.debug("could not check session %s: %s", live.id, exc)
+
+    async def _check_live(self, live: _Live) -> None:
+        if time.time() >= live.expires_at - self.policy.expiry_margin:
+            live.end(SessionRefused("session_expired", f"session {live.id} is about to expire"))
+            return
+        onchain = await self.chain.session(live.id)
+        if onchain.status != SessionStatus.OPEN:
+            live.end(SessionRefused("session_closed", f"session {live.id} is closing on-chain"))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -384,5 +487,12 @@ class SessionService:
 
     async def drain(self) -> None:
         """Wait for background checkpoints and settlements (used at shutdown and in tests)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

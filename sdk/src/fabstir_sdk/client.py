@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import secrets
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,26 +18,67 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from fabstir_sdk.contracts import ETH, Deployment
+from fabstir_sdk import tokenizer as tokenizer_cache
+from fabstir_sdk.contracts import ETH, Deployment, Voucher, VoucherDomain, recover_signer
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.discovery import Discovery, HostInfo
+from fabstir_sdk.errors import FabstirError, HostError, NoHostAvailable
 from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
 from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
     HOSTS_TOPIC,
     SESSION_PROTOCOL,
+    TOKENIZER_PROTOCOL,
     Error,
     FramedStream,
     Open,
     ProtocolError,
     Ready,
+    TokenizerChunk,
+    TokenizerRequest,
 )
-from fabstir_sdk.errors import HostError, NoHostAvailable
 from fabstir_sdk.session import Session
+from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DEPOSIT = 10**15  # 0.001 ETH
 DEFAULT_DURATION = 3600
+
+
+@dataclass(frozen=True)
+class StrandedDeposit:
+    """A deposit whose host refused the session after it was made; close is requested."""
+
+    session_id: int
+    host: str
+    reason: str
+    finalizable_at: int | None  # unix time from which `fabstir session refund` returns it
+
+    @property
+    def advice(self) -> str:
+        when = (
+            f"after {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.finalizable_at))}"
+            if self.finalizable_at
+            else "once its close request is mined"
+        )
+        return (
+            f"host {self.host} refused session {self.session_id} after the deposit "
+            f"({self.reason}); close is requested: `fabstir session refund {self.session_id}` "
+            f"{when} returns the deposit"
+        )
+
+
+def _resumed_voucher(ready: Ready, domain: VoucherDomain, signer: str) -> Voucher | None:
+    """The voucher behind ``ready.billed_tokens``, if it really is signed by our signer."""
+    if not ready.billed_tokens or ready.transcript_hash is None or ready.signature is None:
+        return None
+    voucher = Voucher(ready.session_id, ready.billed_tokens, ready.transcript_hash, ready.signature)
+    try:
+        return voucher if recover_signer(domain, voucher) == signer else None
+    except Exception:  # a malformed signature is as good as none
+        return None
 
 
 class FabstirClient:
@@ -55,6 +100,8 @@ class FabstirClient:
         self.p2p.on_gossip(HOSTS_TOPIC, self.discovery.on_announcement)
         self._bootstrap = bootstrap or []
         self._started = False
+        self._tokenizers: dict[bytes, Tokenizer] = {}
+        self.stranded: list[StrandedDeposit] = []  # deposits whose host refused after them
 
     async def start(self) -> FabstirClient:
         if not self._started:
@@ -97,7 +144,12 @@ class FabstirClient:
         exclude: set[str] | None = None,
         voucher_every: int = 8,
     ) -> Session:
-        """Deposit, make the session signer, connect and attach. ``host`` pins an address."""
+        """Deposit, make the session signer, connect and attach. ``host`` pins an address.
+
+        Each candidate is dialed and asked over the info protocol whether it serves the model
+        at its registered price with room to spare, and its tokenizer is checked against the
+        registry's pin, all before any deposit. A host that still refuses after the deposit
+        gets ``requestClose`` at once (see :attr:`stranded`) and the next host is tried."""
         await self.start()
         model_id = resolve_model_id(model)
         candidates = await self.find_hosts(model_id)
@@ -110,12 +162,11 @@ class FabstirClient:
             candidates = [h for h in candidates if h.price <= max_price]
         if not candidates:
             raise NoHostAvailable("no registered host serves this model within your limits")
-        # Deposit only with a host we can reach right now: dial candidates best first.
         failures = []
         for chosen in candidates:
             try:
-                await self.p2p.connect(chosen.peer_id, chosen.addrs)
-            except P2PError as exc:
+                tokenizer = await self._vet(chosen, model_id)
+            except FabstirError as exc:
                 failures.append(f"{chosen.address}: {exc}")
                 continue
             signer = Account.create()
@@ -128,31 +179,125 @@ class FabstirClient:
                 duration,
                 signer.address,
             )
-            return await self.attach(session_id, chosen, signer, voucher_every=voucher_every)
-        raise NoHostAvailable("no host is reachable: " + "; ".join(failures))
+            try:
+                return await self.attach(
+                    session_id, chosen, signer, tokenizer, voucher_every=voucher_every
+                )
+            except (HostError, P2PError) as exc:
+                failures.append(f"{chosen.address}: {exc}")
+                await self._strand(session_id, chosen, exc)
+        message = "no host is available: " + "; ".join(failures)
+        if self.stranded:
+            message += ". " + self.stranded[-1].advice
+        raise NoHostAvailable(message)
+
+    async def _vet(self, host: HostInfo, model_id: bytes) -> Tokenizer:
+        """Before depositing: the host is reachable, offers the model at the price we'll pay,
+        has capacity, and serves the pinned tokenizer."""
+        await self.p2p.connect(host.peer_id, host.addrs)
+        info = await self.discovery.ask_info(host)
+        offer = next((m for m in info.models if m.get("model_id") == model_id), None)
+        if offer is None:
+            raise HostError("wrong_model", "the host does not serve this model now")
+        ask = dict(offer.get("prices") or {}).get(ETH)
+        if not isinstance(ask, int) or ask > host.price:
+            raise HostError("price_too_low", f"the host asks {ask} now, registered {host.price}")
+        if info.capacity and info.load >= info.capacity:
+            raise HostError("busy", f"the host is full ({info.load}/{info.capacity})", True)
+        return await self.tokenizer_for(model_id, host)
+
+    async def tokenizer_for(self, model_id: bytes, host: HostInfo) -> Tokenizer:
+        """The model's tokenizer: from memory, the disk cache or ``host``, always checked
+        against the sha256 the ModelRegistry pins."""
+        pin = (await asyncio.to_thread(self.contracts.model_pin, model_id)).tokenizer_sha256
+        if pin in self._tokenizers:
+            return self._tokenizers[pin]
+        data = tokenizer_cache.cached(pin)
+        if data is None:
+            data = await self._fetch_tokenizer(model_id, host)
+            if hashlib.sha256(data).digest() != pin:
+                raise HostError(
+                    "bad_tokenizer", "the host's tokenizer does not match the registry's pin"
+                )
+            tokenizer_cache.store(data)
+        tokenizer = await asyncio.to_thread(Tokenizer.from_pinned, data, pin)
+        self._tokenizers[pin] = tokenizer
+        return tokenizer
+
+    async def _fetch_tokenizer(self, model_id: bytes, host: HostInfo) -> bytes:
+        stream = await self.p2p.open_stream(
+            PeerAddress(host.peer_id, host.addrs), TOKENIZER_PROTOCOL
+        )
+        framed = FramedStream(stream)
+        data = bytearray()
+        try:
+            await framed.send(TokenizerRequest(model_id))
+            while True:
+                chunk = await framed.receive(timeout=30)
+                if isinstance(chunk, Error):
+                    raise HostError(chunk.code, chunk.message, chunk.retryable)
+                if (
+                    not isinstance(chunk, TokenizerChunk)
+                    or chunk.offset != len(data)
+                    or not 0 < chunk.total <= MAX_TOKENIZER_BYTES
+                    or len(data) + len(chunk.data) > chunk.total
+                ):
+                    raise HostError("bad_tokenizer", "malformed tokenizer transfer")
+                data += chunk.data
+                if len(data) == chunk.total:
+                    return bytes(data)
+        except ProtocolError as exc:
+            raise HostError(exc.code, f"tokenizer transfer failed: {exc}", True) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _strand(self, session_id: int, host: HostInfo, reason: Exception) -> None:
+        """The host refused after our deposit: ask to close at once and say how to recover."""
+        finalizable_at = None
+        with contextlib.suppress(FabstirError):
+            await asyncio.to_thread(self.contracts.request_close, session_id)
+            finalizable_at = await asyncio.to_thread(self.contracts.finalizable_at, session_id)
+        stranded = StrandedDeposit(session_id, host.address, str(reason), finalizable_at)
+        self.stranded.append(stranded)
+        log.warning("%s", stranded.advice)
 
     async def attach(
         self,
         session_id: int,
         host: HostInfo,
         signer: LocalAccount,
+        tokenizer: Tokenizer | None = None,
         voucher_every: int = 8,
     ) -> Session:
-        """Connect to ``host`` for an already opened session."""
+        """Connect to ``host`` for an already opened session (also to re-attach to one)."""
+        onchain = await asyncio.to_thread(self.contracts.session, session_id)
+        if tokenizer is None:
+            tokenizer = await self.tokenizer_for(onchain.model_id, host)
         stream = await self.p2p.open_stream(PeerAddress(host.peer_id, host.addrs), SESSION_PROTOCOL)
         # open_stream refuses a remote whose Noise-authenticated peer id is not the registered
         # one, so a host cannot be impersonated by whoever answers at its address.
         framed = FramedStream(stream)
-        await framed.send(Open(session_id, self.contracts.deployment.chain_id))
         try:
+            await framed.send(Open(session_id, self.contracts.deployment.chain_id))
             ready = await framed.receive(timeout=30)
         except ProtocolError as exc:
+            await stream.reset()
             raise HostError(exc.code, f"host did not answer open: {exc}", True) from exc
         if isinstance(ready, Error):
+            await stream.reset()
             raise HostError(ready.code, ready.message, ready.retryable)
         if not isinstance(ready, Ready) or ready.session_id != session_id:
+            await stream.reset()
             raise HostError("bad_ready", "host answered open with something else")
-        onchain = await asyncio.to_thread(self.contracts.session, session_id)
+        domain = self.contracts.voucher_domain()
+        resumed = _resumed_voucher(ready, domain, signer.address)
+        if resumed is None and ready.billed_tokens:
+            await stream.reset()
+            raise HostError(
+                "bad_accounting",
+                f"host says {ready.billed_tokens} tokens are billed without our voucher for them",
+            )
         session = Session(
             session_id=session_id,
             host=host.address,
@@ -163,12 +308,13 @@ class FabstirClient:
             max_tokens=onchain.max_tokens,
             credit_window=ready.credit_window,
             signer=signer,
-            domain=self.contracts.voucher_domain(),
+            domain=domain,
             framed=framed,
             contracts=self.contracts,
+            tokenizer=tokenizer,
             voucher_every=voucher_every,
         )
-        session.billed = session.vouched = ready.billed_tokens
+        session.resume_from(resumed)
         return session
 
     def chat(

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fabstir_sdk.errors import HostError
 from fabstir_sdk.protocol import Usage
-from fabstir_sdk.session import HostError, Session
+from fabstir_sdk.session import Session
 
 if TYPE_CHECKING:
     from fabstir_sdk.client import FabstirClient
@@ -55,11 +56,22 @@ class FailoverChat:
         self.finish_reason: str | None = None
         self.hosts: list[str] = []
         self.gaps_s: list[float] = []  # time without text across each failover
+        self._gen: AsyncGenerator[str, None] | None = None
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._run()
+    def __aiter__(self) -> FailoverChat:
+        return self
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def __anext__(self) -> str:
+        if self._gen is None:
+            self._gen = self._run()
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop early: the host in use stops and is paid for what it delivered."""
+        if self._gen is not None:
+            await self._gen.aclose()
+
+    async def _run(self) -> AsyncGenerator[str, None]:
         failed: set[str] = set()
         prompt_tokens = completion_tokens = 0
         last_text_at: float | None = None
@@ -72,7 +84,6 @@ class FailoverChat:
             session.stall_timeout = self.stall_timeout
             self.hosts.append(session.host)
             before = list(self.token_ids)  # what earlier hosts delivered
-            billed_before = session.billed
             answer = session.chat(
                 self.messages,
                 max_tokens=self.max_tokens - len(before),
@@ -93,14 +104,16 @@ class FailoverChat:
                 if not exc.retryable or attempt == self.max_failovers:
                     raise
                 self.token_ids = before + answer.token_ids
-                delivered = len(answer.token_ids)
-                completion_tokens += delivered
-                prompt_tokens += max(0, session.billed - billed_before - delivered)
+                # What this host billed, as we counted it (our vouchers cover exactly that).
+                prompt_tokens += answer.prompt_tokens
+                completion_tokens += len(answer.token_ids)
                 failed.add(session.host)
                 with contextlib.suppress(Exception):
                     await session.close()  # it settles for what our vouchers cover
                 self.session = None
                 continue
+            finally:
+                await answer.aclose()  # left early: the host stops and is paid what it sent
             self.token_ids = before + answer.token_ids
             assert answer.usage is not None
             self.usage = Usage(

@@ -15,6 +15,7 @@ class CatalogModel:
     repo: str
     file: str
     sha256: str
+    tokenizer_sha256: str  # of its tokenizer file (fabstir_sdk.tokenizer), pinned beside it
 
     @property
     def model_id(self) -> bytes:
@@ -34,6 +35,7 @@ CATALOG: dict[str, CatalogModel] = {
             repo="HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
             file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            tokenizer_sha256="6d0b42da1a0b3ef7726a67724cec1ad9b00d50299696eb2b8f2a235075a7a782",
         ),
     )
 }

@@ -21,6 +21,7 @@ from fabstir_sdk.errors import FabstirError
 
 SESSION_PROTOCOL = "/fabstir/session/1.0.0"
 INFO_PROTOCOL = "/fabstir/info/1.0.0"
+TOKENIZER_PROTOCOL = "/fabstir/tokenizer/1.0.0"
 HOSTS_TOPIC = "/fabstir/hosts/1.0.0"
 MAX_FRAME = 1 << 20
 MAX_VARINT_BYTES = 10
@@ -197,7 +198,11 @@ class Ready(Message):
     model: str
     credit_window: int
     max_tokens: int  # what the deposit pays for, in billable tokens
-    billed_tokens: int = 0  # already billed in this session (a reconnecting client resumes)
+    # A reconnecting client resumes from the best voucher the host holds; it proves the count
+    # (the client checks the signature is its own session signer's).
+    billed_tokens: int = 0
+    transcript_hash: bytes | None = None
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +310,29 @@ class InfoResponse(Message):
     load: int
     tokens_per_second: float
     version: int = 1
+    capacity: int = 0  # requests it can take at once (running + queued); 0 = not said
+
+
+@dataclass(frozen=True)
+class TokenizerRequest(Message):
+    """Client -> host: send the tokenizer file of ``model_id`` (the client checks its hash
+    against the ModelRegistry's pin)."""
+
+    TYPE: ClassVar[str] = "tokenizer"
+    model_id: bytes
+
+    def validate(self) -> None:
+        _check(len(self.model_id) == 32, "tokenizer.model_id must be 32 bytes")
+
+
+@dataclass(frozen=True)
+class TokenizerChunk(Message):
+    """Host -> client: ``data`` at ``offset`` of a ``total``-byte tokenizer file."""
+
+    TYPE: ClassVar[str] = "tokenizer_chunk"
+    offset: int
+    total: int
+    data: bytes
 
 
 def error_from(exc: ProtocolError) -> Error:

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from fabstir_sdk import openai_format as oai
 from fabstir_sdk.client import FabstirClient, NoHostAvailable
+from fabstir_sdk.errors import HostError
 from fabstir_sdk.failover import FailoverChat
 from fabstir_sdk.models import CATALOG
 from fabstir_sdk.protocol import InvalidMessage
-from fabstir_sdk.session import HostError, Session
+from fabstir_sdk.session import Session
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -157,6 +158,10 @@ class PayingProxy:
             await response.write(oai.sse("[DONE]"))
         except HostError as exc:  # every host failed mid-answer: say so in-band, as OpenAI does
             await response.write(oai.sse(oai.error_body(str(exc), "server_error", exc.code)))
+        finally:
+            # The HTTP client may have gone: stop the host, pay for what it sent, keep the
+            # session usable for the next request.
+            await answer.aclose()
         return response
 
 

@@ -4,14 +4,23 @@ The session signer (an ephemeral key made per session, named on-chain at ``open`
 voucher for the cumulative billable tokens every ``voucher_every`` tokens and at the end of
 each answer, so the host is never more than its credit window ahead and the wallet never
 prompts. ``close`` lets the host settle; ``refund`` recovers the deposit from a vanished host.
+
+The client signs only what it counts itself: prompt tokens with the model's own tokenizer
+(pinned in the ModelRegistry, see :mod:`fabstir_sdk.tokenizer`), completion tokens from the
+token ids each ``token`` frame carries. A host that claims more gets no voucher for the
+excess, and the session ends with ``bad_accounting``.
+
+Leaving an answer early (``break``, ``aclose()``, a cancelled task) sends ``cancel``, drains
+to the host's ``done`` and vouches for what was delivered, so the next ``chat`` works.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, NoReturn
 
 import cbor2
 from eth_account.signers.local import LocalAccount
@@ -19,7 +28,7 @@ from eth_utils.crypto import keccak
 
 from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 from fabstir_sdk.contracts.client import Contracts, SessionStatus, Settlement
-from fabstir_sdk.errors import HostError
+from fabstir_sdk.errors import HostError, UsageError
 from fabstir_sdk.protocol import (
     Cancel,
     Done,
@@ -28,33 +37,44 @@ from fabstir_sdk.protocol import (
     Prompt,
     ProtocolError,
     Token,
-    UnexpectedMessage,
     Usage,
     VoucherMsg,
 )
+from fabstir_sdk.tokenizer import Tokenizer, TokenizerError
+
+log = logging.getLogger(__name__)
 
 TOKEN_TIMEOUT_S = 60.0
 
 
 class ChatStream:
     """The answer as an async iterator of text pieces; ``usage`` and ``finish_reason`` are
-    set once it is exhausted."""
+    set once it is exhausted. ``aclose()`` (or ``break`` and a next ``chat``) stops it early."""
 
-    def __init__(self, session: Session, prompt: Prompt) -> None:
+    def __init__(self, session: Session, prompt: Prompt, prompt_tokens: int) -> None:
         self._session = session
         self._prompt = prompt
+        self.prompt_tokens = prompt_tokens  # counted by us, with the pinned tokenizer
         self.text = ""
         self.token_ids: list[int] = []  # behind ``text``: lets another host continue it
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
+        self._gen: AsyncGenerator[str, None] | None = None
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._run()
+    def __aiter__(self) -> ChatStream:
+        return self
 
-    async def _run(self) -> AsyncIterator[str]:
-        async for piece in self._session._stream(self._prompt, self):
-            self.text += piece
-            yield piece
+    async def __anext__(self) -> str:
+        if self._gen is None:
+            self._gen = self._session._stream(self._prompt, self)
+        piece = await self._gen.__anext__()
+        self.text += piece
+        return piece
+
+    async def aclose(self) -> None:
+        """Stop the answer: the host is told to cancel, and what it delivered is paid for."""
+        if self._gen is not None:
+            await self._gen.aclose()
 
     async def collect(self) -> str:
         async for _ in self:
@@ -78,6 +98,7 @@ class Session:
         domain: VoucherDomain,
         framed: FramedStream,
         contracts: Contracts,
+        tokenizer: Tokenizer,
         voucher_every: int = 8,
     ) -> None:
         self.id = session_id
@@ -91,15 +112,24 @@ class Session:
         self.signer = signer
         self.domain = domain
         self.contracts = contracts
+        self.tokenizer = tokenizer
         self.voucher_every = max(1, min(voucher_every, credit_window // 2 or 1))
         self._framed = framed
-        self.billed = 0  # cumulative billable tokens the host reported
+        self.billed = 0  # cumulative billable tokens, as we count them
         self.vouched = 0
         self.transcript = bytes(32)
         self.last_voucher: Voucher | None = None
-        self._busy = False
+        self._turn = asyncio.Lock()  # one answer at a time, including its wind-down
+        self._current: ChatStream | None = None
         self.closed = False
         self.stall_timeout = TOKEN_TIMEOUT_S  # silence this long mid-answer = the host is gone
+
+    def resume_from(self, voucher: Voucher | None) -> None:
+        """Continue from ``voucher`` (our own signature, which the host held on to)."""
+        if voucher is not None:
+            self.billed = self.vouched = voucher.cumulative_tokens
+            self.transcript = voucher.transcript_hash
+            self.last_voucher = voucher
 
     # ----------------------------------------------------------------- chat
 
@@ -124,57 +154,128 @@ class Session:
             list(stop),
             list(prefix_ids),
         )
-        prompt.validate()
-        return ChatStream(self, prompt)
+        try:
+            prompt.validate()
+            if any(i >= self.tokenizer.n_vocab for i in prompt.prefix_ids):
+                raise UsageError("prefix_ids outside the model's vocabulary")
+            counted = len(self.tokenizer.chat_tokens(prompt.messages)) + len(prompt.prefix_ids)
+        except (ProtocolError, TokenizerError) as exc:
+            raise UsageError(str(exc)) from exc
+        return ChatStream(self, prompt, counted)
 
-    async def _stream(self, prompt: Prompt, out: ChatStream) -> AsyncIterator[str]:
+    async def _stream(self, prompt: Prompt, out: ChatStream) -> AsyncGenerator[str, None]:
+        previous = self._current
+        if previous is not None and previous is not out:
+            with contextlib.suppress(RuntimeError):  # already closing in another task
+                await previous.aclose()  # left early and never closed: wind it down first
+        await self._turn.acquire()
         if self.closed:
+            self._turn.release()
             raise HostError("session_closed", "this session is closed")
-        if self._busy:
-            raise HostError("busy", "one answer at a time per session")
-        self._busy = True
+        self._current = out
+        answer = _Answer(self.billed, out)
+        ended = False
         try:
             self._absorb(cbor2.dumps(prompt.messages, canonical=True))
             await self._framed.send(prompt)
             while True:
                 message = await self._receive()
-                if isinstance(message, Token):
-                    self._account(message.tokens)
-                    self._absorb(message.text.encode())
-                    out.token_ids += message.ids
-                    if self.billed - self.vouched >= self.voucher_every:
-                        await self._vouch()
-                    if message.text:
-                        yield message.text
-                elif isinstance(message, Done):
-                    self._account(message.tokens)
-                    out.usage = Usage(message.prompt_tokens, message.completion_tokens)
-                    out.finish_reason = message.finish_reason
-                    await self._vouch()
+                if isinstance(message, Done):
+                    await self._finish(answer, message)
+                    ended = True
                     return
-                elif isinstance(message, Error):
-                    if self.billed > self.vouched:
-                        await self._vouch()
+                if isinstance(message, Error):
+                    ended = True
+                    await self._vouch()
                     raise HostError(message.code, message.message, message.retryable)
-                else:
-                    raise UnexpectedMessage(f"host sent {message.TYPE} during an answer")
+                piece = await self._on_token(answer, message)
+                if piece:
+                    yield piece
+        except HostError:
+            ended = True
+            raise
         finally:
-            self._busy = False
+            if ended or self.closed:
+                self._release(out)
+            else:
+                # Left early: the wind-down owns the turn until the host says done.
+                await asyncio.shield(asyncio.ensure_future(self._wind_down(answer)))
+
+    async def _on_token(self, answer: _Answer, message: Any) -> str:
+        if not isinstance(message, Token):
+            await self._bad_accounting(answer, f"host sent {message.TYPE} during an answer")
+        answer.out.token_ids += message.ids
+        answer.check(message.tokens)
+        if answer.over is not None:
+            await self._bad_accounting(answer, answer.over)
+        self.billed = answer.expected
+        self._absorb(message.text.encode())
+        if self.billed - self.vouched >= self.voucher_every:
+            await self._vouch()
+        return str(message.text)
+
+    async def _finish(self, answer: _Answer, done: Done) -> None:
+        out = answer.out
+        answer.check(done.tokens)
+        if answer.over is None and (
+            done.prompt_tokens != out.prompt_tokens
+            or done.completion_tokens != len(out.token_ids)
+        ):
+            answer.over = (
+                f"host reported usage {done.prompt_tokens}+{done.completion_tokens}, we "
+                f"counted {out.prompt_tokens}+{len(out.token_ids)}"
+            )
+        if answer.over is not None:
+            await self._bad_accounting(answer, answer.over)
+        self.billed = answer.expected
+        out.usage = Usage(out.prompt_tokens, len(out.token_ids))
+        out.finish_reason = done.finish_reason
+        await self._vouch()
+
+    async def _wind_down(self, answer: _Answer) -> None:
+        """Cancel the answer in progress and read to its ``done``, paying for what came."""
+        try:
+            await self._framed.send(Cancel())
+            while True:
+                message = await self._receive()
+                if isinstance(message, Done):
+                    await self._finish(answer, message)
+                    return
+                if isinstance(message, Error):
+                    raise HostError(message.code, message.message, message.retryable)
+                await self._on_token(answer, message)
+        except Exception as exc:  # nobody is listening for this answer any more
+            log.info("session %s: could not end the answer cleanly: %s", self.id, exc)
+            await self._abandon()
+        finally:
+            self._release(answer.out)
+
+    def _release(self, out: ChatStream) -> None:
+        if self._current is out:
+            self._current = None
+        if self._turn.locked():
+            self._turn.release()
+
+    async def _bad_accounting(self, answer: _Answer, reason: str) -> NoReturn:
+        """The host over-claimed: pay what we counted, no more, and end the session."""
+        self.billed = max(self.vouched, min(answer.expected, answer.claimed))
+        with contextlib.suppress(Exception):
+            await self._vouch()
+        with contextlib.suppress(Exception):
+            await self._framed.send(Error("bad_accounting", reason))
+        await self._abandon()
+        raise HostError("bad_accounting", reason, retryable=True)
+
+    async def _abandon(self) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self._framed.stream.close()
 
     async def _receive(self) -> Any:
         try:
             return await self._framed.receive(timeout=self.stall_timeout)
         except ProtocolError as exc:
             raise HostError(exc.code, f"the host went away: {exc}", True) from exc
-
-    def _account(self, cumulative: int) -> None:
-        if cumulative < self.billed or cumulative > self.max_tokens:
-            raise HostError(
-                "bad_accounting",
-                f"host reported {cumulative} billable tokens "
-                f"after {self.billed} (deposit covers {self.max_tokens})",
-            )
-        self.billed = cumulative
 
     def _absorb(self, data: bytes) -> None:
         self.transcript = keccak(self.transcript + data)
@@ -198,6 +299,9 @@ class Session:
     async def close(self, wait_settlement: float = 0) -> Settlement | None:
         """End the session: the host settles with our last voucher. Optionally wait (seconds)
         for the settlement and return it."""
+        if self._current is not None:
+            with contextlib.suppress(Exception):
+                await self._current.aclose()
         if not self.closed:
             self.closed = True
             with contextlib.suppress(Exception):
@@ -224,3 +328,27 @@ class Session:
     async def finalize(self) -> Settlement:
         """After the dispute window: settle on the best checkpoint and take the refund."""
         return await asyncio.to_thread(self.contracts.finalize, self.id)
+
+
+class _Answer:
+    """What one answer may bill: ``start`` (vouched before it) + our prompt count + the ids
+    received. ``check`` compares each claim of the host with it."""
+
+    def __init__(self, start: int, out: ChatStream) -> None:
+        self.start = start
+        self.out = out
+        self.claimed = start
+        self.over: str | None = None
+
+    @property
+    def expected(self) -> int:
+        return self.start + self.out.prompt_tokens + len(self.out.token_ids)
+
+    def check(self, claimed: int) -> None:
+        self.claimed = claimed
+        if claimed != self.expected and self.over is None:
+            self.over = (
+                f"host claims {claimed} billable tokens, we count {self.expected} "
+                f"({self.start} before this answer + {self.out.prompt_tokens} prompt + "
+                f"{len(self.out.token_ids)} received)"
+            )

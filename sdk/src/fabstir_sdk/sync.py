@@ -54,13 +54,17 @@ class SyncSession:
     def chat(self, messages: Sequence[dict[str, Any]], **params: Any) -> Iterator[str]:
         """Yield the answer's text pieces; ``usage`` is set when it ends."""
         answer = self.session.chat(messages, **params)
-        iterator = answer.__aiter__()
 
         async def step() -> str | None:
-            return await anext(iterator, None)
+            return await anext(answer, None)
 
-        while (piece := self._loop.run(step())) is not None:
-            yield piece
+        try:
+            while (piece := self._loop.run(step())) is not None:
+                yield piece
+        finally:
+            # Leaving the loop early (break, an exception) cancels the answer and pays for
+            # what arrived, so the next chat on this session works.
+            self._loop.run(answer.aclose())
         self.usage = answer.usage
 
     def close(self, wait_settlement: float = 0) -> Settlement | None:

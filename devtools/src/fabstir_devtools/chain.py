@@ -2,7 +2,8 @@
 
 Anvil comes from npm (``@foundry-rs/anvil``, installed by ``make setup`` into
 ``node_modules/.bin``) or from ``$FABSTIR_ANVIL`` / ``PATH``. Deploying uses plain web3.py and
-the artifacts exported into this package, so no Ape is needed at run time.
+the artifacts exported into the SDK, so no Ape is needed at run time. Development only: the
+test mnemonic's keys are public.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def find_anvil() -> str:
     raise FileNotFoundError("anvil not found: run `make setup` or set FABSTIR_ANVIL")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -62,7 +64,7 @@ class Anvil:
     """A fresh Anvil on a random 127.0.0.1 port; a context manager that stops it on exit."""
 
     def __init__(self, *, port: int | None = None, block_time: float | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [find_anvil(), "--host", "127.0.0.1", "--port", str(self.port), "--silent"]
         if block_time:
