@@ -17,7 +17,7 @@ from pathlib import Path
 from fabstir_devtools.network import LocalNetwork
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from devnet import CLIENT_ACCOUNT, MODEL, demo_network, start_hosts  # noqa: E402
+from devnet import CLIENT_ACCOUNT, MODEL, demo_network, start_hosts
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 

@@ -18,6 +18,7 @@ from fabstir_devtools.wait import wait_until
 from fabstir_node.config import NodeConfig
 from fabstir_node.keys import create_keys, load_keys
 from fabstir_node.runtime import HostNode, served_model
+from fabstir_node.sessions import SessionService
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.p2p import peer_id_bytes
@@ -70,13 +71,21 @@ class Devnet(LocalNetwork):
         values.update(overrides)
         return NodeConfig(**values).validate()
 
-    async def start_node(self, index: int, *, register: bool = True, **overrides: Any) -> HostNode:
-        """An in-process host node for Anvil account ``index``, staked and registered."""
+    async def start_node(
+        self,
+        index: int,
+        *,
+        register: bool = True,
+        service: type[SessionService] = SessionService,
+        **overrides: Any,
+    ) -> HostNode:
+        """An in-process host node for Anvil account ``index``, staked and registered;
+        ``service`` injects a deliberately faulty session service."""
         config = self.config(f"node{index}", **overrides)
         keys_dir = config.data_dir / "keys"
         if not keys_dir.exists():
             create_keys(config.data_dir, anvil_account(index).key.hex())
-        node = HostNode(config, load_keys(config.data_dir))
+        node = HostNode(config, load_keys(config.data_dir), service)
         await node.start()
         if register:
             await asyncio.to_thread(self.register, node)

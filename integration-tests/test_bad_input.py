@@ -24,9 +24,10 @@ from fabstir_sdk.protocol import (
     encode_uvarint,
 )
 
-from conftest import PRICE, Devnet, run
+from conftest import PRICE, SETTLE_TIMEOUT, Devnet, run
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+REPLY_TIMEOUT = 60  # seconds for the host to answer a frame, on a busy machine
 
 
 async def raw_stream(client: FabstirClient, node: HostNode) -> FramedStream:
@@ -36,7 +37,7 @@ async def raw_stream(client: FabstirClient, node: HostNode) -> FramedStream:
 
 
 async def expect_error(framed: FramedStream, code: str) -> None:
-    reply = await framed.receive(timeout=10)
+    reply = await framed.receive(timeout=REPLY_TIMEOUT)
     assert isinstance(reply, Error), reply
     assert reply.code == code, reply
     assert (await framed.stream.read(1)) == b""  # and the host closed the stream
@@ -92,7 +93,7 @@ def test_bad_frames_and_vouchers_get_errors_and_the_node_keeps_serving(devnet: D
             session_id, signer = open_onchain(client, host)
             framed = await raw_stream(client, node)
             await framed.send(Open(session_id, chain_id))
-            assert isinstance(await framed.receive(timeout=10), Ready)
+            assert isinstance(await framed.receive(timeout=REPLY_TIMEOUT), Ready)
             forged = sign_voucher(
                 Account.create(), client.contracts.voucher_domain(), session_id, 5
             )
@@ -104,7 +105,7 @@ def test_bad_frames_and_vouchers_get_errors_and_the_node_keeps_serving(devnet: D
             replayed = sign_voucher(signer, client.contracts.voucher_domain(), session_id, 5)  # type: ignore[arg-type]
             framed = await raw_stream(client, node)
             await framed.send(Open(second, chain_id))
-            assert isinstance(await framed.receive(timeout=10), Ready)
+            assert isinstance(await framed.receive(timeout=REPLY_TIMEOUT), Ready)
             await framed.send(VoucherMsg(5, replayed.transcript_hash, replayed.signature))
             await expect_error(framed, "invalid_voucher")
 
@@ -119,7 +120,7 @@ def test_bad_frames_and_vouchers_get_errors_and_the_node_keeps_serving(devnet: D
             answer = session.chat(MESSAGES, max_tokens=8, temperature=0)
             assert await answer.collect()
             assert answer.usage is not None and answer.usage.completion_tokens == 8
-            settlement = await session.close(wait_settlement=30)
+            settlement = await session.close(wait_settlement=SETTLE_TIMEOUT)
             assert settlement is not None and settlement.tokens == session.vouched
         finally:
             await client.close()

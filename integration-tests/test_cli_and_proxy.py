@@ -12,6 +12,7 @@ import sys
 import openai
 
 from fabstir_devtools.chain import anvil_account, free_port
+from fabstir_devtools.wait import wait_until
 
 from conftest import PRICE, Devnet, run
 
@@ -157,6 +158,38 @@ def test_openai_client_through_the_paying_proxy(devnet: Devnet) -> None:
             sessions = node.journal.sessions() if node.journal else []
             billed = [s.billed_tokens for s in sessions]
             assert billed == [reply.usage.total_tokens + usage.total_tokens]
+
+            # An HTTP client that hangs up mid-answer: the host is told to stop, what it sent
+            # is vouched for, and the same session serves the next request.
+            assert node.sessions is not None
+            cancelled = node.sessions.engine.cancelled_jobs
+            long = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "go on"}],
+                max_tokens=400,
+                temperature=0,
+                stream=True,
+            )
+            async for _chunk in long:
+                break
+            await long.close()
+            await asyncio.to_thread(
+                wait_until,
+                lambda: node.sessions is not None
+                and node.sessions.engine.cancelled_jobs > cancelled,
+                60,
+                "the host to cancel the abandoned answer",
+            )
+            again = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=5,
+                temperature=0,
+            )
+            assert again.usage is not None and again.usage.completion_tokens == 5
+            [journaled] = node.journal.sessions() if node.journal else []
+            assert journaled.best is not None
+            assert journaled.best.cumulative_tokens == journaled.billed_tokens  # all vouched
         finally:
             proxy.terminate()
             await proxy.wait()

@@ -17,7 +17,7 @@ def test_demo_prints_an_exact_receipt_and_cleans_up() -> None:
         cwd=ROOT / "scripts",
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Paris" in result.stdout

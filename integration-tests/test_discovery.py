@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
 
 from fabstir_devtools.network import ModelSpec
 from fabstir_devtools.tiny_gguf import write_tiny_gguf

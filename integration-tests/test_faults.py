@@ -26,9 +26,8 @@ class SilentSession(Session):
 
 
 def test_host_killed_mid_answer_client_gets_error_then_refund(devnet: Devnet) -> None:
-    window = 16
     node = devnet.start_host(
-        6, env={"FABSTIR_CREDIT_WINDOW": str(window), "FABSTIR_VOUCHER_TIMEOUT": "60"}
+        6, env={"FABSTIR_CREDIT_WINDOW": "16", "FABSTIR_VOUCHER_TIMEOUT": "60"}
     )
 
     async def main() -> None:
@@ -39,13 +38,14 @@ def test_host_killed_mid_answer_client_gets_error_then_refund(devnet: Devnet) ->
             session.__class__ = SilentSession
             answer = session.chat(MESSAGES, max_tokens=200)
             task = asyncio.ensure_future(answer.collect())
-            # The host answers up to its credit window, then waits for a voucher that never
-            # comes (count token ids: some tokens are partial UTF-8 and carry no text).
+            # The answer cannot end by itself: unpaid, the host stops at its credit window
+            # (far below max_tokens) and waits a minute for a voucher that never comes. So
+            # once tokens arrive, the host is killed mid-answer (token ids, not text: some
+            # tokens are partial UTF-8 and carry none).
             await wait_until_async(
-                lambda: len(answer.token_ids) >= window or task.done(),
-                what="the host to reach its credit window",
+                lambda: answer.token_ids or task.done(), what="the first tokens of the answer"
             )
-            assert not task.done() and len(answer.token_ids) == window
+            assert not task.done()
             node.kill()
             with pytest.raises(HostError) as error:
                 await asyncio.wait_for(task, 120)

@@ -21,9 +21,9 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
+from fabstir_devtools.chain import Anvil, DeployParams, anvil_account, deploy_protocol
 from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.transactions import TransactionSender
-from fabstir_devtools.chain import Anvil, DeployParams, anvil_account, deploy_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = ROOT / "deployments"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from fabstir_devtools.tiny_gguf import write_tiny_gguf
 from fabstir_node.api import Api
 from fabstir_node.inference import Engine
 from fabstir_node.server import HttpServer
-from fabstir_devtools.tiny_gguf import write_tiny_gguf
 
 TINY_CTX = 256
 LONG_CTX = 4096  # ~0.5 s of generation: long enough to cancel in the middle on a busy machine

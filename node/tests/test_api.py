@@ -1,11 +1,12 @@
 """The OpenAI-compatible API through a real server on 127.0.0.1 and real HTTP clients."""
 
 import json
-import time
 
 import httpx
 import openai
 import pytest
+
+from fabstir_devtools.wait import wait_until
 
 from conftest import LONG_CTX, LiveServer
 
@@ -154,10 +155,7 @@ def test_disconnect_mid_stream_cancels_generation(live_long: LiveServer) -> None
     with httpx.stream("POST", f"{live_long.url}/v1/chat/completions", json=body) as response:
         for _ in zip(range(3), response.iter_lines(), strict=False):
             pass
-    deadline = time.monotonic() + 5
-    while engine.queue_depth and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.queue_depth == 0
+    wait_until(lambda: engine.queue_depth == 0, what="the cancelled job to leave the queue")
     assert engine.generated_tokens - before < LONG_CTX - 100
     assert engine.cancelled_jobs == cancelled + 1
 

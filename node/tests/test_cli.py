@@ -2,15 +2,13 @@
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from fabstir_devtools.network import ApiProcess
 from fabstir_node.models import sha256_file
 
 
@@ -71,21 +69,10 @@ def test_serve_refuses_a_hash_mismatch(tmp_path: Path, tiny_gguf: Path) -> None:
 
 def test_serve_answers_then_stops_cleanly(tmp_path: Path, tiny_gguf: Path) -> None:
     env = {**os.environ, "FABSTIR_DATA_DIR": str(tmp_path), "FABSTIR_N_CTX": "256"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fabstir_node", "serve", "--model", str(tiny_gguf), "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    node = ApiProcess("--model", str(tiny_gguf), "--port", "0", env=env)
+    node.start()  # until it says where it serves (or fails with its output)
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        assert proc.stderr is not None
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stderr.readline()
-            if match := re.search(r"serving .* at (http://\S+)/v1", line):
-                url = match.group(1)
-        assert url, "the node never said where it serves"
+        url = node.url
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
         reply = httpx.post(
             f"{url}/v1/chat/completions",
@@ -93,5 +80,4 @@ def test_serve_answers_then_stops_cleanly(tmp_path: Path, tiny_gguf: Path) -> No
         )
         assert reply.json()["usage"]["completion_tokens"] == 3
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert node.stop() == 0  # SIGTERM: a clean exit

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from fabstir_devtools.wait import wait_until_async
 from fabstir_node.inference import (
     CreditGate,
     Engine,
@@ -70,8 +71,9 @@ def test_cancel_stops_within_one_token(long_engine: Engine) -> None:
             received = event.completion_tokens
             if received >= 3:
                 break
-        while engine.queue_depth:
-            await asyncio.sleep(0.001)
+        await wait_until_async(
+            lambda: engine.queue_depth == 0, what="the cancelled job to end", interval=0.001
+        )
         return received, engine.generated_tokens - before
 
     received, generated = asyncio.run(main())
@@ -112,8 +114,7 @@ def test_queue_full_is_a_clear_busy_error(tiny_gguf: Path) -> None:
     params = SamplingParams(max_tokens=200, temperature=1, seed=1)
 
     async def until(condition: Callable[[], bool]) -> None:
-        while not condition():
-            await asyncio.sleep(0.001)
+        await wait_until_async(condition, what="the engine's queue to get there", interval=0.001)
 
     async def main() -> None:
         # Hold the worker deterministically: the first job waits at a credit gate after 1 token.

@@ -455,7 +455,8 @@ class LocalNetwork:
 
     def client(self, index: int, **kwargs: Any) -> FabstirClient:
         """An SDK client paying from Anvil account ``index`` (call ``close()`` when done)."""
-        return FabstirClient(self.anvil.url, anvil_account(index).key.hex(), self.deployment, **kwargs)
+        key = anvil_account(index).key.hex()
+        return FabstirClient(self.anvil.url, key, self.deployment, **kwargs)
 
     # ----------------------------------------------------------------- hosts
 

@@ -53,7 +53,7 @@ async def wait_until_async(
         if isinstance(value, Awaitable):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             raise TimeoutError(f"waited {timeout:g} s for {what} (last: {value!r})")
         await asyncio.sleep(interval)

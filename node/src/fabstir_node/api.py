@@ -159,22 +159,25 @@ class Api:
         *,
         max_tokens_default: int = 512,
         metrics: NodeMetrics | None = None,
+        inference: bool = True,
     ) -> None:
+        """``inference=False`` serves only /health and /metrics: the unpaid OpenAI-compatible
+        endpoints are off (``fabstir-node run`` without ``--http``)."""
         self.engine = engine
         self.model_name = model_name
         self.max_tokens_default = max_tokens_default
         self.metrics = metrics or NodeMetrics(lambda: engine.queue_depth)
         self.created = int(time.time())
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
-        self.app.add_routes(
-            [
-                web.post("/v1/chat/completions", self.chat),
-                web.post("/v1/completions", self.completions),
-                web.get("/v1/models", self.models),
-                web.get("/health", self.health),
-                web.get("/metrics", self.prometheus),
-            ]
-        )
+        self.app.add_routes([web.get("/health", self.health), web.get("/metrics", self.prometheus)])
+        if inference:
+            self.app.add_routes(
+                [
+                    web.post("/v1/chat/completions", self.chat),
+                    web.post("/v1/completions", self.completions),
+                    web.get("/v1/models", self.models),
+                ]
+            )
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -19,6 +19,7 @@ from fabstir_sdk.contracts.client import (
     SessionStatus,
     Settlement,
 )
+from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.protocol import ProtocolError
 
 
@@ -80,6 +81,14 @@ class HostChain:
         if s.max_tokens == 0:
             raise SessionRefused("deposit_too_small", "the deposit pays for no tokens")
         return s
+
+    async def now(self) -> int:
+        """The chain's time (the latest block's timestamp): sessions expire by it."""
+
+        def latest() -> int:
+            return int(self.contracts.w3.eth.get_block("latest")["timestamp"])
+
+        return await asyncio.to_thread(with_retries, latest, "latest block")
 
     async def checkpoint(self, voucher: Voucher) -> None:
         await asyncio.to_thread(self.contracts.checkpoint, voucher)

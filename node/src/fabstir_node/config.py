@@ -11,11 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fabstir_node.errors import ConfigError
+
+__all__ = ["ConfigError", "NodeConfig", "load_config", "make_private_dir"]
+
 ENV_PREFIX = "FABSTIR_"
 
 
-class ConfigError(ValueError):
-    """A configuration file or variable has a bad value; the message names it."""
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (with missing parents) for the node alone: a directory it creates is
+    mode 0700 whatever the umask; an existing one keeps its mode."""
+    created = not path.exists()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if created:
+        os.chmod(path, 0o700)
 
 
 def default_data_dir() -> Path:
@@ -53,10 +62,14 @@ class NodeConfig:
     chat_template: str | None = None  # a Jinja template (or a path to one) overriding the GGUF's
     data_dir: Path = field(default_factory=default_data_dir)
     log_level: str = "info"
+    # `fabstir-node run` serves the unpaid OpenAI-compatible API (/v1/...) only when asked;
+    # /health and /metrics are always on (they answer no prompts).
+    http_api: bool = False
     # chain
     rpc_url: str = "http://127.0.0.1:8545"
     deployment: Path | None = None  # default: deployments/<chainId>.json under the cwd
     price: int = 2_000_000_000_000  # wei per 1000 tokens (ETH sessions)
+    token_prices: str = ""  # ERC20 sessions: "0xTOKEN=PRICE,..." (token units per 1000 tokens)
     stake: int = 100 * 10**18  # FAB staked at registration
     # libp2p and sessions
     p2p_listen: str = "/ip4/127.0.0.1/tcp/0"
@@ -74,12 +87,36 @@ class NodeConfig:
     def threads_batch(self) -> int:
         return self.n_threads_batch or self.n_threads
 
+    @property
+    def token_price_map(self) -> dict[str, int]:
+        """ERC20 address (as written) -> price per 1000 tokens, from ``token_prices``."""
+        prices: dict[str, int] = {}
+        for item in (i.strip() for i in self.token_prices.split(",")):
+            if not item:
+                continue
+            token, sep, price = item.partition("=")
+            token = token.strip()
+            body = token[2:] if token.startswith("0x") else ""
+            if not sep or len(body) != 40 or any(c not in "0123456789abcdefABCDEF" for c in body):
+                raise ConfigError(
+                    f"token_prices: {item!r} is not 0xTOKEN_ADDRESS=PRICE (per 1000 tokens)"
+                )
+            try:
+                value = int(price)
+            except ValueError:
+                raise ConfigError(f"token_prices: price {price!r} is not an integer") from None
+            if value <= 0:
+                raise ConfigError(f"token_prices: the price of {token} must be positive")
+            prices[token] = value
+        return prices
+
     def validate(self) -> NodeConfig:
         for name in ("n_ctx", "n_batch", "n_threads", "queue_size", "max_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535 (0 picks a free port), got {self.port}")
+        _ = self.token_price_map  # raises ConfigError when malformed
         return self
 
 
@@ -95,7 +132,11 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         if "Path" in str(kind):
             return Path(text).expanduser()
         if "bool" in str(kind):
-            return text.lower() in ("1", "true", "yes", "on")
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
     except ValueError as exc:
         raise ConfigError(f"{name}: cannot read {value!r} as {kind}") from exc
     return text

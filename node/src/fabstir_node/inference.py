@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fabstir_node.errors import EXIT_MODEL, NodeError
 from fabstir_sdk.protocol import Usage
 from fabstir_sdk.tokenizer import Tokenizer, TokenizerError, tokenizer_file
 
@@ -38,10 +39,11 @@ __all__ = [
 FinishReason = Literal["stop", "length", "cancelled", "credit"]
 
 
-class EngineError(Exception):
+class EngineError(NodeError):
     """A request the engine cannot run; ``kind`` is stable for metrics and wire errors."""
 
     kind = "engine_error"
+    exit_code = EXIT_MODEL  # at start: the model cannot be run
 
 
 class QueueFull(EngineError):

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fabstir_node.config import make_private_dir
 from fabstir_sdk.contracts import Voucher
 
 # Rows are keyed by chain id + marketplace address + session id: a redeployed marketplace or
@@ -70,7 +71,7 @@ class Journal:
     settlement worker share it."""
 
     def __init__(self, path: Path, chain_id: int, marketplace: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)  # the data dir: 0700 when we create it
         self._scope = (chain_id, marketplace.lower())
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row

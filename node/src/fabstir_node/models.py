@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fabstir_node.config import make_private_dir
+from fabstir_node.errors import EXIT_MISMATCH, ModelError
 from fabstir_sdk.models import CATALOG, CatalogModel, model_id
 
 GGUF_MAGIC = b"GGUF"
@@ -25,15 +27,13 @@ CHUNK = 1 << 20
 PROBE_TIMEOUT_S = 120
 
 
-class ModelError(Exception):
-    """The model cannot be served; the message says why and what to do."""
-
-
 class ModelNotFound(ModelError):
     pass
 
 
 class HashMismatch(ModelError):
+    exit_code = EXIT_MISMATCH
+
     def __init__(self, path: Path, expected: str, actual: str) -> None:
         super().__init__(
             f"{path}: sha256 is {actual}, but {expected} is pinned; refusing to serve it"
@@ -171,7 +171,7 @@ class HashCache:
             return str(entry["sha256"])
         digest = sha256_file(file, progress)
         entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)  # the data dir: 0700 when we create it
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=1))
         os.replace(tmp, self.path)

@@ -54,7 +54,8 @@ def served_model(prepared: PreparedModel, config: NodeConfig) -> ServedModel:
         prepared.model.name,
         prepared.model.model_id,
         bytes.fromhex(prepared.sha256),
-        {ETH: config.price},
+        {ETH: config.price}
+        | {Web3.to_checksum_address(t): p for t, p in config.token_price_map.items()},
     )
 
 
@@ -71,9 +72,15 @@ class NodeStatus:
 
 
 class HostNode:
-    def __init__(self, config: NodeConfig, keys: NodeKeys) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        keys: NodeKeys,
+        service: type[SessionService] = SessionService,
+    ) -> None:
         self.config = config
         self.keys = keys
+        self._service = service  # tests inject a deliberately faulty host through it
         self.prepared: PreparedModel | None = None
         self.sessions: SessionService | None = None
         self.network: NodeNetwork | None = None
@@ -97,9 +104,14 @@ class HostNode:
             voucher_timeout=config.voucher_timeout,
             max_tokens_default=config.max_tokens,
         )
-        self.sessions = SessionService(engine, chain, self.journal, served, policy)
+        self.sessions = self._service(engine, chain, self.journal, served, policy)
         self.http = HttpServer(
-            Api(engine, prepared.model.name, max_tokens_default=config.max_tokens),
+            Api(
+                engine,
+                prepared.model.name,
+                max_tokens_default=config.max_tokens,
+                inference=config.http_api,  # the unpaid API only when the operator asks
+            ),
             config.host,
             config.port,
         )

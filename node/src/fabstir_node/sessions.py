@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,7 +189,7 @@ class SessionService:
         onchain = await self.chain.verify_session(first.session_id, first.chain_id, self.served)
         if first.session_id in self._attached:
             raise SessionRefused("session_busy", "this session is already attached to a stream")
-        remaining = onchain.expires_at - time.time()
+        remaining = onchain.expires_at - await self.chain.now()
         if remaining < self.policy.min_remaining:
             raise SessionRefused(
                 "session_expiring",
@@ -272,6 +271,9 @@ class SessionService:
             if live.generation is not None or not live.prompts.empty():
                 raise UnexpectedMessage("a prompt arrived while another is being answered")
             live.prompts.put_nowait(message)
+        elif isinstance(message, Error):  # e.g. bad_accounting: the client walked away
+            log.info("session %s: the client ended it: %s", live.id, message.code)
+            raise StreamClosed(f"the client ended the session: {message.code}")
         else:
             raise UnexpectedMessage(f"a client may not send {message.TYPE} here")
 
@@ -473,7 +475,7 @@ class SessionService:
                     log.debug("could not check session %s: %s", live.id, exc)
 
     async def _check_live(self, live: _Live) -> None:
-        if time.time() >= live.expires_at - self.policy.expiry_margin:
+        if await self.chain.now() >= live.expires_at - self.policy.expiry_margin:
             live.end(SessionRefused("session_expired", f"session {live.id} is about to expire"))
             return
         onchain = await self.chain.session(live.id)

@@ -3,10 +3,11 @@
 Wallet, chain and deployment come from flags or ``FABSTIR_*`` variables, on top of a profile:
 ``local`` (default: Anvil on 127.0.0.1:8545, deployments/31337.json) or ``base-sepolia``
 (needs only FABSTIR_RPC_URL and deployments/84532.json). The key is read from
-``--key-file``/FABSTIR_KEY_FILE or FABSTIR_KEY and is never printed.
+``--key-file``/FABSTIR_KEY_FILE (mode 0600) or FABSTIR_KEY and is never printed.
 
 Exit codes: 0 success, 1 the host or session failed, 2 usage error, 3 no host available,
-4 configuration error, 5 chain error.
+4 configuration error, 5 chain error: every failure is a :class:`FabstirError` whose
+``exit_code`` :class:`FabstirCommand` turns into the exit status, in that one place.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,10 @@ from typing import Any
 import click
 
 from fabstir_sdk import __version__
-from fabstir_sdk.contracts import Deployment, DeploymentError
-from fabstir_sdk.contracts.client import SessionStatus
-from fabstir_sdk.contracts.transactions import ChainUnavailable
+from fabstir_sdk.errors import ChainError, ConfigurationError, FabstirError, map_errors
+from fabstir_sdk.keyfile import parse_private_key, read_key_file
+from fabstir_sdk.models import resolve_model_id
 
-EXIT_HOST, EXIT_NO_HOST, EXIT_CONFIG, EXIT_CHAIN = 1, 3, 4, 5
 PROFILES = {"local": ("http://127.0.0.1:8545", 31337), "base-sepolia": (None, 84532)}
 
 
@@ -39,52 +38,56 @@ class Settings:
     key_file: Path | None
 
 
-def _fail(message: str, code: int) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(code)
+class FabstirCommand(click.Group):
+    """The ``fabstir`` group: the one place where an error becomes an exit status. A lower
+    layer's exception is mapped to its :class:`FabstirError` first (``map_errors``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            with map_errors():
+                return super().invoke(ctx)
+        except FabstirError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
 
 
-def _client(settings: Settings) -> Any:
+def _wallet_key(settings: Settings) -> str | None:
+    """The wallet key from ``--key-file``/FABSTIR_KEY_FILE, else FABSTIR_KEY (or None)."""
+    if settings.key_file is not None:
+        return read_key_file(settings.key_file)
+    if settings.key:
+        return parse_private_key(settings.key, "FABSTIR_KEY")
+    return None
+
+
+def _client(settings: Settings, *, wallet: bool = True) -> Any:
+    """A client on the configured chain; ``wallet=False`` for read-only commands, which work
+    without a key (a throwaway one stands in: it never signs anything)."""
+    from eth_account import Account
+
     from fabstir_sdk.client import FabstirClient
+    from fabstir_sdk.contracts import Deployment
 
     default_rpc, chain_id = PROFILES[settings.profile]
     rpc = settings.rpc_url or default_rpc
     if rpc is None:
-        _fail(f"profile {settings.profile} needs FABSTIR_RPC_URL (or --rpc-url)", EXIT_CONFIG)
-    key = settings.key
-    if settings.key_file is not None:
-        try:
-            key = settings.key_file.read_text().strip()
-        except OSError as exc:
-            _fail(f"cannot read key file {settings.key_file}: {exc.strerror}", EXIT_CONFIG)
-    if not key:
-        _fail("no wallet key: set FABSTIR_KEY or FABSTIR_KEY_FILE (or --key-file)", EXIT_CONFIG)
+        raise ConfigurationError(f"profile {settings.profile} needs FABSTIR_RPC_URL (or --rpc-url)")
+    key = _wallet_key(settings)
+    if key is None:
+        if wallet:
+            raise ConfigurationError(
+                "no wallet key: set FABSTIR_KEY or FABSTIR_KEY_FILE (or --key-file)"
+            )
+        key = Account.create().key.hex()
     path = settings.deployment or Path("deployments") / f"{chain_id}.json"
-    try:
-        return FabstirClient(str(rpc), str(key), Deployment.load(path))
-    except DeploymentError as exc:
-        _fail(str(exc), EXIT_CONFIG)
-    except ChainUnavailable as exc:
-        _fail(str(exc), EXIT_CHAIN)
-    except ValueError:
-        _fail("the wallet key is not a valid private key", EXIT_CONFIG)
+    return FabstirClient(str(rpc), key, Deployment.load(path))
 
 
 def _run(coro: Any) -> Any:
-    from fabstir_sdk.client import NoHostAvailable
-    from fabstir_sdk.session import HostError
-
-    try:
-        return asyncio.run(coro)
-    except NoHostAvailable as exc:
-        _fail(str(exc), EXIT_NO_HOST)
-    except HostError as exc:
-        _fail(f"host error {exc}", EXIT_HOST)
-    except ChainUnavailable as exc:
-        _fail(str(exc), EXIT_CHAIN)
+    return asyncio.run(coro)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FabstirCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fabstir")
 @click.option(
     "--profile",
@@ -127,7 +130,8 @@ def main(
 @click.pass_obj
 def hosts(settings: Settings, model: str, as_json: bool) -> None:
     """Hosts serving a model: price, stake, speed, load, reachability (best first)."""
-    client = _client(settings)
+    resolve_model_id(model)  # a malformed name is a usage error, before touching the chain
+    client = _client(settings, wallet=False)
 
     async def main_() -> list[Any]:
         async with client:
@@ -163,8 +167,20 @@ def hosts(settings: Settings, model: str, as_json: bool) -> None:
 @main.command()
 @click.option("--model", "-m", required=True, help="catalogue name, repo/file or 0x model id")
 @click.option("--host", help="pin a host address")
-@click.option("--deposit", type=int, default=10**15, show_default=True, help="wei to escrow")
-@click.option("--max-price", type=int, help="refuse hosts asking more (wei / 1000 tokens)")
+@click.option(
+    "--deposit",
+    type=int,
+    default=10**15,
+    show_default=True,
+    help="escrow, in wei (or in the --token's smallest unit)",
+)
+@click.option("--max-price", type=int, help="refuse hosts asking more (per 1000 tokens)")
+@click.option(
+    "--token",
+    default="ETH",
+    show_default=True,
+    help="pay in ETH or an ERC20: address, or a deployment token's name/symbol (TestUSD)",
+)
 @click.option("-p", "--prompt", help="one-shot question (otherwise interactive)")
 @click.option("--max-tokens", type=int, default=256, show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
@@ -175,20 +191,27 @@ def chat(
     host: str | None,
     deposit: int,
     max_price: int | None,
+    token: str,
     prompt: str | None,
     max_tokens: int,
     temperature: float,
 ) -> None:
     """Chat through a paid session; the session closes (and the host settles) on exit."""
+    from fabstir_sdk.contracts import ETH
+    from fabstir_sdk.tokens import resolve_token, token_symbol
+
+    resolve_model_id(model)  # a malformed name is a usage error, before touching the chain
     client = _client(settings)
+    token = resolve_token(client.contracts, token)
+    unit = "wei" if token == ETH else f"{token_symbol(client.contracts, token)} units"
 
     async def main_() -> None:
         async with client:
             session = await client.open_session(
-                model, host=host, deposit=deposit, max_price=max_price
+                model, host=host, deposit=deposit, max_price=max_price, token=token
             )
             click.echo(
-                f"[session {session.id} with {session.host}, {session.price} wei/1000 tokens]",
+                f"[session {session.id} with {session.host}, {session.price} {unit}/1000 tokens]",
                 err=True,
             )
             history: list[dict[str, str]] = []
@@ -201,13 +224,13 @@ def chat(
                     click.echo()
                     history.append({"role": "assistant", "content": answer.text})
                     cost = session.billed * session.price // 1000
-                    click.echo(f"[{session.billed} tokens so far, {cost} wei]", err=True)
+                    click.echo(f"[{session.billed} tokens so far, {cost} {unit}]", err=True)
             finally:
                 settlement = await session.close(wait_settlement=30)
                 if settlement is not None:
                     click.echo(
-                        f"[settled: paid {settlement.payment} wei, refunded "
-                        f"{settlement.refund} wei]",
+                        f"[settled: paid {settlement.payment} {unit}, refunded "
+                        f"{settlement.refund} {unit}]",
                         err=True,
                     )
                 else:
@@ -272,10 +295,12 @@ def session_list(settings: Settings, as_json: bool) -> None:
 @click.pass_obj
 def session_close(settings: Settings, session_id: int) -> None:
     """Ask to close a session on-chain (starts the host's dispute window)."""
+    from fabstir_sdk.contracts.client import SessionStatus
+
     client = _client(settings)
     s = client.contracts.session(session_id)
     if s.status != SessionStatus.OPEN:
-        _fail(f"session {session_id} is {s.status.name.lower()}", EXIT_CHAIN)
+        raise ChainError(f"session {session_id} is {s.status.name.lower()}")
     client.contracts.request_close(session_id)
     click.echo(
         f"close requested; refundable from unix time "
@@ -293,7 +318,7 @@ def session_refund(settings: Settings, session_id: int) -> None:
     at = client.contracts.finalizable_at(session_id)
     now = client.contracts.latest_timestamp()
     if now < at:
-        _fail(f"the dispute window is open for {at - now} more seconds", EXIT_CHAIN)
+        raise ChainError(f"the dispute window is open for {at - now} more seconds")
     settlement = client.contracts.finalize(session_id)
     click.echo(f"refunded {settlement.refund} wei (host paid {settlement.payment} wei)")
 

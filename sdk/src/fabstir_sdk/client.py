@@ -22,7 +22,13 @@ from fabstir_sdk import tokenizer as tokenizer_cache
 from fabstir_sdk.contracts import ETH, Deployment, Voucher, VoucherDomain, recover_signer
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.discovery import Discovery, HostInfo
-from fabstir_sdk.errors import FabstirError, HostError, NoHostAvailable
+from fabstir_sdk.errors import (
+    ConfigurationError,
+    FabstirError,
+    HostError,
+    NoHostAvailable,
+    mapped,
+)
 from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
 from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
@@ -40,6 +46,7 @@ from fabstir_sdk.protocol import (
 )
 from fabstir_sdk.session import Session
 from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer
+from fabstir_sdk.tokens import ensure_allowance, resolve_token
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,7 @@ def _resumed_voucher(ready: Ready, domain: VoucherDomain, signer: str) -> Vouche
 
 
 class FabstirClient:
+    @mapped
     def __init__(
         self,
         rpc_url: str,
@@ -93,7 +101,10 @@ class FabstirClient:
     ) -> None:
         if not isinstance(deployment, Deployment):
             deployment = Deployment.load(deployment)
-        self.account = Account.from_key(private_key)
+        try:
+            self.account = Account.from_key(private_key)
+        except (ValueError, TypeError):  # its message may quote the key: never show it
+            raise ConfigurationError("private_key is not a valid private key") from None
         self.contracts = Contracts.connect(rpc_url, deployment, self.account)
         self.p2p = P2PHost(secrets.token_bytes(32), [listen])
         self.discovery = Discovery(self.contracts, self.p2p)
@@ -103,6 +114,7 @@ class FabstirClient:
         self._tokenizers: dict[bytes, Tokenizer] = {}
         self.stranded: list[StrandedDeposit] = []  # deposits whose host refused after them
 
+    @mapped
     async def start(self) -> FabstirClient:
         if not self._started:
             await self.p2p.start()
@@ -128,11 +140,16 @@ class FabstirClient:
     ) -> None:
         await self.close()
 
+    @mapped
     async def find_hosts(self, model: str | bytes, token: str = ETH) -> list[HostInfo]:
-        """Hosts serving ``model`` (catalogue name, repo/file or id), best first."""
+        """Hosts serving ``model`` (catalogue name, repo/file or id), best first, with their
+        price in ``token`` (ETH, an ERC20 address, or a deployment token's name or symbol)."""
         await self.start()
-        return await self.discovery.find_hosts(resolve_model_id(model), token)
+        model_id = resolve_model_id(model)
+        token = await asyncio.to_thread(resolve_token, self.contracts, token)
+        return await self.discovery.find_hosts(model_id, token)
 
+    @mapped
     async def open_session(
         self,
         model: str | bytes,
@@ -143,16 +160,22 @@ class FabstirClient:
         duration: int = DEFAULT_DURATION,
         exclude: set[str] | None = None,
         voucher_every: int = 8,
+        token: str = ETH,
     ) -> Session:
         """Deposit, make the session signer, connect and attach. ``host`` pins an address.
 
         Each candidate is dialed and asked over the info protocol whether it serves the model
         at its registered price with room to spare, and its tokenizer is checked against the
         registry's pin, all before any deposit. A host that still refuses after the deposit
-        gets ``requestClose`` at once (see :attr:`stranded`) and the next host is tried."""
+        gets ``requestClose`` at once (see :attr:`stranded`) and the next host is tried.
+
+        ``token`` pays in an ERC20 instead of ETH (an address, or a deployment token's name
+        or symbol such as ``TestUSD``); ``deposit`` is then in its units, and the marketplace
+        is approved for exactly the deposit when the allowance falls short."""
         await self.start()
         model_id = resolve_model_id(model)
-        candidates = await self.find_hosts(model_id)
+        token = await asyncio.to_thread(resolve_token, self.contracts, token)
+        candidates = await self.find_hosts(model_id, token)
         if host is not None:
             candidates = [h for h in candidates if h.address.lower() == host.lower()]
         if exclude:
@@ -165,11 +188,12 @@ class FabstirClient:
         failures = []
         for chosen in candidates:
             try:
-                tokenizer = await self._vet(chosen, model_id)
+                tokenizer = await self._vet(chosen, model_id, token)
             except FabstirError as exc:
                 failures.append(f"{chosen.address}: {exc}")
                 continue
             signer = Account.create()
+            await asyncio.to_thread(ensure_allowance, self.contracts, token, deposit)
             session_id, _ = await asyncio.to_thread(
                 self.contracts.open_session,
                 chosen.address,
@@ -178,6 +202,7 @@ class FabstirClient:
                 chosen.price,
                 duration,
                 signer.address,
+                token,
             )
             try:
                 return await self.attach(
@@ -191,7 +216,7 @@ class FabstirClient:
             message += ". " + self.stranded[-1].advice
         raise NoHostAvailable(message)
 
-    async def _vet(self, host: HostInfo, model_id: bytes) -> Tokenizer:
+    async def _vet(self, host: HostInfo, model_id: bytes, token: str = ETH) -> Tokenizer:
         """Before depositing: the host is reachable, offers the model at the price we'll pay,
         has capacity, and serves the pinned tokenizer."""
         await self.p2p.connect(host.peer_id, host.addrs)
@@ -199,7 +224,8 @@ class FabstirClient:
         offer = next((m for m in info.models if m.get("model_id") == model_id), None)
         if offer is None:
             raise HostError("wrong_model", "the host does not serve this model now")
-        ask = dict(offer.get("prices") or {}).get(ETH)
+        prices = {str(k).lower(): v for k, v in dict(offer.get("prices") or {}).items()}
+        ask = prices.get(token.lower())
         if not isinstance(ask, int) or ask > host.price:
             raise HostError("price_too_low", f"the host asks {ask} now, registered {host.price}")
         if info.capacity and info.load >= info.capacity:
@@ -262,6 +288,7 @@ class FabstirClient:
         self.stranded.append(stranded)
         log.warning("%s", stranded.advice)
 
+    @mapped
     async def attach(
         self,
         session_id: int,
@@ -326,6 +353,7 @@ class FabstirClient:
         session: Session | None = None,
         deposit: int = DEFAULT_DEPOSIT,
         max_price: int | None = None,
+        token: str = ETH,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -342,7 +370,7 @@ class FabstirClient:
             messages,
             max_tokens=max_tokens,
             session=session,
-            open_kwargs={"deposit": deposit, "max_price": max_price},
+            open_kwargs={"deposit": deposit, "max_price": max_price, "token": token},
             params={"temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop},
             max_failovers=max_failovers,
             stall_timeout=stall_timeout,

@@ -13,8 +13,17 @@ from dataclasses import dataclass, replace
 from fabstir_sdk.announcements import HostAnnouncement, verify_announcement
 from fabstir_sdk.contracts import ETH
 from fabstir_sdk.contracts.client import Contracts
-from fabstir_sdk.p2p import P2PHost, peer_id_from_bytes, provider_key
-from fabstir_sdk.protocol import ProtocolError
+from fabstir_sdk.errors import HostError
+from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes, provider_key
+from fabstir_sdk.protocol import (
+    INFO_PROTOCOL,
+    MAX_SMALL_FRAME,
+    Error,
+    FramedStream,
+    InfoRequest,
+    InfoResponse,
+    ProtocolError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,7 @@ class Discovery:
         self.contracts = contracts
         self.p2p = p2p
         self.announcements: dict[str, HostAnnouncement] = {}  # by host address
+        self.infos: dict[str, tuple[InfoResponse, float]] = {}  # by host address: answer, when
 
     def on_announcement(self, data: bytes, _sender: str) -> None:
         try:
@@ -61,6 +71,40 @@ class Discovery:
             last_seen=seen.timestamp,
             addrs=list(dict.fromkeys([*seen.addrs, *info.addrs])),
         )
+
+    async def ask_info(self, host: HostInfo, timeout: float = 5.0) -> InfoResponse:
+        """Ask ``host`` over ``/fabstir/info/1.0.0`` what it serves, at what price, how busy
+        and how fast it is: one dial, one request, one response, all within ``timeout`` s.
+
+        Raises :class:`P2PError` when the host cannot be reached (a dial that times out
+        included) and :class:`HostError` when it answers with an error, out of time, or
+        something other than its own info."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        stream = await self.p2p.open_stream(
+            PeerAddress(host.peer_id, host.addrs), INFO_PROTOCOL, timeout=timeout
+        )
+        framed = FramedStream(stream, max_frame=MAX_SMALL_FRAME)
+        try:
+            await framed.send(InfoRequest())
+            reply = await framed.receive(timeout=max(deadline - loop.time(), 0.001))
+        except ProtocolError as exc:
+            await stream.reset()
+            raise HostError(exc.code, f"info request failed: {exc}", exc.retryable) from exc
+        except (ConnectionError, OSError) as exc:
+            await stream.reset()
+            raise P2PError(f"the info stream to {host.peer_id} broke: {exc}") from exc
+        if isinstance(reply, Error):
+            await stream.reset()
+            raise HostError(reply.code, reply.message, reply.retryable)
+        if not isinstance(reply, InfoResponse):
+            await stream.reset()
+            raise HostError("unexpected_message", f"info answered with {reply.TYPE}")
+        await stream.close()
+        if reply.host.lower() != host.address.lower():
+            raise HostError("wrong_host", f"info from {reply.host}, not {host.address}")
+        self.infos[host.address.lower()] = (reply, time.time())
+        return reply
 
     async def find_hosts(
         self, model_id: bytes, token: str = ETH, dht_timeout: float = 3.0

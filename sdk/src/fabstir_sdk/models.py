@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from eth_utils.crypto import keccak
 
+from fabstir_sdk.errors import UsageError
+
 
 @dataclass(frozen=True)
 class CatalogModel:
@@ -42,19 +44,26 @@ CATALOG: dict[str, CatalogModel] = {
 
 
 def resolve_model_id(model: str | bytes) -> bytes:
-    """A model id from a catalogue name, ``repo/file``, 0x-hex id or raw 32 bytes."""
+    """A model id from a catalogue name, ``repo/file``, 0x-hex id or raw 32 bytes;
+    :class:`UsageError` for anything else."""
     if isinstance(model, bytes):
         if len(model) != 32:
-            raise ValueError("a model id is 32 bytes")
+            raise UsageError(f"a model id is 32 bytes, not {len(model)}")
         return model
+    if not isinstance(model, str):
+        raise UsageError(f"a model is a name, repo/file or id, not {type(model).__name__}")
     if model in CATALOG:
         return CATALOG[model].model_id
     if model.startswith("0x") and len(model) == 66:
-        return bytes.fromhex(model[2:])
+        try:
+            return bytes.fromhex(model[2:])
+        except ValueError:
+            raise UsageError(f"{model!r} is not a hex model id") from None
     if "/" in model:
         repo, _, file = model.rpartition("/")
-        return model_id(repo, file)
-    raise ValueError(
+        if repo and file:
+            return model_id(repo, file)
+    raise UsageError(
         f"unknown model {model!r}: use a catalogue name ({', '.join(CATALOG)}), "
         "repo/file or a 0x model id"
     )

@@ -316,6 +316,9 @@ class P2PHost:
             try:
                 with trio.fail_after(timeout):
                     result = await fn(*args)
+            except trio.TooSlowError:  # not a TimeoutError: never let it reach a caller raw
+                timed_out = P2PError(f"timed out after {timeout:g} s")
+                self.loop.call_soon_threadsafe(_fail, future, timed_out)
             except BaseException as exc:  # delivered to the awaiting asyncio task
                 self.loop.call_soon_threadsafe(_fail, future, exc)
             else:
@@ -327,8 +330,9 @@ class P2PHost:
         self._trio_soon(nursery.start_soon, runner)
         return await future
 
-    async def connect(self, peer_id: str, addrs: list[str]) -> None:
-        """Dial ``peer_id`` at ``addrs``; Noise fails the dial if the key doesn't match."""
+    async def connect(self, peer_id: str, addrs: list[str], timeout: float = 15) -> None:
+        """Dial ``peer_id`` at ``addrs``; Noise fails the dial if the key doesn't match.
+        Raises :class:`P2PError` (also when the dial times out)."""
 
         async def dial() -> None:
             last: Exception | None = None
@@ -350,17 +354,22 @@ class P2PHost:
                     return
                 except Exception as exc:
                     last = exc
-            raise P2PError(f"cannot reach {peer_id}: {last}")
+            raise P2PError(str(last) or repr(last))
 
         try:
-            await self._call(dial, timeout=15)
-        except TimeoutError:
-            raise P2PError(f"cannot reach {peer_id}: dial timed out") from None
+            await self._call(dial, timeout=timeout)
+        except P2PError as exc:
+            raise P2PError(f"cannot reach {peer_id}: {exc}") from None
+        except Exception as exc:
+            raise P2PError(f"cannot reach {peer_id}: {exc!r}") from exc
 
-    async def open_stream(self, peer: PeerAddress, protocol: str) -> BridgedStream:
-        """Connect if needed and open a ``protocol`` stream to ``peer``."""
+    async def open_stream(
+        self, peer: PeerAddress, protocol: str, timeout: float = 15
+    ) -> BridgedStream:
+        """Connect if needed and open a ``protocol`` stream to ``peer`` (each step within
+        ``timeout`` s); raises :class:`P2PError`."""
         if peer.addrs:
-            await self.connect(peer.peer_id, peer.addrs)
+            await self.connect(peer.peer_id, peer.addrs, timeout)
 
         async def open_() -> BridgedStream:
             stream = await self._host.new_stream(
@@ -374,7 +383,7 @@ class P2PHost:
             return bridged
 
         try:
-            stream = await self._call(open_, timeout=15)
+            stream = await self._call(open_, timeout=timeout)
         except Exception as exc:
             raise P2PError(f"cannot open {protocol} to {peer.peer_id}: {exc}") from exc
         if stream.remote_peer != peer.peer_id:  # defence in depth; Noise already checked

@@ -24,6 +24,8 @@ INFO_PROTOCOL = "/fabstir/info/1.0.0"
 TOKENIZER_PROTOCOL = "/fabstir/tokenizer/1.0.0"
 HOSTS_TOPIC = "/fabstir/hosts/1.0.0"
 MAX_FRAME = 1 << 20
+#: The largest frame a host reads before a session is open, and on the info protocol.
+MAX_SMALL_FRAME = 4 << 10
 MAX_VARINT_BYTES = 10
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from fabstir_sdk import openai_format as oai
-from fabstir_sdk.client import FabstirClient, NoHostAvailable
-from fabstir_sdk.errors import HostError
+from fabstir_sdk.client import FabstirClient
+from fabstir_sdk.errors import HostError, NoHostAvailable
 from fabstir_sdk.failover import FailoverChat
 from fabstir_sdk.models import CATALOG
 from fabstir_sdk.protocol import InvalidMessage

@@ -1,5 +1,5 @@
 """Blocking wrappers for scripts and notebooks: the async client runs on its own event loop in
-a background thread.
+a background thread. They raise exactly what the async API raises (:class:`FabstirError`).
 
     with SyncClient(rpc_url, key, "deployments/31337.json") as client:
         session = client.open_session("smollm2-135m-instruct")
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.contracts.client import Settlement
 from fabstir_sdk.discovery import HostInfo
+from fabstir_sdk.errors import map_errors
 from fabstir_sdk.protocol import Usage
 from fabstir_sdk.session import Session
 
@@ -34,7 +35,8 @@ class _Loop:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        with map_errors():
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -78,12 +80,18 @@ class SyncClient:
         async def make() -> FabstirClient:
             return await FabstirClient(rpc_url, private_key, deployment, **kwargs).start()
 
-        self.client = self._loop.run(make())
+        try:
+            self.client = self._loop.run(make())
+        except BaseException:
+            self._loop.stop()
+            raise
 
-    def find_hosts(self, model: str | bytes) -> list[HostInfo]:
-        return self._loop.run(self.client.find_hosts(model))
+    def find_hosts(self, model: str | bytes, **kwargs: Any) -> list[HostInfo]:
+        """Hosts serving ``model``, best first (``token=`` prices them in an ERC20)."""
+        return self._loop.run(self.client.find_hosts(model, **kwargs))
 
     def open_session(self, model: str | bytes, **kwargs: Any) -> SyncSession:
+        """:meth:`FabstirClient.open_session`: ``host=``, ``deposit=``, ``token=``..."""
         return SyncSession(self._loop.run(self.client.open_session(model, **kwargs)), self._loop)
 
     def close(self) -> None:

@@ -185,7 +185,7 @@ class Tokenizer:
     def piece(self, token: int, special: bool = True) -> bytes:
         buf = ctypes.create_string_buffer(256)
         n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buf, 256, 0, special)
-        return bytes(buf[: max(n, 0)])
+        return buf.raw[: max(n, 0)]
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode()

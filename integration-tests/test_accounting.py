@@ -1,0 +1,117 @@
+"""The client pays only for what it counts itself. Hosts that lie on purpose (fault injection:
+``SessionService`` subclasses that falsify their ``token`` frames) are caught on the first
+false claim: the client vouches for what it counted, no more, ends the session with
+``bad_accounting``, and the host can settle only what was vouched."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from fabstir_node.sessions import SessionService
+from fabstir_sdk.errors import HostError
+from fabstir_sdk.models import model_id
+from fabstir_sdk.protocol import FramedStream, Message, Token
+
+from conftest import PRICE, SETTLE_TIMEOUT, Devnet, assert_settled_for, run
+
+MESSAGES = [{"role": "user", "content": "count for me"}]
+
+
+class LyingHost(SessionService):
+    """A host that falsifies its ``token`` frames (a deliberately injected fault)."""
+
+    def falsify(self, token: Token, frame: int) -> Token:
+        raise NotImplementedError
+
+    async def _send(self, framed: FramedStream, message: Message) -> None:
+        if isinstance(message, Token):
+            self.frames = getattr(self, "frames", 0) + 1
+            message = self.falsify(message, self.frames)
+        await framed.send(message)
+
+
+class InflatesThePrompt(LyingHost):
+    def falsify(self, token: Token, frame: int) -> Token:
+        return replace(token, tokens=token.tokens + 5)
+
+
+class OneExtraTokenPerFrame(LyingHost):
+    def falsify(self, token: Token, frame: int) -> Token:
+        return replace(token, tokens=token.tokens + frame) if frame > 3 else token
+
+
+class IdsDontMatchTheClaim(LyingHost):
+    def falsify(self, token: Token, frame: int) -> Token:
+        return replace(token, ids=[]) if frame > 3 else token  # claims tokens it doesn't send
+
+
+@pytest.mark.parametrize(
+    ("index", "liar"),
+    [(1, InflatesThePrompt), (2, OneExtraTokenPerFrame), (3, IdsDontMatchTheClaim)],
+)
+def test_a_lying_host_is_paid_only_what_the_client_counted(
+    devnet: Devnet, index: int, liar: type[LyingHost]
+) -> None:
+    async def main() -> None:
+        node = await devnet.start_node(index, service=liar)
+        client = devnet.client(4)
+        try:
+            deposit = 10**15
+            session = await client.open_session(
+                model_id("local", devnet.model_path.name),
+                host=node.keys.account.address,
+                deposit=deposit,
+                voucher_every=2,
+            )
+            answer = session.chat(MESSAGES, max_tokens=24, temperature=0)
+            with pytest.raises(HostError) as caught:
+                await answer.collect()
+            assert caught.value.code == "bad_accounting"
+            assert session.closed
+            honest = answer.prompt_tokens + len(answer.token_ids)
+            assert session.vouched <= honest  # never a voucher for what we didn't count
+            assert session.vouched >= answer.prompt_tokens  # but what came is paid for
+            assert_settled_for(client.contracts, session.id, session.vouched)
+            settlement = client.contracts.settlement_of(session.id)
+            assert settlement is not None
+            assert settlement.host_amount + settlement.fee + settlement.refund == deposit
+            assert settlement.host_amount + settlement.fee == session.vouched * PRICE // 1000
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
+
+
+def test_an_honest_hosts_claims_match_the_clients_count_exactly(devnet: Devnet) -> None:
+    async def main() -> None:
+        node = await devnet.start_node(1)
+        client = devnet.client(5)
+        try:
+            session = await client.open_session(
+                model_id("local", devnet.model_path.name), host=node.keys.account.address
+            )
+            totals = []
+            conversation: list[dict[str, Any]] = list(MESSAGES)
+            for turn in range(3):
+                answer = session.chat(conversation, max_tokens=10 + turn, temperature=0)
+                text = await answer.collect()
+                assert answer.usage is not None
+                assert answer.usage.prompt_tokens == answer.prompt_tokens
+                assert answer.usage.completion_tokens == len(answer.token_ids) == 10 + turn
+                totals.append(answer.usage.total_tokens)
+                conversation += [
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": "and again"},
+                ]
+            assert session.vouched == sum(totals)
+            settlement = await session.close(wait_settlement=SETTLE_TIMEOUT)
+            assert settlement is not None and settlement.tokens == sum(totals)
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())

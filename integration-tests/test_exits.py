@@ -1,0 +1,108 @@
+"""Every way out of an answer leaves the session usable: ``break``, ``aclose()``, a cancelled
+task and leaving ``SyncSession.chat`` each send ``cancel``, drain to ``done`` and vouch for
+what was delivered; the next ``chat`` on the same session works, and the settlement pays
+exactly what was vouched."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from fabstir_devtools.chain import anvil_account
+from fabstir_sdk.models import model_id
+from fabstir_sdk.session import Session
+from fabstir_sdk.sync import SyncClient
+
+from conftest import SETTLE_TIMEOUT, Devnet, assert_settled_for, run
+
+MESSAGES = [{"role": "user", "content": "tell me a long story"}]
+LONG = 300  # tokens asked for: far more than any test reads before leaving
+
+
+async def next_answer_works(session: Session) -> None:
+    answer = session.chat(MESSAGES, max_tokens=5, temperature=0)
+    await answer.collect()
+    assert answer.usage is not None and answer.usage.completion_tokens == 5
+    assert session.vouched == session.billed
+
+
+def test_break_aclose_and_cancel_leave_the_session_usable(devnet: Devnet) -> None:
+    async def main() -> None:
+        node = await devnet.start_node(1)
+        client = devnet.client(4)
+        assert node.sessions is not None
+        engine = node.sessions.engine
+        try:
+            session = await client.open_session(
+                model_id("local", devnet.model_path.name), host=node.keys.account.address
+            )
+            cancelled = engine.cancelled_jobs
+
+            # 1. break out of the loop (and keep a reference to the answer)
+            broken = session.chat(MESSAGES, max_tokens=LONG, temperature=0)
+            async for _piece in broken:
+                break
+            await next_answer_works(session)
+            assert 0 < len(broken.token_ids) < LONG
+
+            # 2. aclose() explicitly
+            closed = session.chat(MESSAGES, max_tokens=LONG, temperature=0)
+            await anext(closed)
+            await closed.aclose()
+            assert session.vouched == session.billed
+            await next_answer_works(session)
+
+            # 3. the consuming task is cancelled
+            started = asyncio.Event()
+
+            async def consume() -> None:
+                async for _piece in session.chat(MESSAGES, max_tokens=LONG, temperature=0):
+                    started.set()
+
+            task = asyncio.ensure_future(consume())
+            await started.wait()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await next_answer_works(session)
+
+            assert engine.cancelled_jobs >= cancelled + 3  # the host stopped each one
+            vouched = session.vouched
+            await session.close()
+            await asyncio.to_thread(assert_settled_for, client.contracts, session.id, vouched)
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
+
+
+def test_leaving_sync_chat_early_leaves_the_session_usable(devnet: Devnet) -> None:
+    ready, stop = threading.Event(), threading.Event()
+
+    def host() -> None:  # the node on its own loop, as it would be in its own process
+        async def main() -> None:
+            node = await devnet.start_node(2)
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+            await node.stop()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    try:
+        assert ready.wait(300), "the host did not start"
+        with SyncClient(devnet.anvil.url, anvil_account(5).key.hex(), devnet.deployment) as c:
+            session = c.open_session(
+                model_id("local", devnet.model_path.name), host=anvil_account(2).address
+            )
+            for _piece in session.chat(MESSAGES, max_tokens=LONG, temperature=0):
+                break
+            text = "".join(session.chat(MESSAGES, max_tokens=4, temperature=0))
+            assert text and session.usage is not None
+            assert session.usage.completion_tokens == 4
+            settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
+            assert settlement is not None and settlement.tokens == session.session.vouched
+    finally:
+        stop.set()
+        thread.join(60)
