@@ -60,10 +60,10 @@ test: setup ## Run every suite: lint, contracts (ape test), SDK, node, integrati
 	$(MAKE) test-integration
 
 test-contracts: setup ## Contract tests on Ape's local network (HYPOTHESIS_PROFILE=thorough for more examples)
-	$(BIN)/ape test tests
+	$(BIN)/ape test
 
 test-contracts-anvil: setup ## The contract tests again on a fresh Anvil
-	$(BIN)/ape test tests --network ethereum:local:foundry
+	$(BIN)/ape test --network ethereum:local:foundry
 
 test-sdk: setup ## SDK tests
 	$(PYTEST) sdk/tests

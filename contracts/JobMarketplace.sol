@@ -22,12 +22,25 @@ import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
 /// If the host vanishes, the client requests close and anyone finalizes after the dispute
 /// window on the best checkpointed voucher. Every session settles exactly once, and
 /// deposit == host earnings + treasury fee + refund, to the wei.
+///
+/// The fee and the dispute window that apply to a session are fixed when it opens. Opening a
+/// session locks the host's stake in the NodeRegistry until the session can no longer settle.
+///
+/// A token can never block settlement: an ERC20 that turns on a transfer fee after the deposit
+/// (as USDT may) is paid out for what actually arrives, the shortfall emitted as
+/// `TransferShortfall`; a payout the token refuses outright (a paused token, a blocked
+/// address) waits in `pendingPayouts` for its owner to claim, as a refused refund does.
 contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
     using SafeERC20 for IERC20;
 
     uint256 public constant PRICE_PRECISION = 1000;
     uint256 public constant BPS = 10_000;
     uint16 public constant MAX_FEE_BPS = 2500;
+    /// @notice The largest `maxDeposit` a token may be given: with it, `(deposit + 1) * 1000`
+    /// and `tokens * price` stay far below 2^256, and a deposit always fits its uint128 slot.
+    uint256 public constant MAX_DEPOSIT = 2 ** 112;
+    /// @notice The longest dispute window; it is stored per session in 32 bits.
+    uint64 public constant MAX_DISPUTE_WINDOW = 30 days;
     /// @notice Gas forwarded with an ETH refund; a receiver that needs more gets a claimable refund.
     uint256 public constant REFUND_GAS = 50_000;
     bytes32 public constant VOUCHER_TYPEHASH =
@@ -40,7 +53,8 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         Settled
     }
 
-    /// @dev Packed into 8 slots; `open` writes 6 of them.
+    /// @dev Packed into 8 slots; `open` writes 6 of them. `feeBps` and `disputeWindow` are
+    /// copied from the marketplace's settings at `open` and never change afterwards.
     struct Session {
         address client;
         uint64 openedAt;
@@ -48,6 +62,7 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         Status status;
         address host;
         uint64 expiresAt;
+        uint32 disputeWindow;
         address token;
         uint64 closeRequestedAt;
         address signer;
@@ -77,8 +92,9 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
 
     mapping(uint256 sessionId => Session) private _sessions;
     mapping(address token => TokenConfig) private _tokenConfigs;
-    /// @notice Refunds whose push failed (e.g. a reverting receiver), claimable by the client.
-    mapping(address client => mapping(address token => uint256)) public pendingRefunds;
+    /// @notice Payouts whose push failed, claimable by their owner with `claimPayout`: refunds
+    /// a client's wallet refused, and any payout an ERC20 refused to transfer.
+    mapping(address account => mapping(address token => uint256)) public pendingPayouts;
 
     /// @notice Emitted when a client opens a session.
     event SessionOpened(
@@ -106,10 +122,22 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         uint256 refund,
         bytes32 transcriptHash
     );
-    /// @notice Emitted when a refund could not be pushed and waits in `pendingRefunds`.
-    event RefundDeferred(uint256 indexed sessionId, address indexed client, uint256 amount);
-    /// @notice Emitted when a client claims a deferred refund.
-    event RefundClaimed(address indexed client, address indexed token, uint256 amount);
+    /// @notice Emitted when a payout (a refund, or host earnings and fee) could not be pushed
+    /// and waits in `pendingPayouts` for `account`.
+    event PayoutDeferred(
+        uint256 indexed sessionId, address indexed account, address indexed token, uint256 amount
+    );
+    /// @notice Emitted when `account` claims a deferred payout.
+    event PayoutClaimed(address indexed account, address indexed token, uint256 amount);
+    /// @notice Emitted when `token` delivered less to `recipient` than the `expected` amount sent
+    /// (a fee-on-transfer switched on after the deposit); `received` is what was accounted.
+    event TransferShortfall(
+        uint256 indexed sessionId,
+        address indexed token,
+        address indexed recipient,
+        uint256 expected,
+        uint256 received
+    );
     /// @notice Emitted when a payment token's configuration changes (address(0) = ETH).
     event TokenConfigured(address indexed token, bool allowed, uint256 minDeposit, uint256 maxDeposit);
     /// @notice Emitted when the fee for new sessions changes.
@@ -144,6 +172,8 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
     error EthTransferFailed();
     error FeeTooHigh(uint16 feeBps);
     error InvalidDepositRange();
+    error MaxDepositTooHigh(uint256 maxDeposit, uint256 cap);
+    error DisputeWindowTooLong(uint64 window);
 
     constructor(
         address initialOwner,
@@ -156,6 +186,7 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
     ) Ownable(initialOwner) EIP712("Fabstir JobMarketplace", "1") {
         if (treasury_ == address(0)) revert ZeroAddress();
         if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
+        if (disputeWindow_ > MAX_DISPUTE_WINDOW) revert DisputeWindowTooLong(disputeWindow_);
         modelRegistry = modelRegistry_;
         nodeRegistry = nodeRegistry_;
         hostEarnings = hostEarnings_;
@@ -202,9 +233,11 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         s.openedAt = uint64(block.timestamp);
         s.expiresAt = expiresAt;
         s.feeBps = feeBps;
+        s.disputeWindow = uint32(disputeWindow); // <= MAX_DISPUTE_WINDOW
         s.status = Status.Open;
         emit SessionOpened(sessionId, msg.sender, host, modelId, token, deposit, price, signer, expiresAt);
 
+        nodeRegistry.lockStake(host, expiresAt + uint64(s.disputeWindow));
         if (token != address(0)) _pullExactly(IERC20(token), deposit);
     }
 
@@ -219,12 +252,13 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         emit CloseRequested(sessionId, _finalizableAt(s));
     }
 
-    /// @notice Sends the caller a refund that could not be pushed at settlement.
-    function claimRefund(address token) external nonReentrant {
-        uint256 amount = pendingRefunds[msg.sender][token];
+    /// @notice Sends the caller what could not be pushed to it at settlement (`pendingPayouts`).
+    /// @param token the token to claim (address(0) = ETH)
+    function claimPayout(address token) external nonReentrant {
+        uint256 amount = pendingPayouts[msg.sender][token];
         if (amount == 0) revert NothingToClaim(token);
-        pendingRefunds[msg.sender][token] = 0;
-        emit RefundClaimed(msg.sender, token, amount);
+        pendingPayouts[msg.sender][token] = 0;
+        emit PayoutClaimed(msg.sender, token, amount);
         if (token == address(0)) {
             (bool ok,) = msg.sender.call{value: amount}("");
             if (!ok) revert EthTransferFailed();
@@ -284,11 +318,13 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
 
     // ----------------------------------------------------------------- owner
 
-    /// @notice Allows or forbids `token` (address(0) = ETH) for new sessions, with deposit bounds.
+    /// @notice Allows or forbids `token` (address(0) = ETH) for new sessions, with deposit bounds
+    /// (`maxDeposit` at most MAX_DEPOSIT).
     function setTokenConfig(address token, bool allowed, uint256 minDeposit, uint256 maxDeposit)
         external
         onlyOwner
     {
+        if (maxDeposit > MAX_DEPOSIT) revert MaxDepositTooHigh(maxDeposit, MAX_DEPOSIT);
         if (minDeposit > maxDeposit) revert InvalidDepositRange();
         _tokenConfigs[token] = TokenConfig(allowed, minDeposit, maxDeposit);
         emit TokenConfigured(token, allowed, minDeposit, maxDeposit);
@@ -308,8 +344,10 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         emit TreasurySet(treasury_);
     }
 
-    /// @notice Sets how long a host has to settle after a close request or expiry.
+    /// @notice Sets how long a host has to settle after a close request or expiry, for sessions
+    /// opened from now on (at most MAX_DISPUTE_WINDOW).
     function setDisputeWindow(uint64 window) external onlyOwner {
+        if (window > MAX_DISPUTE_WINDOW) revert DisputeWindowTooLong(window);
         disputeWindow = window;
         emit DisputeWindowSet(window);
     }
@@ -406,9 +444,10 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         }
     }
 
-    /// @dev The largest t with t * price / PRICE_PRECISION <= deposit (integer division).
+    /// @dev The largest t with t * price / PRICE_PRECISION <= deposit (integer division). In
+    /// 256 bits: deposit <= MAX_DEPOSIT < 2^128, so nothing here can overflow.
     function _maxTokens(Session storage s) private view returns (uint256) {
-        return ((s.deposit + 1) * PRICE_PRECISION - 1) / s.price;
+        return ((uint256(s.deposit) + 1) * PRICE_PRECISION - 1) / s.price;
     }
 
     function _verifyVoucher(
@@ -427,10 +466,12 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         if (cumulativeTokens > limit) revert VoucherExceedsDeposit(cumulativeTokens, limit);
     }
 
+    /// @dev Uses the session's own dispute window, fixed at `open`.
     function _finalizableAt(Session storage s) private view returns (uint64 at) {
-        at = s.expiresAt + disputeWindow;
-        if (s.closeRequestedAt != 0 && s.closeRequestedAt + disputeWindow < at) {
-            at = s.closeRequestedAt + disputeWindow;
+        uint64 window = s.disputeWindow;
+        at = s.expiresAt + window;
+        if (s.closeRequestedAt != 0 && s.closeRequestedAt + window < at) {
+            at = s.closeRequestedAt + window;
         }
     }
 
@@ -446,33 +487,86 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         s.checkpointTranscript = transcriptHash;
         emit SessionSettled(sessionId, tokens, payment, hostAmount, fee, refund, transcriptHash);
 
-        _creditEarnings(s.token, s.host, hostAmount, fee);
+        _payEarnings(sessionId, s.token, s.host, hostAmount, fee);
         if (refund != 0) _refund(sessionId, s.client, s.token, refund);
     }
 
-    function _creditEarnings(address token, address host, uint256 hostAmount, uint256 fee) private {
+    /// @dev Credits the host and the treasury in HostEarnings. For an ERC20 it first moves the
+    /// tokens there and credits only what arrived (split in proportion, the rounding to the
+    /// host), emitting the shortfall; if the token refuses the transfer, both amounts wait in
+    /// `pendingPayouts`. The token can thus never block a settlement.
+    function _payEarnings(
+        uint256 sessionId,
+        address token,
+        address host,
+        uint256 hostAmount,
+        uint256 fee
+    ) private {
         if (token == address(0)) {
             if (hostAmount != 0) hostEarnings.credit{value: hostAmount}(host, token, hostAmount);
             if (fee != 0) hostEarnings.credit{value: fee}(treasury, token, fee);
-        } else {
-            if (hostAmount + fee != 0) IERC20(token).safeTransfer(address(hostEarnings), hostAmount + fee);
-            if (hostAmount != 0) hostEarnings.credit(host, token, hostAmount);
-            if (fee != 0) hostEarnings.credit(treasury, token, fee);
+            return;
         }
+        uint256 total = hostAmount + fee;
+        if (total == 0) return;
+        (bool ok, uint256 received) = _push(IERC20(token), address(hostEarnings), total);
+        if (!ok) {
+            _defer(sessionId, host, token, hostAmount);
+            _defer(sessionId, treasury, token, fee);
+            return;
+        }
+        if (received < total) {
+            emit TransferShortfall(sessionId, token, address(hostEarnings), total, received);
+            fee = fee * received / total;
+            hostAmount = received - fee;
+        }
+        if (hostAmount != 0) hostEarnings.credit(host, token, hostAmount);
+        if (fee != 0) hostEarnings.credit(treasury, token, fee);
     }
 
-    /// @dev Pushes the refund; if the receiver refuses it, it waits in pendingRefunds so a
-    /// hostile client can never block the host's settlement.
+    /// @dev Pushes the refund; if the receiver (or the token) refuses it, it waits in
+    /// `pendingPayouts` so a hostile client can never block the host's settlement. A token that
+    /// delivers less than sent emits the shortfall.
     function _refund(uint256 sessionId, address client, address token, uint256 amount) private {
         bool ok;
+        uint256 received = amount;
         if (token == address(0)) {
             (ok,) = client.call{value: amount, gas: REFUND_GAS}("");
         } else {
-            ok = IERC20(token).trySafeTransfer(client, amount);
+            (ok, received) = _push(IERC20(token), client, amount);
         }
         if (!ok) {
-            pendingRefunds[client][token] += amount;
-            emit RefundDeferred(sessionId, client, amount);
+            _defer(sessionId, client, token, amount);
+        } else if (received < amount) {
+            emit TransferShortfall(sessionId, token, client, amount, received);
+        }
+    }
+
+    function _defer(uint256 sessionId, address account, address token, uint256 amount) private {
+        if (amount == 0) return;
+        pendingPayouts[account][token] += amount;
+        emit PayoutDeferred(sessionId, account, token, amount);
+    }
+
+    /// @dev Transfers `amount` of `token` to `to` without ever reverting; returns whether the
+    /// transfer succeeded and how much `to`'s balance grew (at most `amount`).
+    function _push(IERC20 token, address to, uint256 amount)
+        private
+        returns (bool ok, uint256 received)
+    {
+        uint256 before = _balanceOf(token, to);
+        ok = token.trySafeTransfer(to, amount);
+        if (!ok) return (false, 0);
+        uint256 balance = _balanceOf(token, to);
+        received = balance > before ? balance - before : 0;
+        if (received > amount) received = amount;
+    }
+
+    function _balanceOf(IERC20 token, address account) private view returns (uint256) {
+        try token.balanceOf(account) returns (uint256 balance) {
+            return balance;
+        } catch {
+            return 0;
         }
     }
 }

@@ -6,20 +6,30 @@ import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 
 /// @title ModelRegistry
 /// @notice Registry of servable models. A model's id is keccak256(repo + "/" + file) (the
-/// original Fabstir scheme) and it pins the sha256 of the GGUF file: a node refuses to serve
-/// a file whose hash differs. The owner (later: governance) curates the list.
+/// original Fabstir scheme) and it pins the sha256 of the GGUF file, which a node refuses to
+/// serve when the hash differs, and the sha256 of the model's tokenizer file, which a client
+/// checks before counting the tokens it pays for with it. The owner (later: governance)
+/// curates the list.
 contract ModelRegistry is IModelRegistry, Ownable {
     struct ModelInput {
         string repo;
         string file;
         bytes32 sha256Hash;
+        bytes32 tokenizerHash;
         uint8 tier;
     }
 
     mapping(bytes32 modelId => Model) private _models;
 
     /// @notice Emitted when a model is added.
-    event ModelAdded(bytes32 indexed modelId, string repo, string file, bytes32 sha256Hash, uint8 tier);
+    event ModelAdded(
+        bytes32 indexed modelId,
+        string repo,
+        string file,
+        bytes32 sha256Hash,
+        bytes32 tokenizerHash,
+        uint8 tier
+    );
     /// @notice Emitted when a model is deactivated.
     event ModelDeactivated(bytes32 indexed modelId);
     /// @notice Emitted when a model is reactivated.
@@ -39,20 +49,29 @@ contract ModelRegistry is IModelRegistry, Ownable {
         return keccak256(abi.encodePacked(repo, "/", file));
     }
 
-    /// @notice Adds an active model pinned to `sha256Hash`; returns its id.
-    function addModel(string calldata repo, string calldata file, bytes32 sha256Hash, uint8 tier)
-        external
-        onlyOwner
-        returns (bytes32)
-    {
-        return _add(repo, file, sha256Hash, tier);
+    /// @notice Adds an active model pinned to `sha256Hash` (its GGUF file) and `tokenizerHash`
+    /// (its tokenizer file); returns its id.
+    /// @param repo where the file is published (e.g. a Hugging Face repository)
+    /// @param file the GGUF file's name in `repo`
+    /// @param sha256Hash the sha256 of the GGUF file; nonzero
+    /// @param tokenizerHash the sha256 of the model's tokenizer file; nonzero
+    /// @param tier the hardware tier the model needs
+    function addModel(
+        string calldata repo,
+        string calldata file,
+        bytes32 sha256Hash,
+        bytes32 tokenizerHash,
+        uint8 tier
+    ) external onlyOwner returns (bytes32) {
+        return _add(repo, file, sha256Hash, tokenizerHash, tier);
     }
 
     /// @notice Adds several models in one transaction; reverts as a whole if any is invalid.
     function addModels(ModelInput[] calldata inputs) external onlyOwner returns (bytes32[] memory ids) {
         ids = new bytes32[](inputs.length);
         for (uint256 i = 0; i < inputs.length; ++i) {
-            ids[i] = _add(inputs[i].repo, inputs[i].file, inputs[i].sha256Hash, inputs[i].tier);
+            ModelInput calldata input = inputs[i];
+            ids[i] = _add(input.repo, input.file, input.sha256Hash, input.tokenizerHash, input.tier);
         }
     }
 
@@ -82,23 +101,27 @@ contract ModelRegistry is IModelRegistry, Ownable {
         return _models[modelId].active;
     }
 
-    function _add(string calldata repo, string calldata file, bytes32 sha256Hash, uint8 tier)
-        private
-        returns (bytes32 modelId)
-    {
+    function _add(
+        string calldata repo,
+        string calldata file,
+        bytes32 sha256Hash,
+        bytes32 tokenizerHash,
+        uint8 tier
+    ) private returns (bytes32 modelId) {
         if (bytes(repo).length == 0 || bytes(file).length == 0) revert EmptyModelName();
-        if (sha256Hash == bytes32(0)) revert ZeroHash();
+        if (sha256Hash == bytes32(0) || tokenizerHash == bytes32(0)) revert ZeroHash();
         modelId = modelIdOf(repo, file);
         if (_models[modelId].addedAt != 0) revert ModelAlreadyExists(modelId);
         _models[modelId] = Model({
             repo: repo,
             file: file,
             sha256Hash: sha256Hash,
+            tokenizerHash: tokenizerHash,
             tier: tier,
             active: true,
             addedAt: uint64(block.timestamp)
         });
-        emit ModelAdded(modelId, repo, file, sha256Hash, tier);
+        emit ModelAdded(modelId, repo, file, sha256Hash, tokenizerHash, tier);
     }
 
     function _existing(bytes32 modelId) private view returns (Model storage model) {

@@ -11,7 +11,18 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 /// @title NodeRegistry
 /// @notice Hosts stake FAB to offer models at their own prices. The registry binds a host's
 /// Ethereum address to its libp2p peer id, which clients check against the Noise-authenticated
-/// remote peer. Unregistering starts an unbonding delay so a host cannot escape a slash.
+/// remote peer. A host is active (can be chosen for new sessions) only while registered, not
+/// unbonding, and staking at least `minStake`.
+///
+/// The stake stays slashable for as long as any of the host's sessions can still settle:
+/// unregistering starts the unbonding delay, and besides, every session the marketplace opens
+/// locks the stake until that session's `expiresAt + disputeWindow` (after which anyone can
+/// finalize it). `withdrawStake` waits for the later of the two, so the unbonding always
+/// outlasts every session the host has open, however long.
+///
+/// Prices are kept per host, per model and per *price epoch*: whenever a host stops serving a
+/// model (it drops it, or unregisters) that model's epoch moves on, so prices set before never
+/// apply again, without looping over tokens to delete them.
 contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -30,6 +41,9 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         uint256 stake;
         uint64 registeredAt;
         uint64 unbondingEnds;
+        /// @dev The latest `expiresAt + disputeWindow` of the host's sessions (set by the
+        /// marketplace at `open`); the stake cannot be withdrawn before it.
+        uint64 stakeLockedUntil;
     }
 
     struct PriceInput {
@@ -42,13 +56,19 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     IModelRegistry public immutable modelRegistry;
     uint256 public minStake;
     uint64 public unbondingDelay;
+    /// @notice The marketplace, the only account that may lock a host's stake for its sessions.
+    address public marketplace;
 
     mapping(address host => Node) private _nodes;
     mapping(bytes32 peerIdHash => address host) private _hostOfPeerId;
     mapping(bytes32 modelId => address[] hosts) private _hostsByModel;
     mapping(bytes32 modelId => mapping(address host => uint256 indexPlusOne)) private _hostIndex;
-    mapping(address host => mapping(bytes32 modelId => mapping(address token => uint256))) private
-        _prices;
+    /// @dev Bumped each time the host stops serving the model; prices of older epochs lapse.
+    mapping(address host => mapping(bytes32 modelId => uint256 epoch)) private _priceEpoch;
+    mapping(
+        address host
+            => mapping(bytes32 modelId => mapping(uint256 epoch => mapping(address token => uint256)))
+    ) private _prices;
 
     /// @notice Emitted when `host` registers with `stake`.
     event NodeRegistered(address indexed host, bytes peerId, uint256 stake);
@@ -60,6 +80,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     event ModelsUpdated(address indexed host, bytes32[] models);
     /// @notice Emitted when `host` sets its price for `modelId` in `token`.
     event PriceSet(address indexed host, bytes32 indexed modelId, address indexed token, uint256 price);
+    /// @notice Emitted when `host` stops serving `modelId`: all its prices for it lapse.
+    event PricesCleared(address indexed host, bytes32 indexed modelId);
     /// @notice Emitted when `host` adds stake.
     event StakeAdded(address indexed host, uint256 amount, uint256 total);
     /// @notice Emitted when `host` unregisters; its stake is withdrawable at `unbondingEnds`.
@@ -72,11 +94,17 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     event MinStakeSet(uint256 minStake);
     /// @notice Emitted when the unbonding delay changes.
     event UnbondingDelaySet(uint64 delay);
+    /// @notice Emitted when the marketplace changes.
+    event MarketplaceSet(address marketplace);
+    /// @notice Emitted when a session locks `host`'s stake until `until` (never shortened).
+    event StakeLockedUntil(address indexed host, uint64 until);
 
     error AlreadyRegistered(address host);
     error NotRegistered(address host);
     error NotUnbonding(address host);
     error StillUnbonding(uint64 unbondingEnds);
+    error StakeLocked(uint64 lockedUntil);
+    error NotMarketplace(address caller);
     error StakeTooLow(uint256 stake, uint256 minStake);
     error InvalidPeerId();
     error PeerIdTaken(address host);
@@ -91,8 +119,10 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     error SlashExceedsStake(uint256 amount, uint256 stake);
     error ZeroAddress();
 
-    modifier onlyActiveHost() {
-        if (!isActiveHost(msg.sender)) revert NotRegistered(msg.sender);
+    /// @dev Registered and not unbonding; the stake may be below `minStake` (e.g. after a
+    /// slash), so that the host can still top it up, manage its record, or leave.
+    modifier onlyRegisteredHost() {
+        if (!_isRegistered(_nodes[msg.sender])) revert NotRegistered(msg.sender);
         _;
     }
 
@@ -139,29 +169,39 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     }
 
     /// @notice Replaces the caller's peer id and bootstrap addresses.
-    function updateEndpoint(bytes calldata peerId, string[] calldata addrs) external onlyActiveHost {
+    function updateEndpoint(bytes calldata peerId, string[] calldata addrs)
+        external
+        onlyRegisteredHost
+    {
         _setEndpoint(_nodes[msg.sender], peerId, addrs);
     }
 
     /// @notice Replaces the caller's metadata JSON.
-    function updateMetadata(string calldata metadata) external onlyActiveHost {
+    function updateMetadata(string calldata metadata) external onlyRegisteredHost {
         _setMetadata(_nodes[msg.sender], metadata);
     }
 
-    /// @notice Replaces the set of models the caller serves. Prices of dropped models stop applying.
-    function updateModels(bytes32[] calldata models) external onlyActiveHost {
+    /// @notice Replaces the set of models the caller serves. Prices of dropped models lapse
+    /// (a model dropped and added again has no price until it is set again); models kept keep
+    /// their prices.
+    function updateModels(bytes32[] calldata models) external onlyRegisteredHost {
         Node storage node = _nodes[msg.sender];
+        bytes32[] memory previous = node.models;
         _clearModels(node);
         _setModels(node, models);
+        // Bounded by MAX_MODELS.
+        for (uint256 i = 0; i < previous.length; ++i) {
+            if (!servesModel(msg.sender, previous[i])) _clearPrices(previous[i]);
+        }
     }
 
     /// @notice Sets prices for models the caller serves; a zero price stops accepting that token.
-    function setPrices(PriceInput[] calldata prices) external onlyActiveHost {
+    function setPrices(PriceInput[] calldata prices) external onlyRegisteredHost {
         _setPrices(prices);
     }
 
     /// @notice Adds `amount` FAB to the caller's stake.
-    function addStake(uint256 amount) external onlyActiveHost nonReentrant {
+    function addStake(uint256 amount) external onlyRegisteredHost nonReentrant {
         if (amount == 0) revert ZeroAmount();
         Node storage node = _nodes[msg.sender];
         node.stake += amount;
@@ -169,24 +209,47 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         stakeToken.safeTransferFrom(msg.sender, address(this), amount);
     }
 
-    /// @notice Stops serving and starts the unbonding delay; the stake stays slashable until then.
-    function unregister() external onlyActiveHost {
+    /// @notice Stops serving (every price lapses) and starts the unbonding delay; the stake stays
+    /// slashable until then, and until every session the host opened can no longer settle.
+    function unregister() external onlyRegisteredHost {
         Node storage node = _nodes[msg.sender];
+        bytes32[] memory previous = node.models;
         _clearModels(node);
+        // Bounded by MAX_MODELS.
+        for (uint256 i = 0; i < previous.length; ++i) {
+            _clearPrices(previous[i]);
+        }
         delete _hostOfPeerId[keccak256(node.peerId)];
         node.unbondingEnds = uint64(block.timestamp) + unbondingDelay;
         emit NodeUnregistered(msg.sender, node.unbondingEnds);
     }
 
-    /// @notice Returns the caller's stake once its unbonding delay has passed and forgets the host.
+    /// @notice Returns the caller's stake once its unbonding delay has passed and none of its
+    /// sessions can settle any more (`stakeLockedUntil`), and forgets the host.
     function withdrawStake() external nonReentrant {
         Node storage node = _nodes[msg.sender];
         if (node.unbondingEnds == 0) revert NotUnbonding(msg.sender);
         if (block.timestamp < node.unbondingEnds) revert StillUnbonding(node.unbondingEnds);
+        if (block.timestamp < node.stakeLockedUntil) revert StakeLocked(node.stakeLockedUntil);
         uint256 amount = node.stake;
         delete _nodes[msg.sender];
         emit StakeWithdrawn(msg.sender, amount);
         stakeToken.safeTransfer(msg.sender, amount);
+    }
+
+    // ----------------------------------------------------------------- marketplace
+
+    /// @notice Keeps `host`'s stake from being withdrawn before `until` (a session's
+    /// `expiresAt + disputeWindow`). Marketplace only; a lock is extended, never shortened.
+    /// @param host the session's host (active: the marketplace checked it)
+    /// @param until the last moment the session can still settle
+    function lockStake(address host, uint64 until) external {
+        if (msg.sender != marketplace) revert NotMarketplace(msg.sender);
+        Node storage node = _nodes[host];
+        if (until > node.stakeLockedUntil) {
+            node.stakeLockedUntil = until;
+            emit StakeLockedUntil(host, until);
+        }
     }
 
     // ----------------------------------------------------------------- owner actions
@@ -203,7 +266,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         stakeToken.safeTransfer(recipient, amount);
     }
 
-    /// @notice Sets the minimum stake for new registrations.
+    /// @notice Sets the minimum stake: for new registrations, and for a host to stay active
+    /// (a host below it is chosen for no new session until it adds stake).
     function setMinStake(uint256 minStake_) external onlyOwner {
         minStake = minStake_;
         emit MinStakeSet(minStake_);
@@ -213,6 +277,13 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     function setUnbondingDelay(uint64 delay) external onlyOwner {
         unbondingDelay = delay;
         emit UnbondingDelaySet(delay);
+    }
+
+    /// @notice Sets the marketplace allowed to lock stakes for the sessions it opens.
+    function setMarketplace(address marketplace_) external onlyOwner {
+        if (marketplace_ == address(0)) revert ZeroAddress();
+        marketplace = marketplace_;
+        emit MarketplaceSet(marketplace_);
     }
 
     // ----------------------------------------------------------------- views
@@ -230,7 +301,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     /// @inheritdoc INodeRegistry
     function isActiveHost(address host) public view returns (bool) {
         Node storage node = _nodes[host];
-        return node.registeredAt != 0 && node.unbondingEnds == 0;
+        return _isRegistered(node) && node.stake >= minStake;
     }
 
     /// @inheritdoc INodeRegistry
@@ -241,7 +312,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     /// @inheritdoc INodeRegistry
     function getPrice(address host, bytes32 modelId, address token) external view returns (uint256) {
         if (!servesModel(host, modelId)) return 0;
-        return _prices[host][modelId][token];
+        return _prices[host][modelId][_priceEpoch[host][modelId]][token];
     }
 
     /// @notice How many active hosts serve `modelId`.
@@ -265,6 +336,10 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     }
 
     // ----------------------------------------------------------------- internals
+
+    function _isRegistered(Node storage node) private view returns (bool) {
+        return node.registeredAt != 0 && node.unbondingEnds == 0;
+    }
 
     function _setEndpoint(Node storage node, bytes calldata peerId, string[] calldata addrs) private {
         if (peerId.length == 0 || peerId.length > MAX_PEER_ID_LENGTH) revert InvalidPeerId();
@@ -322,8 +397,14 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         for (uint256 i = 0; i < prices.length; ++i) {
             PriceInput calldata p = prices[i];
             if (!servesModel(msg.sender, p.modelId)) revert ModelNotServed(p.modelId);
-            _prices[msg.sender][p.modelId][p.token] = p.price;
+            _prices[msg.sender][p.modelId][_priceEpoch[msg.sender][p.modelId]][p.token] = p.price;
             emit PriceSet(msg.sender, p.modelId, p.token, p.price);
         }
+    }
+
+    /// @dev Makes every price the caller set for `modelId` lapse, in O(1).
+    function _clearPrices(bytes32 modelId) private {
+        ++_priceEpoch[msg.sender][modelId];
+        emit PricesCleared(msg.sender, modelId);
     }
 }

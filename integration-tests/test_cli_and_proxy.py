@@ -68,8 +68,8 @@ def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None
                 fabstir, devnet, "hosts", "--model", "org/none.gguf", "--json"
             )
             assert none.returncode == 0 and json.loads(none.stdout) == []
-            nokey = subprocess.run(
-                [sys.executable, "-m", "fabstir_sdk", "hosts", "-m", MODEL],
+            nokey = subprocess.run(  # `hosts` only reads: `chat` is what needs a wallet
+                [sys.executable, "-m", "fabstir_sdk", "chat", "-m", MODEL, "-p", "hi"],
                 capture_output=True,
                 text=True,
                 env={k: v for k, v in os.environ.items() if not k.startswith("FABSTIR_")},

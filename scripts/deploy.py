@@ -24,6 +24,8 @@ from web3 import Web3
 from fabstir_devtools.chain import Anvil, DeployParams, anvil_account, deploy_protocol
 from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.transactions import TransactionSender
+from fabstir_sdk.errors import ConfigurationError
+from fabstir_sdk.keyfile import read_key_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = ROOT / "deployments"
@@ -41,7 +43,7 @@ def deploy_to(w3: Web3, key: str | None, out_dir: Path, quiet: bool = False) -> 
     elif chain_id in (ANVIL_CHAIN_ID, 1337):
         deployer = anvil_account(0)
     else:
-        raise SystemExit("set FABSTIR_DEPLOYER_KEY (or --private-key) to deploy to a real chain")
+        raise SystemExit("set FABSTIR_DEPLOYER_KEY (or --key-file) to deploy to a real chain")
     params = DeployParams(test_tokens=chain_id in (ANVIL_CHAIN_ID, 1337))
     log = (lambda _m: None) if quiet else (lambda m: print(m, file=sys.stderr))
     deployment = deploy_protocol(TransactionSender(w3, deployer), params, log=log)
@@ -58,9 +60,10 @@ def cli(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rpc-url", help="chain to deploy to (default: start a fresh Anvil)")
     parser.add_argument(
-        "--private-key",
-        default=os.environ.get("FABSTIR_DEPLOYER_KEY"),
-        help="deployer key (default: $FABSTIR_DEPLOYER_KEY; Anvil's first key on a local chain)",
+        "--key-file",
+        type=Path,
+        help="file holding the deployer key, mode 0600 (default: $FABSTIR_DEPLOYER_KEY; "
+        "Anvil's first key on a local chain); never a key on the command line: `ps` shows it",
     )
     parser.add_argument(
         "--out-dir",
@@ -73,6 +76,15 @@ def cli(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
+    try:
+        args.private_key = (
+            read_key_file(args.key_file)
+            if args.key_file
+            else os.environ.get("FABSTIR_DEPLOYER_KEY") or None
+        )
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
 
     if args.rpc_url:
         w3 = Web3(Web3.HTTPProvider(args.rpc_url))

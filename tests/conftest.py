@@ -7,28 +7,28 @@ every later test, so only deployments are session-scoped; registrations are per 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, settings
 
-from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
+from fabstir_sdk.contracts import VoucherDomain
 
-ETH = "0x0000000000000000000000000000000000000000"
-ETHER = 10**18
-MIN_STAKE = 100 * ETHER
-UNBONDING = 7 * 24 * 3600
-FEE_BPS = 1000
-DISPUTE_WINDOW = 3600
-ETH_PRICE = 2 * 10**12  # wei per 1000 tokens
-USD_PRICE = 2_000  # micro-dollars per 1000 tokens
-MODEL = ("unsloth/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf")
-MODEL_SHA = bytes.fromhex("11" * 32)
-PEER_ID = bytes.fromhex("0024080112204a") + b"\x01" * 32
-ADDRS = ["/ip4/127.0.0.1/tcp/4001"]
+from contract_helpers import (
+    DISPUTE_WINDOW,
+    ETH,
+    ETH_PRICE,
+    ETHER,
+    FEE_BPS,
+    MIN_STAKE,
+    MODEL,
+    MODEL_SHA,
+    TOKENIZER_SHA,
+    UNBONDING,
+    Opened,
+    register_host,
+)
 
 settings.register_profile(
     "default",
@@ -92,7 +92,7 @@ def models(project: Any, owner: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def model_id(models: Any, owner: Any) -> bytes:
-    models.addModel(*MODEL, MODEL_SHA, 1, sender=owner)
+    models.addModel(*MODEL, MODEL_SHA, TOKENIZER_SHA, 1, sender=owner)
     return bytes(models.modelIdOf(*MODEL))
 
 
@@ -114,36 +114,16 @@ def market(
         project.JobMarketplace, owner, models, nodes, earnings, treasury, FEE_BPS, DISPUTE_WINDOW
     )
     earnings.setMarketplace(market, sender=owner)
+    nodes.setMarketplace(market, sender=owner)
     market.setTokenConfig(ETH, True, 10**9, 100 * ETHER, sender=owner)
     market.setTokenConfig(usd, True, 10**4, 10**12, sender=owner)
     return market
-
-
-def register_host(
-    host: Any, fab: Any, nodes: Any, owner: Any, model_id: bytes, usd: Any, peer_id: bytes = PEER_ID
-) -> None:
-    fab.mint(host, MIN_STAKE, sender=owner)
-    fab.approve(nodes, MIN_STAKE, sender=host)
-    prices = [(model_id, ETH, ETH_PRICE), (model_id, usd.address, USD_PRICE)]
-    nodes.register(peer_id, ADDRS, '{"gpu":"none"}', [model_id], prices, MIN_STAKE, sender=host)
 
 
 @pytest.fixture
 def registered(host: Any, fab: Any, nodes: Any, owner: Any, model_id: bytes, usd: Any) -> Any:
     register_host(host, fab, nodes, owner, model_id, usd)
     return host
-
-
-@dataclass
-class Opened:
-    """A session opened by a test, with the key that signs its vouchers."""
-
-    id: int
-    signer: LocalAccount
-    domain: VoucherDomain
-
-    def voucher(self, tokens: int, transcript: bytes = b"\x00" * 32) -> Voucher:
-        return sign_voucher(self.signer, self.domain, self.id, tokens, transcript)
 
 
 @pytest.fixture(scope="session")

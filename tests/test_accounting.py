@@ -15,7 +15,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conftest import ETH, ETH_PRICE, USD_PRICE, Opened
+from contract_helpers import ETH, ETH_PRICE, USD_PRICE, Opened
 
 
 def max_tokens(deposit: int, price: int) -> int:

@@ -9,7 +9,7 @@ from eth_account import Account
 
 from fabstir_sdk.contracts import VoucherDomain, sign_voucher
 
-from conftest import ETH, ETH_PRICE, Opened
+from contract_helpers import ETH, ETH_PRICE, Opened
 
 
 def test_voucher_signed_by_someone_else(market: Any, open_session: Any, registered: Any) -> None:
@@ -192,9 +192,9 @@ def test_reverting_client_cannot_block_settlement(
     hostile.setMode(1, ETH, b"", sender=owner)  # revert on receive
     receipt = market.settle(*opened.voucher(100).as_args(), sender=registered)
     refund = deposit - 100 * ETH_PRICE // 1000
-    assert receipt.events.filter(market.RefundDeferred)[0].amount == refund
-    assert market.pendingRefunds(hostile, ETH) == refund
-    claim = market.claimRefund.as_transaction(ETH, sender=owner).data
+    assert receipt.events.filter(market.PayoutDeferred)[0].amount == refund
+    assert market.pendingPayouts(hostile, ETH) == refund
+    claim = market.claimPayout.as_transaction(ETH, sender=owner).data
     with ape.reverts(market.EthTransferFailed):
         hostile.execute(market, claim, sender=owner)
     hostile.setMode(0, ETH, b"", sender=owner)
@@ -222,3 +222,124 @@ def test_earnings_refuses_unfunded_credit(
     earnings.setMarketplace(stranger, sender=owner)
     with ape.reverts(earnings.Underfunded):
         earnings.credit(stranger, usd, 1, sender=stranger)
+
+
+# ------------------------------------------------------------------ tokens that change their rules
+
+
+@pytest.fixture
+def switch(
+    project: Any, owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes
+) -> Any:
+    """An allow-listed token whose issuer may switch on a transfer fee or block an address."""
+    token = owner.deploy(project.FeeSwitchToken)
+    market.setTokenConfig(token, True, 1, 10**24, sender=owner)
+    nodes.setPrices([(model_id, token.address, 1000)], sender=registered)
+    return token
+
+
+@pytest.mark.parametrize("close", ["settle", "finalize"])
+def test_fee_switched_on_after_the_deposit_cannot_freeze_settlement(
+    market: Any,
+    earnings: Any,
+    open_session: Any,
+    registered: Any,
+    client: Any,
+    treasury: Any,
+    stranger: Any,
+    chain: Any,
+    switch: Any,
+    close: str,
+) -> None:
+    deposit = 10**6
+    opened = open_session(deposit=deposit, price=1000, token=switch)
+    market.checkpoint(*opened.voucher(3000).as_args(), sender=registered)
+    switch.setFee(100, sender=client)  # 1%, after the deposit
+    if close == "settle":
+        receipt = market.settle(*opened.voucher(3000).as_args(), sender=registered)
+    else:
+        market.requestClose(opened.id, sender=client)
+        chain.pending_timestamp = market.finalizableAt(opened.id)
+        receipt = market.finalize(opened.id, sender=stranger)
+    [settled] = receipt.events.filter(market.SessionSettled)
+    assert settled.payment == 3000
+    assert settled.hostAmount + settled.fee + settled.refund == deposit  # the nominal split
+    # What the token took is accounted for, leg by leg: earnings (host + fee) and the refund.
+    shortfalls = receipt.events.filter(market.TransferShortfall)
+    by_recipient = {s.recipient: s for s in shortfalls}
+    paid = by_recipient[earnings.address]
+    assert (paid.expected, paid.received) == (3000, 3000 - 30)
+    host_credit = earnings.balanceOf(registered, switch)
+    treasury_credit = earnings.balanceOf(treasury, switch)
+    assert host_credit + treasury_credit == paid.received
+    assert treasury_credit == settled.fee * paid.received // 3000
+    refund = by_recipient[client.address]
+    assert refund.expected == settled.refund
+    assert refund.received == settled.refund - settled.refund // 100
+    assert switch.balanceOf(client) == refund.received
+    assert switch.balanceOf(market) == 0
+    assert switch.balanceOf(earnings) == earnings.totalOwed(switch)
+    earnings.withdraw(switch, sender=registered)  # the host is paid what arrived, less the fee
+    assert switch.balanceOf(registered) == host_credit - host_credit // 100
+
+
+def test_blocked_transfers_defer_payouts_instead_of_freezing_settlement(
+    market: Any,
+    earnings: Any,
+    open_session: Any,
+    registered: Any,
+    client: Any,
+    treasury: Any,
+    switch: Any,
+) -> None:
+    deposit = 10**6
+    opened = open_session(deposit=deposit, price=1000, token=switch)
+    switch.setBlocked(earnings, True, sender=client)
+    switch.setBlocked(client, True, sender=client)
+    receipt = market.settle(*opened.voucher(5000).as_args(), sender=registered)
+    [settled] = receipt.events.filter(market.SessionSettled)
+    assert settled.hostAmount + settled.fee + settled.refund == deposit
+    deferred = {e.account: e.amount for e in receipt.events.filter(market.PayoutDeferred)}
+    assert deferred == {
+        registered.address: settled.hostAmount,
+        treasury.address: settled.fee,
+        client.address: settled.refund,
+    }
+    assert switch.balanceOf(market) == deposit  # nothing left, nothing lost
+    market.claimPayout(switch, sender=registered)
+    market.claimPayout(switch, sender=treasury)
+    switch.setBlocked(client, False, sender=client)
+    market.claimPayout(switch, sender=client)
+    assert switch.balanceOf(registered) == settled.hostAmount
+    assert switch.balanceOf(treasury) == settled.fee
+    assert switch.balanceOf(client) == settled.refund
+    assert switch.balanceOf(market) == 0
+
+
+# ------------------------------------------------------------------ deposits bounded
+
+
+def test_deposits_are_capped_so_settlement_math_cannot_overflow(
+    market: Any,
+    earnings: Any,
+    open_session: Any,
+    registered: Any,
+    owner: Any,
+    evil: Any,
+    nodes: Any,
+    model_id: bytes,
+) -> None:
+    with ape.reverts(market.MaxDepositTooHigh):
+        market.setTokenConfig(evil, True, 1, 2**128 - 1, sender=owner)
+    cap = market.MAX_DEPOSIT()
+    assert cap < 2**128 // 1000
+    market.setTokenConfig(evil, True, 1, cap, sender=owner)
+    nodes.setPrices([(model_id, evil.address, 1)], sender=registered)
+    opened = open_session(deposit=cap, price=1, token=evil)
+    limit = market.maxTokens(opened.id)
+    assert limit == (cap + 1) * 1000 - 1
+    receipt = market.settle(*opened.voucher(limit).as_args(), sender=registered)
+    [settled] = receipt.events.filter(market.SessionSettled)
+    assert settled.payment == cap and settled.refund == 0
+    assert settled.hostAmount + settled.fee == cap
+    assert evil.balanceOf(market) == 0

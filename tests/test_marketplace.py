@@ -7,7 +7,7 @@ from eth_account import Account
 
 from fabstir_sdk.contracts import sign_voucher, voucher_digest
 
-from conftest import DISPUTE_WINDOW, ETH, ETH_PRICE, FEE_BPS, USD_PRICE
+from contract_helpers import DISPUTE_WINDOW, ETH, ETH_PRICE, FEE_BPS, USD_PRICE, add_model
 
 TRANSCRIPT = b"\xab" * 32
 
@@ -195,8 +195,7 @@ def test_open_errors(
         attempt(price=ETH_PRICE - 1)
     with ape.reverts(market.HostNotActive):
         attempt(host=host2)
-    models.addModel("org/other", "o.gguf", b"\x01" * 32, 1, sender=owner)
-    other = models.modelIdOf("org/other", "o.gguf")
+    other = add_model(models, owner, "org/other", "o.gguf", b"\x01" * 32)
     with ape.reverts(market.HostDoesNotServeModel):
         attempt(model=other)
     nodes.setPrices([(model_id, ETH, 0)], sender=registered)
@@ -225,7 +224,7 @@ def test_session_errors(
     with ape.reverts(market.SessionNotOpen):
         market.checkpoint(*sign_voucher(opened.signer, domain, 999, 5).as_args(), sender=registered)
     with ape.reverts(market.NothingToClaim):
-        market.claimRefund(ETH, sender=client)
+        market.claimPayout(ETH, sender=client)
 
 
 def test_owner_settings(market: Any, owner: Any, stranger: Any, usd: Any) -> None:
@@ -270,3 +269,28 @@ def test_earnings_errors(earnings: Any, owner: Any, stranger: Any) -> None:
     assert earnings.setMarketplace(stranger, sender=owner).events.filter(earnings.MarketplaceSet)
     with ape.reverts(earnings.WrongValue):
         earnings.credit(stranger, ETH, 2, value=1, sender=stranger)
+
+
+def test_dispute_window_is_fixed_when_the_session_opens(
+    market: Any, open_session: Any, owner: Any, client: Any, stranger: Any, chain: Any
+) -> None:
+    opened = open_session(duration=600)
+    market.setDisputeWindow(60, sender=owner)
+    s = market.getSession(opened.id)
+    assert s.disputeWindow == DISPUTE_WINDOW
+    assert market.finalizableAt(opened.id) == s.expiresAt + DISPUTE_WINDOW
+    receipt = market.requestClose(opened.id, sender=client)
+    [event] = receipt.events.filter(market.CloseRequested)
+    requested_at = market.getSession(opened.id).closeRequestedAt
+    assert event.finalizableAt == requested_at + DISPUTE_WINDOW
+    chain.pending_timestamp = requested_at + 60
+    with ape.reverts(market.DisputeWindowOpen):
+        market.finalize(opened.id, sender=stranger)
+    chain.pending_timestamp = requested_at + DISPUTE_WINDOW
+    market.finalize(opened.id, sender=stranger)
+    # Sessions opened after the change get the new window.
+    later = open_session(duration=600)
+    assert market.getSession(later.id).disputeWindow == 60
+    assert market.finalizableAt(later.id) == market.getSession(later.id).expiresAt + 60
+    with ape.reverts(market.DisputeWindowTooLong):
+        market.setDisputeWindow(2**32, sender=owner)

@@ -2,7 +2,17 @@ from typing import Any
 
 import ape
 
-from conftest import ADDRS, ETH, ETH_PRICE, MIN_STAKE, PEER_ID, UNBONDING, register_host
+from contract_helpers import (
+    ADDRS,
+    DISPUTE_WINDOW,
+    ETH,
+    ETH_PRICE,
+    MIN_STAKE,
+    PEER_ID,
+    UNBONDING,
+    add_model,
+    register_host,
+)
 
 
 def test_register_pulls_stake_and_records_everything(
@@ -66,8 +76,7 @@ def test_updates(registered: Any, nodes: Any, models: Any, owner: Any, model_id:
     assert receipt.events.filter(nodes.MetadataUpdated)
     assert nodes.getNode(registered).metadata == '{"gpu":"4090"}'
 
-    models.addModel("org/b", "b.gguf", b"\x05" * 32, 1, sender=owner)
-    other = bytes(models.modelIdOf("org/b", "b.gguf"))
+    other = add_model(models, owner, "org/b", "b.gguf", b"\x05" * 32)
     receipt = nodes.updateModels([other], sender=registered)
     assert receipt.events.filter(nodes.ModelsUpdated)
     assert not nodes.servesModel(registered, model_id)
@@ -145,3 +154,141 @@ def test_pages_survive_removal(
     nodes.unregister(sender=hosts[0])
     remaining = set(nodes.hostsForModel(model_id, 0, 1)) | set(nodes.hostsForModel(model_id, 1, 5))
     assert remaining == {hosts[1].address, hosts[2].address}
+
+
+# ------------------------------------------------------------------ activity needs the stake
+
+
+def test_host_slashed_below_min_stake_is_not_active(
+    registered: Any, nodes: Any, market: Any, fab: Any, owner: Any, open_session: Any
+) -> None:
+    nodes.slash(registered, MIN_STAKE, owner, sender=owner)  # to zero
+    assert not nodes.isActiveHost(registered)
+    with ape.reverts(market.HostNotActive):
+        open_session()
+    # Topping the stake up makes it active again; it can still manage its record meanwhile.
+    nodes.updateMetadata("{}", sender=registered)
+    fab.mint(registered, MIN_STAKE, sender=owner)
+    fab.approve(nodes, MIN_STAKE, sender=registered)
+    nodes.addStake(MIN_STAKE, sender=registered)
+    assert nodes.isActiveHost(registered)
+    open_session()
+    # Raising the minimum stake deactivates hosts below it.
+    nodes.setMinStake(MIN_STAKE + 1, sender=owner)
+    assert not nodes.isActiveHost(registered)
+    with ape.reverts(market.HostNotActive):
+        open_session()
+    nodes.setMinStake(MIN_STAKE, sender=owner)
+    nodes.slash(registered, 1, owner, sender=owner)
+    assert not nodes.isActiveHost(registered)
+
+
+def test_slashed_host_can_still_unregister_and_withdraw(
+    registered: Any, nodes: Any, owner: Any, chain: Any, fab: Any
+) -> None:
+    nodes.slash(registered, MIN_STAKE - 5, owner, sender=owner)
+    nodes.unregister(sender=registered)
+    chain.pending_timestamp += UNBONDING
+    before = fab.balanceOf(registered)
+    nodes.withdrawStake(sender=registered)
+    assert fab.balanceOf(registered) - before == 5
+
+
+# ------------------------------------------------------------------ unbonding outlasts sessions
+
+
+def test_stake_stays_locked_while_a_session_can_still_settle(
+    registered: Any,
+    nodes: Any,
+    market: Any,
+    open_session: Any,
+    chain: Any,
+    fab: Any,
+    owner: Any,
+) -> None:
+    longest = market.maxDuration()
+    assert longest >= UNBONDING  # a session can outlive the unbonding delay
+    opened = open_session(duration=longest)
+    session = market.getSession(opened.id)
+    assert nodes.getNode(registered).stakeLockedUntil == session.expiresAt + DISPUTE_WINDOW
+    nodes.unregister(sender=registered)
+    unbonding_ends = nodes.getNode(registered).unbondingEnds
+    assert unbonding_ends < market.finalizableAt(opened.id)
+    chain.pending_timestamp = unbonding_ends
+    with ape.reverts(nodes.StakeLocked):
+        nodes.withdrawStake(sender=registered)
+    nodes.slash(registered, 1, owner, sender=owner)  # still slashable meanwhile
+    chain.pending_timestamp = market.finalizableAt(opened.id)
+    before = fab.balanceOf(registered)
+    receipt = nodes.withdrawStake(sender=registered)
+    assert receipt.events.filter(nodes.StakeWithdrawn)
+    assert fab.balanceOf(registered) - before == MIN_STAKE - 1
+
+
+def test_only_the_marketplace_locks_stake(
+    registered: Any, nodes: Any, market: Any, owner: Any, stranger: Any, open_session: Any
+) -> None:
+    with ape.reverts(nodes.NotMarketplace):
+        nodes.lockStake(registered, 2**63, sender=stranger)
+    long_session = open_session(duration=7200)
+    until = nodes.getNode(registered).stakeLockedUntil
+    open_session(duration=600)  # a shorter session never shortens the lock
+    assert nodes.getNode(registered).stakeLockedUntil == until
+    assert until == market.finalizableAt(long_session.id)
+    assert nodes.setMarketplace(stranger, sender=owner).events.filter(nodes.MarketplaceSet)
+    with ape.reverts(nodes.ZeroAddress):
+        nodes.setMarketplace(ETH, sender=owner)
+    with ape.reverts(nodes.OwnableUnauthorizedAccount):
+        nodes.setMarketplace(stranger, sender=stranger)
+
+
+# ------------------------------------------------------------------ prices lapse
+
+
+def test_price_lapses_when_a_model_is_dropped_and_added_again(
+    registered: Any,
+    nodes: Any,
+    market: Any,
+    models: Any,
+    owner: Any,
+    model_id: bytes,
+    open_session: Any,
+    usd: Any,
+) -> None:
+    other = add_model(models, owner, "org/b", "b.gguf")
+    receipt = nodes.updateModels([other], sender=registered)
+    assert receipt.events.filter(nodes.PricesCleared)
+    nodes.updateModels([model_id], sender=registered)
+    assert nodes.servesModel(registered, model_id)
+    assert nodes.getPrice(registered, model_id, ETH) == 0
+    assert nodes.getPrice(registered, model_id, usd) == 0
+    with ape.reverts(market.PriceNotOffered):
+        open_session()
+    # A model kept across an update keeps its price.
+    nodes.setPrices([(model_id, ETH, ETH_PRICE)], sender=registered)
+    receipt = nodes.updateModels([other, model_id], sender=registered)
+    assert not receipt.events.filter(nodes.PricesCleared)
+    assert nodes.getPrice(registered, model_id, ETH) == ETH_PRICE
+    open_session()
+
+
+def test_price_lapses_when_the_host_registers_again(
+    registered: Any,
+    nodes: Any,
+    market: Any,
+    fab: Any,
+    owner: Any,
+    model_id: bytes,
+    chain: Any,
+    open_session: Any,
+) -> None:
+    receipt = nodes.unregister(sender=registered)
+    assert receipt.events.filter(nodes.PricesCleared)
+    chain.pending_timestamp += UNBONDING
+    nodes.withdrawStake(sender=registered)
+    fab.approve(nodes, MIN_STAKE, sender=registered)
+    nodes.register(PEER_ID, ADDRS, "{}", [model_id], [], MIN_STAKE, sender=registered)
+    assert nodes.isActiveHost(registered)
+    assert nodes.getPrice(registered, model_id, ETH) == 0
+    with ape.reverts(market.PriceNotOffered):
+        open_session()

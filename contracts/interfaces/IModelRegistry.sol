@@ -2,12 +2,14 @@
 pragma solidity ^0.8.24;
 
 /// @title IModelRegistry
-/// @notice The models the network may serve, each pinned to the sha256 of its GGUF file.
+/// @notice The models the network may serve, each pinned to the sha256 of its GGUF file and
+/// of its tokenizer file.
 interface IModelRegistry {
     struct Model {
         string repo;
         string file;
         bytes32 sha256Hash;
+        bytes32 tokenizerHash;
         uint8 tier;
         bool active;
         uint64 addedAt;

@@ -4,7 +4,7 @@ pragma solidity ^0.8.24;
 /// @title INodeRegistry
 /// @notice Staked hosts, the models they serve and their prices.
 interface INodeRegistry {
-    /// @notice True when `host` is registered and not unbonding.
+    /// @notice True when `host` is registered, not unbonding, and stakes at least the minimum.
     function isActiveHost(address host) external view returns (bool);
 
     /// @notice True when active `host` serves `modelId`.
@@ -13,4 +13,8 @@ interface INodeRegistry {
     /// @notice Price `host` asks for `modelId` paid in `token` (address(0) = ETH), per
     /// PRICE_PRECISION tokens: payment = tokens * price / 1000. Zero means "not accepted".
     function getPrice(address host, bytes32 modelId, address token) external view returns (uint256);
+
+    /// @notice Keeps `host`'s stake from being withdrawn before `until`, the last moment a
+    /// session it serves can settle. Marketplace only; extends, never shortens.
+    function lockStake(address host, uint64 until) external;
 }

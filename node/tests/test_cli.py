@@ -81,3 +81,114 @@ def test_serve_answers_then_stops_cleanly(tmp_path: Path, tiny_gguf: Path) -> No
         assert reply.json()["usage"]["completion_tokens"] == 3
     finally:
         assert node.stop() == 0  # SIGTERM: a clean exit
+
+
+# --------------------------------------------------------------------------- exit codes, keys
+
+KEY = "0x" + "4c" * 32
+
+
+def node(
+    *args: str, data_dir: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``fabstir-node ARGS`` with extra environment and standard input."""
+    environment = {k: v for k, v in os.environ.items() if k != "FABSTIR_KEY"}  # the test's
+    environment.update({"FABSTIR_DATA_DIR": str(data_dir), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "fabstir_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+        input=stdin,
+    )
+
+
+def address_of(key: str) -> str:
+    from eth_account import Account
+
+    return str(Account.from_key(key).address)
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert node("run", "--port", "eighty", data_dir=tmp_path).returncode == 2
+    assert node("no-such-command", data_dir=tmp_path).returncode == 2
+    both = node("init", "--key-file", str(tmp_path / "k"), "--key-stdin", data_dir=tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_a_private_key_on_the_command_line_is_refused(tmp_path: Path) -> None:
+    result = node("init", "--private-key", KEY, data_dir=tmp_path)
+    assert result.returncode == 2 and "--key-file" in result.stderr
+    assert KEY[2:] not in result.stdout + result.stderr
+    assert not (tmp_path / "keys").exists()
+
+
+def test_init_imports_the_key_from_the_environment(tmp_path: Path) -> None:
+    result = node("init", "--json", data_dir=tmp_path, env={"FABSTIR_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["address"] == address_of(KEY) and report["key"] == "imported from $FABSTIR_KEY"
+    assert KEY[2:] not in result.stdout + result.stderr
+
+
+def test_init_imports_the_key_from_standard_input(tmp_path: Path) -> None:
+    result = node("init", "--key-stdin", "--json", data_dir=tmp_path, stdin=KEY + "\n")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["address"] == address_of(KEY)
+    bad = node("init", "--key-stdin", data_dir=tmp_path / "other", stdin="hunter2\n")
+    assert bad.returncode == 4 and "standard input does not hold a private key" in bad.stderr
+    assert "hunter2" not in bad.stderr
+
+
+def test_init_imports_the_key_from_a_private_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "host.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o644)
+    loose = node("init", "--key-file", str(key_file), data_dir=tmp_path / "a")
+    assert loose.returncode == 4 and "chmod 600" in loose.stderr
+    key_file.chmod(0o600)
+    env = {"FABSTIR_KEY": "0x" + "11" * 32}  # the flag wins over the environment
+    result = node("init", "--key-file", str(key_file), "--json", data_dir=tmp_path / "b", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["address"] == address_of(KEY)
+
+
+def test_init_makes_a_private_data_dir_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    assert node("init", data_dir=data_dir).returncode == 0
+    assert (data_dir.stat().st_mode & 0o777) == 0o700
+    assert ((data_dir / "keys" / "eth.key").stat().st_mode & 0o777) == 0o600
+    again = node("init", data_dir=data_dir)
+    assert again.returncode == 4 and "refusing to overwrite" in again.stderr
+
+
+def test_loose_or_malformed_key_files_exit_4_on_load(tmp_path: Path) -> None:
+    assert node("init", data_dir=tmp_path, env={"FABSTIR_KEY": KEY}).returncode == 0
+    eth = tmp_path / "keys" / "eth.key"
+    eth.chmod(0o644)
+    loose = node("status", data_dir=tmp_path)
+    assert loose.returncode == 4 and "chmod 600" in loose.stderr
+    eth.chmod(0o600)
+    eth.write_text("-----BEGIN EC PRIVATE KEY-----\n")
+    wrong = node("status", data_dir=tmp_path)
+    assert wrong.returncode == 4 and "64 hex digits" in wrong.stderr
+    missing = node("status", data_dir=tmp_path / "none")
+    assert missing.returncode == 4 and "fabstir-node init" in missing.stderr
+
+
+def test_a_missing_model_exits_3(tmp_path: Path) -> None:
+    result = node("serve", "--model", str(tmp_path / "absent.gguf"), data_dir=tmp_path)
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_chain_exits_5(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert node("init", data_dir=tmp_path).returncode == 0
+    result = node("status", "--rpc-url", dead, data_dir=tmp_path)
+    assert result.returncode == 5 and "unreachable" in result.stderr
+    assert "Traceback" not in result.stderr

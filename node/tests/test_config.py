@@ -40,3 +40,31 @@ def test_bad_config_names_the_problem(tmp_path: Path, text: str, message: str) -
 def test_env_value_of_the_wrong_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="FABSTIR_PORT"):
         load_config(None, env={"FABSTIR_PORT": "eighty"})
+
+
+def test_the_unpaid_http_api_is_off_unless_asked(tmp_path: Path) -> None:
+    assert load_config(None, env={}).http_api is False
+    assert load_config(None, env={"FABSTIR_HTTP_API": "1"}).http_api is True
+    toml = tmp_path / "node.toml"
+    toml.write_text("[node]\nhttp_api = true\n")
+    assert load_config(toml, env={}).http_api is True
+    assert load_config(toml, env={}, overrides={"http_api": False}).http_api is False
+    with pytest.raises(ConfigError, match="FABSTIR_HTTP_API"):
+        load_config(None, env={"FABSTIR_HTTP_API": "maybe"})
+
+
+def test_token_prices_are_parsed_and_checked() -> None:
+    usd = "0x" + "ab" * 20
+    config = load_config(None, env={"FABSTIR_TOKEN_PRICES": f"{usd}=2000, "})
+    assert config.token_price_map == {usd: 2000}
+    for bad in ("0x12=5", f"{usd}", f"{usd}=cheap", f"{usd}=0"):
+        with pytest.raises(ConfigError, match="token_prices"):
+            load_config(None, env={"FABSTIR_TOKEN_PRICES": bad})
+
+
+def test_config_errors_carry_the_configuration_exit_code() -> None:
+    from fabstir_node.errors import EXIT_CONFIG, NodeError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"FABSTIR_PORT": "eighty"})
+    assert isinstance(info.value, NodeError) and info.value.exit_code == EXIT_CONFIG

@@ -167,6 +167,8 @@ def deploy_protocol(
     )
     log(f"JobMarketplace  {market.address}")
     sender.transact(earnings.functions.setMarketplace(market.address), "setMarketplace")
+    # The marketplace locks a host's stake for as long as its sessions can settle.
+    sender.transact(nodes.functions.setMarketplace(market.address), "setMarketplace (nodes)")
     sender.transact(
         market.functions.setTokenConfig(ETH, True, params.eth_min_deposit, params.eth_max_deposit),
         "allow ETH",
@@ -210,13 +212,17 @@ def add_model(
     repo: str,
     file: str,
     sha256_hex: str,
+    tokenizer_sha256_hex: str,
     tier: int = 1,
 ) -> bytes:
-    """Register a model in the ModelRegistry (owner only); returns its id."""
+    """Register a model in the ModelRegistry (owner only), pinned to the sha256 of its GGUF
+    file and of its tokenizer file (:func:`fabstir_sdk.tokenizer.tokenizer_sha256`); returns
+    its id."""
     models = deployment.contract(owner.w3, "ModelRegistry")
-    owner.transact(
-        models.functions.addModel(repo, file, bytes.fromhex(sha256_hex), tier), f"addModel {file}"
+    call = models.functions.addModel(
+        repo, file, bytes.fromhex(sha256_hex), bytes.fromhex(tokenizer_sha256_hex), tier
     )
+    owner.transact(call, f"addModel {file}")
     return bytes(models.functions.modelIdOf(repo, file).call())
 
 

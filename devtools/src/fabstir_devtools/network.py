@@ -43,6 +43,7 @@ from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.models import CATALOG, model_id
+from fabstir_sdk.tokenizer import tokenizer_sha256
 
 #: The repository root (this file is devtools/src/fabstir_devtools/network.py).
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,6 +53,8 @@ DEFAULT_PRICE = 2 * 10**12
 START_TIMEOUT = 300.0
 #: Seconds a stopped node gets to settle and exit before it is killed.
 STOP_TIMEOUT = 30.0
+#: Variables that name a client's key: never passed on to a host.
+_CLIENT_ENV = ("FABSTIR_KEY", "FABSTIR_KEY_FILE")
 #: The ``key       value`` lines ``fabstir-node run`` prints before ``ready``.
 _INFO_KEYS = ("address", "peer id", "listening", "model", "model id", "price", "api", "journal")
 
@@ -63,25 +66,28 @@ def _quiet(_message: str) -> None:
 @dataclass(frozen=True)
 class ModelSpec:
     """A model hosts can serve: what a node is told (``FABSTIR_MODEL``: a built-in name or a
-    GGUF path) and what the ModelRegistry pins (repo, file, sha256)."""
+    GGUF path) and what the ModelRegistry pins (repo, file, sha256 of the file and of its
+    tokenizer)."""
 
     name: str
     repo: str
     file: str
     sha256: str
+    tokenizer_sha256: str
 
     @classmethod
     def builtin(cls, name: str) -> ModelSpec:
         """A model of the catalogue, as the SDK and the node know it."""
         model = CATALOG[name]
-        return cls(model.name, model.repo, model.file, model.sha256)
+        return cls(model.name, model.repo, model.file, model.sha256, model.tokenizer_sha256)
 
     @classmethod
     def gguf(cls, path: Path) -> ModelSpec:
         """A GGUF file given by path; the node registers it as ``local/<file name>``."""
         from fabstir_node.models import sha256_file
 
-        return cls(str(path), "local", path.name, sha256_file(path))
+        tokenizer = tokenizer_sha256(path).hex()
+        return cls(str(path), "local", path.name, sha256_file(path), tokenizer)
 
     @property
     def model_id(self) -> bytes:
@@ -252,7 +258,8 @@ class HostProcess(NodeProcess):
             ["run"],
             ready=lambda line: line.strip() == "ready",
             env={
-                **os.environ,
+                # A client's key in the caller's environment is not the host's.
+                **{k: v for k, v in os.environ.items() if k not in _CLIENT_ENV},
                 "FABSTIR_DATA_DIR": str(data_dir),
                 "FABSTIR_RPC_URL": net.anvil.url,
                 "FABSTIR_DEPLOYMENT": str(net.deployment_path),
@@ -281,7 +288,9 @@ class HostProcess(NodeProcess):
                 info[key] = value
         return info
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 300, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``fabstir-node ARGS`` as this host (same data dir, chain and model)."""
         return subprocess.run(
             [sys.executable, "-m", "fabstir_node", *args],
@@ -289,6 +298,7 @@ class HostProcess(NodeProcess):
             text=True,
             env=self.env,
             timeout=timeout,
+            input=stdin,
         )
 
     def _check(self, result: subprocess.CompletedProcess[str], what: str) -> None:
@@ -300,7 +310,8 @@ class HostProcess(NodeProcess):
 
     def setup(self) -> None:
         """Keys, stake tokens and registration, through the real CLI."""
-        self._check(self.cli("init", "--private-key", self.account.key.hex()), "init")
+        # The key goes in on stdin: on a command line every user could read it with `ps`.
+        self._check(self.cli("init", "--key-stdin", stdin=self.account.key.hex()), "init")
         self.net.fund_stake(self.address)
         self._check(self.cli("register", "--json"), "register")
 
@@ -445,7 +456,14 @@ class LocalNetwork:
         """Register ``model`` in the ModelRegistry with its sha256; returns its id."""
         if model not in self.models:
             self.models.append(model)
-        mid = add_model(self.owner, self.deployment, model.repo, model.file, model.sha256)
+        mid = add_model(
+            self.owner,
+            self.deployment,
+            model.repo,
+            model.file,
+            model.sha256,
+            model.tokenizer_sha256,
+        )
         self.log(f"{model.file} registered in the ModelRegistry (sha256 {model.sha256[:16]}...)")
         return mid
 

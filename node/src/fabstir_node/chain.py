@@ -103,8 +103,9 @@ class HostChain:
 
     def check_model(self, model_id: bytes, sha256_hex: str) -> None:
         """Refuse to serve a file whose hash differs from the registry's pin."""
-        pinned, active = self.contracts.model(model_id)
-        if not active:
+        pin = self.contracts.model_pin(model_id)
+        pinned = pin.sha256
+        if not pin.active:
             raise SessionRefused("model_inactive", "the model is not active in the registry")
         if pinned.hex() != sha256_hex.lower().removeprefix("0x"):
             raise SessionRefused(

@@ -1,8 +1,10 @@
 """``fabstir-node``: the operator's command line.
 
 Exit codes: 0 success, 1 verification failed (hash mismatch), 2 usage error,
-3 model not found or not loadable, 4 configuration error, 5 chain error (unreachable RPC,
-reverted transaction, not registered).
+3 model not found or not loadable, 4 configuration error (bad config, keys, deployment file,
+an address it cannot listen on), 5 chain error (unreachable RPC, reverted transaction, not
+registered). Every failure is a :class:`~fabstir_node.errors.NodeError` or an SDK
+``FabstirError``; :class:`NodeCommand` turns it into the exit status, in that one place.
 """
 
 from __future__ import annotations
@@ -19,32 +21,48 @@ from typing import Any
 import click
 
 from fabstir_node import __version__
-from fabstir_node.config import ConfigError, NodeConfig, load_config
+from fabstir_node.config import NodeConfig, load_config
+from fabstir_node.errors import (
+    EXIT_MISMATCH,
+    EXIT_MODEL,
+    ChainError,
+    ConfigError,
+    ModelError,
+    UsageError,
+    exit_code,
+)
 from fabstir_node.models import (
     BUILTIN,
     HashCache,
     HashMismatch,
-    ModelError,
     builtin_path,
     probe,
     resolve,
     verify,
 )
+from fabstir_sdk.errors import FabstirError, map_errors
 
-EXIT_MISMATCH, EXIT_MODEL, EXIT_CONFIG, EXIT_CHAIN = 1, 3, 4, 5
+#: Where `init` may read a key to import (never a command-line argument: `ps` shows those).
+KEY_ENV = "FABSTIR_KEY"
 
 
-def _fail(message: str, code: int) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(code)
+class NodeCommand(click.Group):
+    """The ``fabstir-node`` group: the one place where an error becomes an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            with map_errors():  # web3, requests... become the SDK's typed errors first
+                return super().invoke(ctx)
+        except Exception as exc:
+            code = exit_code(exc)
+            if code is None:
+                raise  # click's own exits and usage errors; a bug of ours shows its traceback
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(code)
 
 
 def _config(ctx: click.Context, **overrides: Any) -> NodeConfig:
-    try:
-        return load_config(ctx.obj.get("config_path"), overrides=overrides)
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_CONFIG)
-        raise  # unreachable
+    return load_config(ctx.obj.get("config_path"), overrides=overrides)
 
 
 @contextmanager
@@ -59,7 +77,7 @@ def _hash_progress(path: Path, show: bool) -> Iterator[Any]:
         yield bar.update
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NodeCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fabstir-node")
 @click.option(
     "--config",
@@ -104,15 +122,10 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     from fabstir_node.server import HttpServer, prepare_model, serve_http
 
     config = _config(ctx, **flags)
-    try:
-        model = resolve(config.model, config.model_sha256)
-        click.echo(f"model    {model.name}  ({model.path})", err=True)
-        with _hash_progress(model.path, True) as progress:
-            prepared = prepare_model(config, progress)
-    except HashMismatch as exc:
-        _fail(str(exc), EXIT_MISMATCH)
-    except ModelError as exc:
-        _fail(str(exc), EXIT_MODEL)
+    model = resolve(config.model, config.model_sha256)
+    click.echo(f"model    {model.name}  ({model.path})", err=True)
+    with _hash_progress(model.path, True) as progress:
+        prepared = prepare_model(config, progress)
     click.echo(
         f"sha256   {prepared.sha256}"
         f"{'  (verified)' if prepared.model.expected_sha256 else '  (not pinned)'}",
@@ -139,7 +152,9 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     try:
         asyncio.run(run())
     except OSError as exc:  # e.g. the port is taken
-        _fail(f"cannot serve on {config.host}:{config.port}: {exc.strerror or exc}", EXIT_CONFIG)
+        raise ConfigError(
+            f"cannot serve on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from exc
 
 
 @main.group()
@@ -185,10 +200,7 @@ def models_verify(
 ) -> None:
     """Print a model's sha256 and whether it matches the pinned hash (exit 1 if not)."""
     config = _config(ctx)
-    try:
-        resolved = resolve(model, expected)
-    except ModelError as exc:
-        _fail(str(exc), EXIT_MODEL)
+    resolved = resolve(model, expected)
     result: dict[str, Any] = {
         "model": resolved.name,
         "path": str(resolved.path),
@@ -247,23 +259,15 @@ def chain_flags(fn: Any) -> Any:
 
 
 def _keys(config: NodeConfig) -> Any:
-    from fabstir_node.keys import KeysError, load_keys
+    from fabstir_node.keys import load_keys
 
-    try:
-        return load_keys(config.data_dir)
-    except KeysError as exc:
-        _fail(str(exc), EXIT_CONFIG)
+    return load_keys(config.data_dir)
 
 
 def _chain(config: NodeConfig) -> Any:
     from fabstir_node.runtime import connect_chain
-    from fabstir_sdk.contracts import DeploymentError
-    from fabstir_sdk.contracts.transactions import ChainUnavailable
 
-    try:
-        return connect_chain(config, _keys(config))
-    except (ChainUnavailable, DeploymentError) as exc:
-        _fail(str(exc), EXIT_CHAIN)
+    return connect_chain(config, _keys(config))
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:
@@ -274,26 +278,73 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
             click.echo(f"{key:<18} {value}")
 
 
+def _imported_key(key_file: Path | None, key_stdin: bool) -> tuple[str | None, str]:
+    """The Ethereum key to import and where it came from: ``--key-file``, ``--key-stdin``
+    or $FABSTIR_KEY (flags win over the environment); (None, "generated") for a new key."""
+    import os
+
+    from fabstir_node.errors import KeysError
+    from fabstir_sdk.keyfile import parse_private_key, read_key_file
+
+    if key_file is not None and key_stdin:
+        raise UsageError("give the key to import once: --key-file or --key-stdin, not both")
+    try:
+        if key_file is not None:
+            return read_key_file(key_file), f"imported from {key_file}"
+        if key_stdin:
+            if sys.stdin.isatty():
+                text = click.prompt("Ethereum private key", hide_input=True, err=True)
+            else:
+                text = sys.stdin.readline()
+            return parse_private_key(text, "standard input"), "imported from standard input"
+        if os.environ.get(KEY_ENV):
+            key = parse_private_key(os.environ[KEY_ENV], f"${KEY_ENV}")
+            return key, f"imported from ${KEY_ENV}"
+    except FabstirError as exc:  # the SDK's ConfigurationError: same message, the node's type
+        raise KeysError(str(exc)) from None
+    return None, "generated"
+
+
 @main.command()
 @click.option(
-    "--private-key",
-    envvar="FABSTIR_PRIVATE_KEY",
-    help="import this Ethereum key instead of making one (env FABSTIR_PRIVATE_KEY)",
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="import the Ethereum key held in this file (mode 0600, 64 hex digits)",
 )
+@click.option("--key-stdin", is_flag=True, help="import the Ethereum key read from stdin")
+@click.option("--private-key", hidden=True, help="removed: it showed the key to `ps`")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def init(
-    ctx: click.Context, /, private_key: str | None, data_dir: Path | None, as_json: bool
+    ctx: click.Context,
+    /,
+    key_file: Path | None,
+    key_stdin: bool,
+    private_key: str | None,
+    data_dir: Path | None,
+    as_json: bool,
 ) -> None:
-    """Create the node's keys (Ethereum + libp2p) and a config file in its data dir."""
-    from fabstir_node.keys import KeysError, create_keys
+    """Create the node's keys (Ethereum + libp2p) and a config file in its data dir.
 
+    \b
+    A new Ethereum key is made unless one is imported, from (first found):
+      --key-file PATH   a file only you can read (chmod 600)
+      --key-stdin       standard input (a hidden prompt on a terminal)
+      $FABSTIR_KEY      the environment
+    Never pass a key as an argument: every user of the machine can read it with `ps`.
+    The data dir is created mode 0700, the key files 0600.
+    """
+    from fabstir_node.keys import create_keys
+
+    if private_key is not None:
+        raise UsageError(
+            "--private-key was removed because `ps` shows it to every user: put the key in "
+            f"a file only you can read (--key-file), pipe it (--key-stdin) or set ${KEY_ENV}"
+        )
     config = _config(ctx, data_dir=data_dir)
-    try:
-        keys = create_keys(config.data_dir, private_key)
-    except KeysError as exc:
-        _fail(str(exc), EXIT_CONFIG)
+    key, source = _imported_key(key_file, key_stdin)
+    keys = create_keys(config.data_dir, key)
     config_file = config.data_dir / "config.toml"
     if not config_file.exists():
         config_file.write_text(
@@ -303,6 +354,7 @@ def init(
     _emit(
         {
             "address": keys.account.address,
+            "key": source,
             "peer_id": keys.peer_id,
             "data_dir": str(config.data_dir),
             "config": str(config_file),
@@ -316,6 +368,7 @@ def init(
 @click.option("--model", "-m", help="model to offer (built-in name or GGUF path)")
 @click.option("--sha256", "model_sha256", help="pin a GGUF given by path")
 @click.option("--price", type=int, help="wei per 1000 tokens")
+@click.option("--token-prices", help="ERC20 prices: 0xTOKEN=PRICE,... (per 1000 tokens)")
 @click.option("--stake", type=int, help="FAB (wei) to stake")
 @click.option("--p2p-listen", help="libp2p address to advertise, e.g. /ip4/1.2.3.4/tcp/4001")
 @click.option("--json", "as_json", is_flag=True)
@@ -329,36 +382,32 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     config = _config(ctx, **flags)
     keys = _keys(config)
     chain = _chain(config)
-    try:
-        prepared = prepare_model(config)
-    except ModelError as exc:
-        _fail(str(exc), EXIT_MODEL)
+    prepared = prepare_model(config)
     served = served_model(prepared, config)
     try:
         chain.check_model(served.model_id, prepared.sha256)
     except SessionRefused as exc:
-        _fail(
+        raise ChainError(
             f"{exc} (model id 0x{served.model_id.hex()}): the ModelRegistry owner must add "
-            "it with this sha256",
-            EXIT_CHAIN,
-        )
+            "it with this sha256"
+        ) from exc
     balance = chain.stake_balance()
     if balance < config.stake:
-        _fail(
+        raise ChainError(
             f"stake token balance too low: you hold {balance} FAB wei and staking needs "
-            f"{config.stake}; get FAB to {chain.address} first",
-            EXIT_CHAIN,
+            f"{config.stake}; get FAB to {chain.address} first"
         )
     listen = config.p2p_listen
     addrs = [] if listen.endswith("/tcp/0") else [f"{listen}/p2p/{keys.peer_id}"]
     from fabstir_sdk.p2p import peer_id_bytes
 
     try:
-        receipt = chain.register(
-            peer_id_bytes(keys.peer_id), addrs, {"model": served.name}, [served], config.stake
-        )
-    except Exception as exc:  # reverts, unreachable RPC: all end the command the same way
-        _fail(f"registration failed: {exc}", EXIT_CHAIN)
+        with map_errors():
+            receipt = chain.register(
+                peer_id_bytes(keys.peer_id), addrs, {"model": served.name}, [served], config.stake
+            )
+    except FabstirError as exc:  # a revert, an unreachable RPC
+        raise ChainError(f"registration failed: {exc}") from exc
     _emit(
         {
             "address": chain.address,
@@ -382,15 +431,26 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
 @click.option("--p2p-listen", help="libp2p listen address [/ip4/127.0.0.1/tcp/0]")
 @click.option("--bootstrap", help="comma-separated peers to join (multiaddrs with /p2p/)")
 @click.option("--price", type=int, help="wei per 1000 tokens (must match the registration)")
+@click.option("--token-prices", help="ERC20 prices: 0xTOKEN=PRICE,... (per 1000 tokens)")
+@click.option(
+    "--http/--no-http",
+    "http_api",
+    default=None,
+    help="also serve the unpaid OpenAI-compatible API (/v1/...) on --host:--port "
+    "[off; config http_api]; /health and /metrics are always served",
+)
 @click.pass_context
 def run(ctx: click.Context, /, **flags: Any) -> None:
-    """Serve paid sessions over libp2p (and the HTTP API), settling on-chain."""
+    """Serve paid sessions over libp2p, settling on-chain.
+
+    \b
+    HTTP on --host:--port: /health and /metrics always; the OpenAI-compatible API
+    (/v1/chat/completions, /v1/completions, /v1/models) only with --http, because it
+    answers anyone who can reach the port without payment.
+    """
     import logging
 
-    from fabstir_node.chain import SessionRefused
     from fabstir_node.runtime import HostNode
-    from fabstir_sdk.contracts import DeploymentError
-    from fabstir_sdk.contracts.transactions import ChainUnavailable
 
     config = _config(ctx, **flags)
     logging.basicConfig(
@@ -410,7 +470,14 @@ def run(ctx: click.Context, /, **flags: Any) -> None:
             ("model", f"{status.model} sha256 {status.sha256} (verified)"),
             ("model id", status.model_id),
             ("price", f"{status.price} wei / 1000 tokens"),
-            ("api", f"{status.http}/v1  metrics {status.http}/metrics"),
+            *(("price", f"{p} / 1000 tokens in {t}") for t, p in config.token_price_map.items()),
+            (
+                "api",
+                f"{status.http}/v1  metrics {status.http}/metrics"
+                if config.http_api
+                else f"off (--http serves it)  health {status.http}/health  "
+                f"metrics {status.http}/metrics",
+            ),
             ("journal", str(config.data_dir / "journal.sqlite")),
         ):
             click.echo(f"{key:<10} {value}", err=True)
@@ -431,12 +498,8 @@ def run(ctx: click.Context, /, **flags: Any) -> None:
 
     try:
         asyncio.run(runner())
-    except HashMismatch as exc:
-        _fail(str(exc), EXIT_MISMATCH)
-    except ModelError as exc:
-        _fail(str(exc), EXIT_MODEL)
-    except (ChainUnavailable, DeploymentError, SessionRefused) as exc:
-        _fail(str(exc), EXIT_CHAIN)
+    except OSError as exc:  # e.g. the HTTP port is taken
+        raise ConfigError(f"cannot start the node: {exc.strerror or exc}") from exc
     click.echo("stopped", err=True)
 
 
@@ -459,7 +522,8 @@ def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     owed = [s for s in sessions if s.state in (OPEN, SETTLING) and s.best]
     data = {
         "address": chain.address,
-        "registered": record.active,
+        "registered": record.registered,
+        "active": record.active,
         "stake": record.stake,
         "sessions_open": sum(s.state == OPEN for s in sessions),
         "sessions_settled": sum(s.state == SETTLED for s in sessions),
@@ -526,7 +590,7 @@ def withdraw(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     chain = _chain(_config(ctx, **flags))
     amount = chain.earnings(ETH)
     if amount == 0:
-        _fail("nothing to withdraw yet", EXIT_CHAIN)
+        raise ChainError("nothing to withdraw yet")
     receipt = chain.contracts.withdraw(ETH)
     _emit({"withdrawn_wei": amount, "tx": receipt["transactionHash"].hex()}, as_json)
 
@@ -538,8 +602,8 @@ def withdraw(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
 def unregister(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """Stop offering models; the stake unbonds and is withdrawable after the delay."""
     chain = _chain(_config(ctx, **flags))
-    if not chain.contracts.host(chain.address).active:
-        _fail("this host is not registered", EXIT_CHAIN)
+    if not chain.contracts.host(chain.address).registered:
+        raise ChainError("this host is not registered")
     receipt = chain.unregister()
     _emit({"address": chain.address, "tx": receipt["transactionHash"].hex()}, as_json)
 
@@ -552,10 +616,14 @@ def withdraw_stake(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """After `unregister` and the unbonding delay: take the stake back."""
     chain = _chain(_config(ctx, **flags))
     record = chain.contracts.host(chain.address)
-    if record.active or record.stake == 0:
-        _fail("nothing is unbonding: run `fabstir-node unregister` first", EXIT_CHAIN)
+    if not record.unbonding_ends or record.stake == 0:
+        raise ChainError("nothing is unbonding: run `fabstir-node unregister` first")
     try:
-        receipt = chain.withdraw_stake()
-    except Exception as exc:
-        _fail(f"the stake is still unbonding ({exc})", EXIT_CHAIN)
+        with map_errors():
+            receipt = chain.withdraw_stake()
+    except FabstirError as exc:
+        raise ChainError(
+            f"the stake is still unbonding, until unix time {record.withdrawable_at} "
+            f"(the unbonding delay, and the end of every session opened with it) ({exc})"
+        ) from exc
     _emit({"withdrawn_fab_wei": record.stake, "tx": receipt["transactionHash"].hex()}, as_json)

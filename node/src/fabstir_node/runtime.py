@@ -128,7 +128,7 @@ class HostNode:
         assert self.network is not None
         record = chain.contracts.host(chain.address)
         addrs = self.network.host.addrs
-        if record.active and (
+        if record.registered and (
             record.peer_id != peer_id_bytes(self.network.host.peer_id) or record.addrs != addrs
         ):
             chain.update_endpoint(peer_id_bytes(self.network.host.peer_id), addrs)

@@ -20,9 +20,11 @@ from typing import Any
 from fabstir_node.chain import HostChain, ServedModel, SessionRefused
 from fabstir_node.inference import CreditGate, Engine, EngineError, Finished, SamplingParams
 from fabstir_node.journal import ABANDONED, OPEN, SETTLED, SETTLING, Journal
+from fabstir_node.limits import PeerRateLimiter
 from fabstir_sdk.contracts import Voucher, recover_signer
 from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.protocol import (
+    MAX_FRAME,
     Cancel,
     Done,
     Error,
@@ -62,6 +64,9 @@ class SessionPolicy:
     expiry_margin: float = 30.0  # stop serving and settle this long before a session expires
     watch_interval: float = 15.0  # how often live sessions are checked for expiry/close requests
     retry_base: float = 5.0  # first delay before a failed settlement is retried (doubles, ≤ 5 min)
+    open_rate: float = 2.0  # `open` requests a peer may make per second (each costs a chain RPC)
+    open_burst: int = 8  # ... at once
+    open_global_rate: float = 50.0  # ... all peers together, per second
 
 
 @dataclass
@@ -113,6 +118,12 @@ class SessionService:
         self._settling: dict[int, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self.open_limiter = PeerRateLimiter(
+            self.policy.open_rate,
+            self.policy.open_burst,
+            self.policy.open_global_rate,
+            self.policy.open_global_rate,
+        )
 
     # ----------------------------------------------------------------- streams
 
@@ -186,7 +197,10 @@ class SessionService:
         first = await framed.receive(timeout=self.policy.open_timeout)
         if not isinstance(first, Open):
             raise UnexpectedMessage(f"the first message must be open, not {first.TYPE}")
+        if not self.open_limiter.allow(framed.remote_peer):  # before the chain RPC
+            raise SessionRefused("rate_limited", "too many open requests: retry shortly", True)
         onchain = await self.chain.verify_session(first.session_id, first.chain_id, self.served)
+        framed.max_frame = MAX_FRAME  # a paid session for us: prompts may be large now
         if first.session_id in self._attached:
             raise SessionRefused("session_busy", "this session is already attached to a stream")
         remaining = onchain.expires_at - await self.chain.now()
@@ -278,18 +292,23 @@ class SessionService:
             raise UnexpectedMessage(f"a client may not send {message.TYPE} here")
 
     def _accept_voucher(self, live: _Live, message: VoucherMsg) -> None:
+        # Cheap checks first: a stale, repeated or oversized voucher costs no ecrecover.
+        if message.cumulative_tokens <= live.best:
+            return  # stale or repeated: harmless, whoever signed it
+        if message.cumulative_tokens > live.max_tokens:
+            raise InvalidVoucher(
+                f"the voucher covers {message.cumulative_tokens} tokens; the "
+                f"deposit pays for {live.max_tokens}"
+            )
         voucher = Voucher(
             live.id, message.cumulative_tokens, message.transcript_hash, message.signature
         )
-        if recover_signer(self.domain, voucher) != live.signer:
+        try:
+            signer = recover_signer(self.domain, voucher)
+        except Exception:  # a signature that recovers to nothing
+            signer = None
+        if signer != live.signer:
             raise InvalidVoucher("the voucher is not signed by the session's signer")
-        if voucher.cumulative_tokens > live.max_tokens:
-            raise InvalidVoucher(
-                f"the voucher covers {voucher.cumulative_tokens} tokens; the "
-                f"deposit pays for {live.max_tokens}"
-            )
-        if voucher.cumulative_tokens <= live.best:
-            return  # stale or repeated: harmless
         self.journal.record_voucher(voucher)  # durable before it buys more tokens
         live.best = voucher.cumulative_tokens
         if live.gate is not None:

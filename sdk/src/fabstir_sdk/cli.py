@@ -134,16 +134,25 @@ def hosts(settings: Settings, model: str, as_json: bool) -> None:
     client = _client(settings, wallet=False)
 
     async def main_() -> list[Any]:
+        from fabstir_sdk.discovery import score
+        from fabstir_sdk.errors import FabstirError
+
         async with client:
             found = await client.find_hosts(model)
-            dials = await asyncio.gather(
-                *(client.p2p.connect(h.peer_id, h.addrs) for h in found), return_exceptions=True
-            )
-            await asyncio.sleep(1.5)  # the hosts we reached gossip their load and speed
-            return [
-                replace(client.discovery.with_gossip(h), reachable=not isinstance(r, Exception))
-                for h, r in zip(found, dials, strict=True)
+
+            async def ask(host: Any) -> bool:  # load and speed, straight from the host
+                try:
+                    await client.discovery.ask_info(host)
+                    return True
+                except FabstirError:
+                    return False
+
+            answered = await asyncio.gather(*(ask(h) for h in found))
+            rows = [
+                replace(client.discovery.with_gossip(h), reachable=ok)
+                for h, ok in zip(found, answered, strict=True)
             ]
+            return sorted(rows, key=score)  # ranked again with what the hosts said
 
     rows = _run(main_())
     if as_json:

@@ -1,6 +1,11 @@
 """Finding hosts: the NodeRegistry says who staked to serve a model, at what price and under
-which peer id; the libp2p DHT says who is providing it right now; gossip announcements add
-load and measured speed. Announcements whose peer id differs from the registry's are ignored.
+which peer id; the libp2p DHT says who is providing it right now; gossip announcements and
+answers on the info protocol (:meth:`Discovery.ask_info`) add load and measured speed.
+
+Announcements are kept only when signed by the host they name, published by the peer they
+name, fresh and newer than the one held; one whose peer id differs from the registry's is
+ignored. At most :data:`MAX_ANNOUNCEMENTS` are kept: hosts the registry does not know (yet)
+are forgotten first, so made-up hosts cannot push out real ones.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 
 from fabstir_sdk.announcements import HostAnnouncement, verify_announcement
@@ -26,6 +32,10 @@ from fabstir_sdk.protocol import (
 )
 
 log = logging.getLogger(__name__)
+#: Announcements kept (one per host address).
+MAX_ANNOUNCEMENTS = 1024
+#: Seconds after its last announcement or info answer that a host still counts as reachable.
+FRESH_S = 60
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class HostInfo:
     in_dht: bool = False
     load: int | None = None
     tokens_per_second: float | None = None
-    last_seen: float | None = None  # unix time of its last announcement
+    last_seen: float | None = None  # unix time we last heard from it (gossip or info)
     reachable: bool | None = None  # None until someone dials it
 
 
@@ -47,30 +57,63 @@ class Discovery:
     def __init__(self, contracts: Contracts, p2p: P2PHost) -> None:
         self.contracts = contracts
         self.p2p = p2p
-        self.announcements: dict[str, HostAnnouncement] = {}  # by host address
+        # by host address (lower case), least recently updated first
+        self.announcements: OrderedDict[str, HostAnnouncement] = OrderedDict()
         self.infos: dict[str, tuple[InfoResponse, float]] = {}  # by host address: answer, when
+        self.registered: dict[str, str] = {}  # host address -> peer id, from the registry
+        self.rejected: Counter[str] = Counter()  # announcements ignored, by reason
 
-    def on_announcement(self, data: bytes, _sender: str) -> None:
+    def on_announcement(self, data: bytes, sender: str) -> None:
+        """A gossip message on the hosts topic from ``sender`` (its publisher, as pubsub
+        authenticated it); kept only if genuine, fresh and new."""
         try:
             announcement = verify_announcement(data)
         except ProtocolError as exc:
-            log.debug("ignored announcement: %s", exc)
+            self._reject(exc.code, exc)
             return
-        self.announcements[announcement.host.lower()] = announcement
+        if announcement.peer_id != sender:
+            self._reject("wrong_peer", f"published by {sender}, names {announcement.peer_id}")
+            return
+        key = announcement.host.lower()
+        registered = self.registered.get(key)
+        if registered is not None and registered != announcement.peer_id:
+            self._reject("wrong_peer", f"{announcement.peer_id} is not {key}'s registered peer")
+            return
+        held = self.announcements.get(key)
+        if held is not None and held.timestamp >= announcement.timestamp:
+            return  # a repeat or an older one: keep what we have
+        self.announcements[key] = announcement
+        self.announcements.move_to_end(key)
+        while len(self.announcements) > MAX_ANNOUNCEMENTS:
+            unknown = next((k for k in self.announcements if k not in self.registered), None)
+            self.announcements.pop(unknown or next(iter(self.announcements)))
+
+    def _reject(self, reason: str, detail: object) -> None:
+        self.rejected[reason] += 1
+        log.debug("ignored an announcement (%s): %s", reason, detail)
 
     def with_gossip(self, info: HostInfo) -> HostInfo:
         """``info`` updated from the host's latest announcement (ignored if the peer id in it
-        is not the registered one)."""
+        is not the registered one) or its latest info answer, whichever is newer."""
         seen = self.announcements.get(info.address.lower())
-        if seen is None or seen.peer_id != info.peer_id:
-            return info
-        return replace(
-            info,
-            load=seen.load,
-            tokens_per_second=seen.tokens_per_second,
-            last_seen=seen.timestamp,
-            addrs=list(dict.fromkeys([*seen.addrs, *info.addrs])),
-        )
+        if seen is not None and seen.peer_id == info.peer_id:
+            info = replace(
+                info,
+                load=seen.load,
+                tokens_per_second=seen.tokens_per_second,
+                last_seen=seen.timestamp,
+                addrs=list(dict.fromkeys([*seen.addrs, *info.addrs])),
+            )
+        answered = self.infos.get(info.address.lower())
+        if answered is not None and (info.last_seen is None or answered[1] >= info.last_seen):
+            response, when = answered
+            info = replace(
+                info,
+                load=response.load,
+                tokens_per_second=response.tokens_per_second,
+                last_seen=when,
+            )
+        return info
 
     async def ask_info(self, host: HostInfo, timeout: float = 5.0) -> InfoResponse:
         """Ask ``host`` over ``/fabstir/info/1.0.0`` what it serves, at what price, how busy
@@ -127,6 +170,10 @@ class Discovery:
             log.debug("DHT lookup failed: %s", exc)
         hosts = []
         for record, price in zip(records, prices, strict=True):
+            try:
+                self.registered[record.address.lower()] = peer_id_from_bytes(record.peer_id)
+            except Exception:  # a registry entry with a peer id we cannot read
+                continue
             if not record.active or price == 0:
                 continue
             info = HostInfo(
@@ -144,7 +191,7 @@ class Discovery:
 
 def score(host: HostInfo) -> tuple[float, ...]:
     """Lower is better: cheapest first; then reachable now; then fastest; then least loaded."""
-    fresh = host.last_seen is not None and time.time() - host.last_seen < 60
+    fresh = host.last_seen is not None and time.time() - host.last_seen < FRESH_S
     return (
         host.price,
         0 if (host.in_dht or fresh) else 1,

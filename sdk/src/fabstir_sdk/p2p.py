@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
+import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -38,6 +39,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -45,16 +47,73 @@ from libp2p.tools.anyio_service import background_trio_service
 from fabstir_sdk.errors import FabstirError
 
 log = logging.getLogger(__name__)
-logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)  # noisy on stream close
 
 T = TypeVar("T")
 Handler = Callable[["BridgedStream"], Coroutine[Any, Any, None]]
-_CLOSE, _RESET = object(), object()
-READ_CHUNK = 1 << 16
+_CLOSE = object()
+#: Bytes per read from Yamux, and per chunk handed to it.
+READ_CHUNK = WRITE_CHUNK = 1 << 16
+#: Chunks that may wait for the asyncio reader, and chunks that may wait to go out.
+READ_SLOTS = WRITE_SLOTS = 4
+#: Seconds a write waits for a peer that does not read before the stream is reset.
+WRITE_STALL_TIMEOUT = 60.0
+#: The most a Yamux stream's receive window may grow to (py-libp2p, like go-yamux, lets it
+#: grow to 16 MiB when the reader keeps up for a while): what a peer can make us buffer per
+#: stream once our reader stops. Conforming peers never send a frame above the window.
+YAMUX_MAX_WINDOW = 1 << 20
+yamux_module.MAX_WINDOW_SIZE = min(yamux_module.MAX_WINDOW_SIZE, YAMUX_MAX_WINDOW)
 
 
 class P2PError(FabstirError):
     """Dialing, opening a stream or a DHT/pubsub operation failed."""
+
+
+class _Libp2pLog(logging.Handler):
+    """Where py-libp2p's records go (it logs to ``libp2p``, which does not propagate): many
+    are about what a remote peer did, so a stranger could flood our log. Each is passed on to
+    ``fabstir_sdk.p2p.libp2p`` as one line, at most ``per_minute`` per libp2p logger a
+    minute; the rest are counted and reported once a minute."""
+
+    def __init__(self, per_minute: int = 5) -> None:
+        super().__init__(logging.WARNING)
+        self.per_minute = per_minute
+        self.out = logging.getLogger(f"{__name__}.libp2p")
+        self._window = time.monotonic()
+        self._counts: dict[str, int] = {}
+        self.suppressed = 0
+
+    def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
+        try:
+            now = time.monotonic()
+            if now - self._window >= 60:
+                if self.suppressed:
+                    self.out.warning("%d more libp2p messages in a minute", self.suppressed)
+                self._window, self._counts, self.suppressed = now, {}, 0
+            seen = self._counts.get(record.name, 0)
+            if seen >= self.per_minute:
+                self.suppressed += 1
+                return
+            self._counts[record.name] = seen + 1
+            first_line = (record.getMessage().splitlines() or [""])[0][:300]
+            self.out.log(record.levelno, "%s: %s", record.name, first_line)
+        except Exception:
+            self.handleError(record)
+
+
+def _tame_libp2p_logging() -> None:
+    """Keep py-libp2p's log out of reach of strangers (unless LIBP2P_DEBUG asks for it)."""
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    # new_stream logs a 7-line ERROR for every stream a peer refuses (pubsub retries one to
+    # every peer without gossipsub, forever) and raises anyway: the caller reports it.
+    logging.getLogger("libp2p.host.basic_host").setLevel(logging.CRITICAL)
+    logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)  # noisy on close
+    root = logging.getLogger("libp2p")
+    if not any(isinstance(h, _Libp2pLog) for h in root.handlers):
+        root.addHandler(_Libp2pLog())
+
+
+_tame_libp2p_logging()
 
 
 def peer_id_of_seed(seed: bytes) -> str:
@@ -82,19 +141,38 @@ class PeerAddress:
 
 
 class BridgedStream:
-    """A libp2p stream seen from asyncio: ``read``/``write``/``close``/``reset``."""
+    """A libp2p stream seen from asyncio: ``read``/``write``/``close``/``reset``.
+
+    Both directions are bounded and keep Yamux flow control: at most :data:`READ_SLOTS`
+    chunks wait for the asyncio reader (the trio side reads from Yamux only when one is
+    taken, so a slow reader lets the peer's send window run dry and stalls the peer), and
+    :meth:`write` waits while :data:`WRITE_SLOTS` chunks are on their way out (so a peer that
+    does not read stalls our writer instead of growing memory)."""
 
     def __init__(self, owner: P2PHost, remote_peer: str, protocol: str) -> None:
         self.remote_peer = remote_peer
         self.protocol = protocol
         self._owner = owner
-        self._incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self._incoming: asyncio.Queue[bytes] = asyncio.Queue(READ_SLOTS + 1)  # + end of stream
+        self._read_credits = trio.Semaphore(READ_SLOTS)
         self._buffer = b""
         self._eof = False
-        send, receive = trio.open_memory_channel[object](math.inf)
+        send, receive = trio.open_memory_channel[object](WRITE_SLOTS + 1)  # + close
         self._to_trio, self._from_asyncio = send, receive
+        self._in_flight = 0  # chunks handed to trio and not yet written to Yamux
+        self._room = asyncio.Event()
+        self._closing = False
+        self._reset_requested = False
+        self._outbound: trio.CancelScope | None = None
+        self.stalled = False  # a write waits for the peer to read (its Yamux window is full)
+        self._discarding = False
         self.flushed: asyncio.Future[None] = owner.loop.create_future()  # our side is closed
         self.closed: asyncio.Future[None] = owner.loop.create_future()  # both sides are
+
+    @property
+    def buffered(self) -> int:
+        """Chunks waiting on either side of the bridge (bounded; for tests and metrics)."""
+        return self._incoming.qsize() + self._in_flight
 
     # asyncio side ------------------------------------------------------------
     async def read(self, n: int) -> bytes:
@@ -102,64 +180,145 @@ class BridgedStream:
             chunk = await self._incoming.get()
             if not chunk:
                 self._eof = True
+            else:
+                with contextlib.suppress(Exception):  # the host may be stopping
+                    self._owner._trio_soon(self._read_credits.release)
             self._buffer = chunk
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out
 
     async def write(self, data: bytes) -> None:
-        if self.flushed.done():
-            raise ConnectionResetError("the stream is closed")
-        self._owner._trio_soon(self._to_trio.send_nowait, data)
+        """Queue ``data`` for the peer; waits while :data:`WRITE_SLOTS` chunks are queued."""
+        view = memoryview(data)
+        for offset in range(0, len(view), WRITE_CHUNK):
+            while self._in_flight >= WRITE_SLOTS and not self.flushed.done():
+                self._room.clear()
+                await self._room.wait()
+            if self.flushed.done() or self._closing:
+                raise ConnectionResetError("the stream is closed")
+            self._in_flight += 1
+            chunk = bytes(view[offset : offset + WRITE_CHUNK])
+            self._owner._trio_soon(self._to_trio.send_nowait, chunk)
 
-    async def close(self) -> None:
-        """Flush what was written, then half-close (the peer may still be reading)."""
-        if not self.flushed.done():
+    async def close(self, timeout: float = 10) -> None:
+        """Flush what was written, then half-close (the peer may still be reading). A peer
+        that does not take what we wrote within ``timeout`` s gets the stream reset."""
+        if not self._closing and not self.flushed.done():
+            self._closing = True
             with contextlib.suppress(Exception):
                 self._owner._trio_soon(self._to_trio.send_nowait, _CLOSE)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self.flushed), 10)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.flushed), timeout)
+        except Exception:
+            await self.reset()
 
     async def close_from_trio(self) -> None:
-        with contextlib.suppress(Exception):
-            self._to_trio.send_nowait(_CLOSE)
+        if not self._closing:
+            self._closing = True
+            with contextlib.suppress(Exception):
+                self._to_trio.send_nowait(_CLOSE)
 
     async def reset(self) -> None:
+        """Abort both directions now, even while a write waits for the peer."""
         if not self.flushed.done():
             with contextlib.suppress(Exception):
-                self._owner._trio_soon(self._to_trio.send_nowait, _RESET)
+                self._owner._trio_soon(self._reset_now)
 
     # trio side ---------------------------------------------------------------
+    def _reset_now(self) -> None:
+        self._reset_requested = True
+        if self._outbound is not None:
+            self._outbound.cancel()
+
+    def _discard_inbound(self) -> None:
+        """Nobody will read any more (the handler returned): drop what the peer still sends
+        until it closes its side, instead of waiting for room that never comes."""
+        self._discarding = True
+        self._read_credits.release()  # wake the reader if it waits for room
+
+    def _sent(self) -> None:  # on the asyncio loop: one chunk left for Yamux
+        self._in_flight -= 1
+        self._room.set()
+
+    def _writing_done(self) -> None:  # on the asyncio loop
+        _resolve(self.flushed)
+        self._room.set()  # wake writers: they raise now
+
     async def _pump(self, stream: Any, linger: float = 30) -> None:
-        """Move bytes both ways until we close (or reset) and the peer closes its side."""
+        """Move bytes both ways until we close (or reset) and the peer closes its side; a
+        peer that has not closed its side ``linger`` s after we closed ours gets a reset (so
+        Yamux drops what it buffered for it)."""
         loop = self._owner.loop
+        peer_done = False
 
         async def inbound() -> None:
-            with contextlib.suppress(Exception):
-                while chunk := await stream.read(READ_CHUNK):
-                    loop.call_soon_threadsafe(self._incoming.put_nowait, chunk)
-            loop.call_soon_threadsafe(self._incoming.put_nowait, b"")
+            nonlocal peer_done
+            try:
+                with contextlib.suppress(Exception):
+                    while True:
+                        if not self._discarding:
+                            await self._read_credits.acquire()  # the asyncio side has room
+                        chunk = await stream.read(READ_CHUNK)
+                        if not chunk:
+                            break
+                        if not self._discarding:
+                            loop.call_soon_threadsafe(self._incoming.put_nowait, chunk)
+                peer_done = True  # it closed or reset its side (or the connection broke)
+            finally:
+                loop.call_soon_threadsafe(self._incoming.put_nowait, b"")
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(inbound)
+            failed = False
             try:
-                async for item in self._from_asyncio:
-                    if item is _CLOSE:
-                        await stream.close()
-                        break
-                    if item is _RESET:
+                with trio.CancelScope() as outbound:
+                    self._outbound = outbound
+                    if self._reset_requested:
+                        outbound.cancel()
+                    try:
+                        async for item in self._from_asyncio:
+                            if item is _CLOSE:
+                                await stream.close()
+                                break
+                            assert isinstance(item, bytes)
+                            await self._write_patiently(stream, item)
+                            loop.call_soon_threadsafe(self._sent)
+                    except Exception:
+                        failed = True
+                if failed or self._reset_requested:
+                    with contextlib.suppress(Exception):
                         await stream.reset()
-                        nursery.cancel_scope.cancel()
-                        break
-                    await stream.write(item)
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await stream.reset()
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
             finally:
-                loop.call_soon_threadsafe(_resolve, self.flushed)
+                loop.call_soon_threadsafe(self._writing_done)
             # Our side is done; give the peer a while to finish reading and close its side.
             nursery.cancel_scope.deadline = trio.current_time() + linger
+        if not peer_done:
+            with contextlib.suppress(Exception):
+                await stream.reset()
         loop.call_soon_threadsafe(_resolve, self.closed)
+
+    async def _write_patiently(self, stream: Any, data: bytes) -> None:
+        """``stream.write(data)``, waiting for the peer's Yamux window for up to
+        :data:`WRITE_STALL_TIMEOUT` s (py-libp2p's own write gives up after 5 s): a slow
+        reader stalls us; one that stops reading for good gets the stream reset."""
+        muxed = getattr(stream, "muxed_stream", stream)
+        if not isinstance(getattr(muxed, "send_window", None), int):
+            await stream.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            if muxed.send_window <= 0:
+                self.stalled = True
+                try:
+                    with trio.fail_after(WRITE_STALL_TIMEOUT):
+                        while muxed.send_window <= 0 and not getattr(muxed, "closed", False):
+                            await trio.sleep(0.01)
+                finally:
+                    self.stalled = False
+            size = max(min(len(view), muxed.send_window), 1)
+            await stream.write(bytes(view[:size]))
+            view = view[size:]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -292,6 +451,7 @@ class P2PHost:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(bridged._pump, stream, 2.0)
                     await done.wait()
+                    bridged._discard_inbound()
                     if not bridged.flushed.done():  # the handler forgot to close: do it
                         await bridged.close_from_trio()
             except Exception as exc:  # never let it reach py-libp2p: it would stop the host
@@ -390,6 +550,14 @@ class P2PHost:
             await stream.reset()
             raise P2PError(f"remote authenticated as {stream.remote_peer}, not {peer.peer_id}")
         return stream
+
+    def connected_peers(self) -> set[str]:
+        """Peer ids we hold a connection to now (a snapshot)."""
+        if self._host is None:
+            return set()
+        with contextlib.suppress(RuntimeError):  # changed while we copied it: try again
+            return {str(p) for p in list(self._host.get_network().connections)}
+        return {str(p) for p in list(self._host.get_network().connections)}
 
     async def provide(self, key: str) -> None:
         async def run() -> None:

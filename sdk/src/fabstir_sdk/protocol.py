@@ -1,17 +1,28 @@
 """The Fabstir wire protocol, shared by the node and the SDK.
 
 Every frame is an unsigned-varint length (as libp2p's own protocols use) followed by one CBOR
-map in deterministic encoding, at most :data:`MAX_FRAME` bytes. Field ``t`` names the message
-type. A frame that is too large, undecodable, invalid or out of order raises a
+map in deterministic encoding, at most :data:`MAX_FRAME` bytes (a host reads at most
+:data:`MAX_SMALL_FRAME` before a session is open, and on the info protocol). Field ``t`` names
+the message type. A frame that is too large, undecodable, invalid or out of order raises a
 :class:`ProtocolError` whose ``code`` the receiver sends back in an ``error`` frame before
 closing the stream. Unknown fields are ignored, so peers can add fields without a version bump.
+
+Decoding is bounded: containers nest at most :data:`MAX_DEPTH` deep, map keys are strings,
+lengths are definite and the only CBOR tags are bignums (2, 3); integer fields are uint256
+unless said otherwise and floats are finite. Frames above :data:`INLINE_DECODE` bytes are
+decoded off the event loop, with the cyclic garbage collector paused (a frame of a million
+tiny containers would otherwise cost seconds of collections on a large heap).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import math
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +38,11 @@ MAX_FRAME = 1 << 20
 #: The largest frame a host reads before a session is open, and on the info protocol.
 MAX_SMALL_FRAME = 4 << 10
 MAX_VARINT_BYTES = 10
+#: Deepest container nesting a frame may have (messages need 4: map, list, map, map).
+MAX_DEPTH = 8
+#: Frames larger than this are decoded in a worker thread, not on the event loop.
+INLINE_DECODE = 16 << 10
+UINT256_MAX = (1 << 256) - 1
 
 
 class ProtocolError(FabstirError):
@@ -163,6 +179,11 @@ class Message:
                 isinstance(value, expected) and not wrong_bool,
                 f"{self.TYPE}.{f.name} has the wrong type",
             )
+            if isinstance(value, float):
+                _check(math.isfinite(value), f"{self.TYPE}.{f.name} must be finite")
+            elif expected is int:
+                low, high = _INT_RANGES.get((self.TYPE, f.name), (0, UINT256_MAX))
+                _check(low <= value <= high, f"{self.TYPE}.{f.name} is out of range")
 
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -175,6 +196,11 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "list[int]": list,
     "list[dict[str, Any]]": list,
     "dict[str, Any]": dict,
+}
+
+#: Integer fields are uint256 (what the contracts take) except these.
+_INT_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("prompt", "seed"): (-(1 << 63), (1 << 64) - 1),  # OpenAI's seed: any 64-bit integer
 }
 
 
@@ -351,9 +377,80 @@ def encode_frame(message: Message) -> bytes:
     return encode_uvarint(len(body)) + body
 
 
+def _no_tag(tag: Any, _immutable: bool = False) -> Any:
+    raise MalformedFrame(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed")
+
+
+def _refuse(_decoder: Any, _immutable: bool = False) -> Any:
+    raise MalformedFrame("CBOR tags other than bignums are not allowed")
+
+
+# cbor2 decodes these tags natively (dates, decimals, regular expressions, MIME, shared
+# references...): none belongs in a frame, and some are costly to decode, so all are refused.
+_REFUSED_TAGS = {
+    tag: _refuse
+    for tag in (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004)
+}
+
+
+def decode_cbor(body: bytes) -> Any:
+    """CBOR as frames may use it (bounded depth, string keys, no tags but bignums); raises
+    what cbor2 raises, or :class:`MalformedFrame` for a refused tag."""
+    return cbor2.loads(
+        body,
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        strict_hashable_types=True,
+        tag_hook=_no_tag,
+        semantic_decoders=_REFUSED_TAGS,
+    )
+
+
+class _CollectorPause:
+    """Pause the cyclic garbage collector while large frames decode (nestable, threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._was_enabled:
+                gc.enable()
+
+
+_collector_paused = _CollectorPause()
+# At most two large frames decode at once, whatever the number of streams.
+_decoder_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fabstir-decode")
+
+
+def _decode_large(body: bytes) -> Message:
+    with _collector_paused:
+        return decode_body(body)
+
+
+async def decode_body_async(body: bytes) -> Message:
+    """:func:`decode_body` that never holds the event loop for a large frame."""
+    if len(body) <= INLINE_DECODE:
+        return decode_body(body)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decoder_pool, _decode_large, body)
+
+
 def decode_body(body: bytes) -> Message:
     try:
-        data = cbor2.loads(body)
+        data = decode_cbor(body)
+    except ProtocolError:
+        raise
     except Exception as exc:  # cbor2 raises several types on garbage
         raise MalformedFrame(f"undecodable CBOR: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("t"), str):
@@ -373,7 +470,7 @@ class FrameReader:
     def __init__(self, read: ReadFn, max_frame: int = MAX_FRAME) -> None:
         self._read = read
         self._buf = bytearray()
-        self.max_frame = max_frame
+        self.max_frame = max_frame  # may change between frames (a host raises it after open)
 
     async def _fill(self, at_least: int, mid_frame: bool) -> None:
         while len(self._buf) < at_least:
@@ -402,7 +499,7 @@ class FrameReader:
         await self._fill(used + length, mid_frame=True)
         body = bytes(self._buf[used : used + length])
         del self._buf[: used + length]
-        return decode_body(body)
+        return await decode_body_async(body)
 
 
 class ByteStream(Protocol):
@@ -429,6 +526,15 @@ class FramedStream:
     @property
     def remote_peer(self) -> str:
         return self.stream.remote_peer
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame :meth:`receive` accepts."""
+        return self._reader.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._reader.max_frame = min(value, MAX_FRAME)
 
     async def receive(self, timeout: float | None = None) -> Message:
         return await self._reader.read(timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from fabstir_sdk.protocol import InvalidMessage
 from fabstir_sdk.session import Session
 
 DEFAULT_MAX_TOKENS = 256
+#: Models with a session at once; the least recently used idle one is closed for a new one.
+MAX_SLOTS = 16
 
 
 @dataclass
@@ -38,14 +41,35 @@ class PayingProxy:
         self.client = client
         self.deposit = deposit
         self.max_price = max_price
-        self._slots: dict[str, _Slot] = {}
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._retiring: set[asyncio.Task[None]] = set()
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app.add_routes(
             [web.get("/v1/models", self.models), web.post("/v1/chat/completions", self.chat)]
         )
         self.app.on_cleanup.append(self._close_sessions)
 
+    def _slot(self, model: str) -> _Slot | None:
+        """The slot of ``model``, made if needed; None when :data:`MAX_SLOTS` are all busy."""
+        slot = self._slots.get(model)
+        if slot is not None:
+            self._slots.move_to_end(model)
+            return slot
+        if len(self._slots) >= MAX_SLOTS:
+            idle = next((m for m, s in self._slots.items() if not s.lock.locked()), None)
+            if idle is None:
+                return None
+            retired = self._slots.pop(idle)
+            if retired.session is not None:  # it settles what it was paid for
+                task = asyncio.ensure_future(_close_quietly(retired.session))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        slot = self._slots[model] = _Slot()
+        return slot
+
     async def _close_sessions(self, _app: web.Application) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         for slot in self._slots.values():
             if slot.session is not None:
                 with contextlib.suppress(Exception):
@@ -77,7 +101,11 @@ class PayingProxy:
             )
         except (ValueError, KeyError, TypeError):
             return _error(400, "the body needs model and messages", "invalid_request_error")
-        slot = self._slots.setdefault(model, _Slot())
+        slot = self._slot(model)
+        if slot is None:
+            return _error(
+                429, f"{MAX_SLOTS} models are answering already", "rate_limit_exceeded", "busy"
+            )
         async with slot.lock:
             if slot.session is not None and slot.session.closed:
                 slot.session = None
@@ -163,6 +191,11 @@ class PayingProxy:
             # session usable for the next request.
             await answer.aclose()
         return response
+
+
+async def _close_quietly(session: Session) -> None:
+    with contextlib.suppress(Exception):
+        await session.close()
 
 
 def _usage(answer: FailoverChat) -> dict[str, int]:

@@ -20,6 +20,7 @@ __all__ = [
     "ChainUnavailable",
     "Contracts",
     "HostRecord",
+    "ModelPin",
     "OnchainSession",
     "SessionStatus",
     "Settlement",
@@ -49,6 +50,15 @@ class OnchainSession:
     expires_at: int
     close_requested_at: int
     fee_bps: int
+    dispute_window: int = 0  # seconds, fixed when the session opened
+
+    @property
+    def finalizable_at(self) -> int:
+        """When anyone may finalize (JobMarketplace.finalizableAt)."""
+        at = self.expires_at + self.dispute_window
+        if self.close_requested_at:
+            at = min(at, self.close_requested_at + self.dispute_window)
+        return at
 
     @property
     def live(self) -> bool:
@@ -68,6 +78,30 @@ class HostRecord:
     metadata: str
     models: list[bytes]
     stake: int
+    active: bool  # registered, not unbonding, and staking at least the minimum
+    unbonding_ends: int = 0  # unix time; 0 while registered
+    stake_locked_until: int = 0  # the stake is not withdrawable before (its sessions' end)
+
+    @property
+    def registered(self) -> bool:
+        """Registered and not unbonding (it may still be inactive: stake below the minimum)."""
+        return bool(self.peer_id) and not self.unbonding_ends
+
+    @property
+    def withdrawable_at(self) -> int:
+        """When an unbonding host can take its stake back (0 when not unbonding)."""
+        if not self.unbonding_ends:
+            return 0
+        return max(self.unbonding_ends, self.stake_locked_until)
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """What the ModelRegistry pins for a model: the sha256 of its GGUF file and of its
+    tokenizer file (:func:`fabstir_sdk.tokenizer.tokenizer_sha256`), and whether it is active."""
+
+    sha256: bytes
+    tokenizer_sha256: bytes
     active: bool
 
 
@@ -138,13 +172,14 @@ class Contracts:
             status=SessionStatus(s[3]),
             host=s[4],
             expires_at=s[5],
-            token=s[6],
-            close_requested_at=s[7],
-            signer=s[8],
-            model_id=bytes(s[9]),
-            deposit=s[10],
-            price=s[11],
-            checkpoint_tokens=s[12],
+            dispute_window=s[6],
+            token=s[7],
+            close_requested_at=s[8],
+            signer=s[9],
+            model_id=bytes(s[10]),
+            deposit=s[11],
+            price=s[12],
+            checkpoint_tokens=s[13],
         )
 
     def host(self, address: str) -> HostRecord:
@@ -158,6 +193,8 @@ class Contracts:
             [bytes(m) for m in n[3]],
             n[4],
             bool(active),
+            unbonding_ends=n[6],
+            stake_locked_until=n[7],
         )
 
     def hosts_for_model(self, model_id: bytes, page: int = 100) -> list[str]:
@@ -177,10 +214,10 @@ class Contracts:
             )
         )
 
-    def model(self, model_id: bytes) -> tuple[bytes, bool]:
-        """(sha256 of the GGUF, active) of a registered model."""
+    def model_pin(self, model_id: bytes) -> ModelPin:
+        """What the ModelRegistry pins for a registered model (reverts when unknown)."""
         m = with_retries(lambda: self.models.functions.getModel(model_id).call(), "model")
-        return bytes(m[2]), bool(m[4])
+        return ModelPin(sha256=bytes(m[2]), tokenizer_sha256=bytes(m[3]), active=bool(m[5]))
 
     def finalizable_at(self, session_id: int) -> int:
         return int(

@@ -1,0 +1,56 @@
+"""Constants and helpers shared by the contract tests (imported as ``contract_helpers``).
+
+They live here, not in conftest.py, because ``from conftest import ...`` resolves to whichever
+conftest module pytest imported first (node/tests has one too) when ``ape test`` collects from
+the repository root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
+
+ETH = "0x0000000000000000000000000000000000000000"
+ETHER = 10**18
+MIN_STAKE = 100 * ETHER
+UNBONDING = 7 * 24 * 3600
+FEE_BPS = 1000
+DISPUTE_WINDOW = 3600
+ETH_PRICE = 2 * 10**12  # wei per 1000 tokens
+USD_PRICE = 2_000  # micro-dollars per 1000 tokens
+MODEL = ("unsloth/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MODEL_SHA = bytes.fromhex("11" * 32)
+TOKENIZER_SHA = bytes.fromhex("22" * 32)  # of the model's tokenizer file
+PEER_ID = bytes.fromhex("0024080112204a") + b"\x01" * 32
+ADDRS = ["/ip4/127.0.0.1/tcp/4001"]
+
+
+def register_host(
+    host: Any, fab: Any, nodes: Any, owner: Any, model_id: bytes, usd: Any, peer_id: bytes = PEER_ID
+) -> None:
+    fab.mint(host, MIN_STAKE, sender=owner)
+    fab.approve(nodes, MIN_STAKE, sender=host)
+    prices = [(model_id, ETH, ETH_PRICE), (model_id, usd.address, USD_PRICE)]
+    nodes.register(peer_id, ADDRS, '{"gpu":"none"}', [model_id], prices, MIN_STAKE, sender=host)
+
+
+@dataclass
+class Opened:
+    """A session opened by a test, with the key that signs its vouchers."""
+
+    id: int
+    signer: LocalAccount
+    domain: VoucherDomain
+
+    def voucher(self, tokens: int, transcript: bytes = b"\x00" * 32) -> Voucher:
+        return sign_voucher(self.signer, self.domain, self.id, tokens, transcript)
+
+
+def add_model(models: Any, owner: Any, repo: str, file: str, sha: bytes = MODEL_SHA) -> bytes:
+    """Registers ``repo/file`` in the ModelRegistry; returns its id."""
+    models.addModel(repo, file, sha, TOKENIZER_SHA, 1, sender=owner)
+    return bytes(models.modelIdOf(repo, file))
