@@ -5,6 +5,7 @@ false claim: the client vouches for what it counted, no more, ends the session w
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -74,7 +75,9 @@ def test_a_lying_host_is_paid_only_what_the_client_counted(
             honest = answer.prompt_tokens + len(answer.token_ids)
             assert session.vouched <= honest  # never a voucher for what we didn't count
             assert session.vouched >= answer.prompt_tokens  # but what came is paid for
-            assert_settled_for(client.contracts, session.id, session.vouched)
+            await asyncio.to_thread(
+                assert_settled_for, client.contracts, session.id, session.vouched
+            )
             settlement = client.contracts.settlement_of(session.id)
             assert settlement is not None
             assert settlement.host_amount + settlement.fee + settlement.refund == deposit

@@ -70,6 +70,7 @@ def test_fabstir_exit_codes_on_a_chain(devnet: Devnet) -> None:
             # 1: the host fails the session.
             broken = await asyncio.to_thread(fabstir, devnet, "chat", "-m", MODEL, "-p", "hi")
             assert_exit(broken, 1, "injected fault")
+            assert "fabstir session refund" in broken.stderr  # how to get the deposit back
             # 5: the chain refuses: a deposit below the marketplace's minimum reverts.
             tiny = await asyncio.to_thread(
                 fabstir, devnet, "chat", "-m", MODEL, "--deposit", "1", "-p", "hi"

@@ -224,6 +224,7 @@ def chat(
                 err=True,
             )
             history: list[dict[str, str]] = []
+            failed = True
             try:
                 for question in _questions(prompt):
                     history.append({"role": "user", "content": question})
@@ -234,12 +235,21 @@ def chat(
                     history.append({"role": "assistant", "content": answer.text})
                     cost = session.billed * session.price // 1000
                     click.echo(f"[{session.billed} tokens so far, {cost} {unit}]", err=True)
+                failed = False
             finally:
-                settlement = await session.close(wait_settlement=30)
+                # After a failure, don't wait on a host that just failed us: say how to recover.
+                settlement = await session.close(wait_settlement=0 if failed else 30)
                 if settlement is not None:
                     click.echo(
                         f"[settled: paid {settlement.payment} {unit}, refunded "
                         f"{settlement.refund} {unit}]",
+                        err=True,
+                    )
+                elif failed:
+                    click.echo(
+                        f"[closed; if the host does not settle, `fabstir session close "
+                        f"{session.id}` and, after the dispute window, `fabstir session refund "
+                        f"{session.id}` return the rest of the deposit]",
                         err=True,
                     )
                 else:

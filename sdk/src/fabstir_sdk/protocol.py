@@ -447,6 +447,17 @@ async def decode_body_async(body: bytes) -> Message:
 
 
 def decode_body(body: bytes) -> Message:
+    """The message in a frame's body; raises :class:`ProtocolError` subclasses only."""
+    try:
+        return _decode(body)
+    except ProtocolError as exc:
+        # Stripped of traceback and context, the error holds no frame, so none of the decoded
+        # data (maybe a million objects) stays alive while it travels to whoever reports it.
+        exc.__context__ = exc.__cause__ = None
+        raise exc.with_traceback(None) from None
+
+
+def _decode(body: bytes) -> Message:
     try:
         data = decode_cbor(body)
     except ProtocolError:
