@@ -4,17 +4,24 @@ import cbor2
 import pytest
 
 from fabstir_sdk.protocol import (
+    INLINE_DECODE,
+    MAX_DEPTH,
     MAX_FRAME,
+    MAX_SMALL_FRAME,
     Done,
+    FramedStream,
     FrameReader,
     FrameTooLarge,
     InvalidMessage,
     MalformedFrame,
+    Open,
     Prompt,
     StreamClosed,
     Token,
     VoucherMsg,
+    count_items,
     decode_body,
+    decode_body_async,
     decode_uvarint,
     encode_frame,
     encode_uvarint,
@@ -131,3 +138,123 @@ def test_unknown_fields_are_ignored() -> None:
     frame = encode_frame(voucher)
     _, used = decode_uvarint(frame)  # type: ignore[misc]
     assert decode_body(frame[used:]) == voucher
+
+
+# --------------------------------------------------------------------------- bounded decoding
+
+
+def _body(data: dict[str, object]) -> bytes:
+    return cbor2.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"t": "open", "session_id": 2**256, "chain_id": 1},
+        {"t": "open", "session_id": -1, "chain_id": 1},
+        {"t": "open", "session_id": 1, "chain_id": 2**256},
+        {
+            "t": "voucher",
+            "cumulative_tokens": 2**256,
+            "transcript_hash": b"\0" * 32,
+            "signature": b"\0" * 65,
+        },
+        {"t": "prompt", "messages": [{"role": "user", "content": "x"}], "seed": 2**64},
+        {
+            "t": "prompt",
+            "messages": [{"role": "user", "content": "x"}],
+            "temperature": float("nan"),
+        },
+        {
+            "t": "info_response",
+            "host": "h",
+            "models": [],
+            "load": 0,
+            "tokens_per_second": float("inf"),
+        },
+    ],
+)
+def test_out_of_range_fields_are_invalid_messages(data: dict[str, object]) -> None:
+    with pytest.raises(InvalidMessage):
+        decode_body(_body(data))
+
+
+def test_uint256_bounds_are_inclusive_and_seeds_are_64_bit() -> None:
+    top = decode_body(_body({"t": "open", "session_id": 2**256 - 1, "chain_id": 1}))
+    assert top == Open(2**256 - 1, 1)
+    prompt = decode_body(
+        _body({"t": "prompt", "messages": [{"role": "user", "content": "x"}], "seed": -5})
+    )
+    assert isinstance(prompt, Prompt) and prompt.seed == -5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        cbor2.dumps({"t": "open", "x": cbor2.CBORTag(1, 0)}),  # a date
+        cbor2.dumps({"t": "open", "x": cbor2.CBORTag(35, "(a+)+$")}),  # a regular expression
+        cbor2.dumps({"t": "open", "x": cbor2.CBORTag(4, [1, 2])}),  # a decimal fraction
+        cbor2.dumps({"t": "open", "x": cbor2.CBORTag(12345, 1)}),  # an unknown tag
+        b"\xbf\x61t\x64open\xff",  # an indefinite-length map
+        cbor2.dumps({1: 2, "t": "open"}),  # a key that is not a string
+        b"\xa2\x61t\x64open\x61x" + b"\x81" * (MAX_DEPTH + 1) + b"\x00",  # nested too deep
+    ],
+)
+def test_cbor_outside_the_protocol_subset_is_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        decode_body(body)
+
+
+def test_count_items_walks_heads_and_stops_at_the_limit() -> None:
+    assert count_items(cbor2.dumps({"a": [1, 2, {"b": b"xx"}]})) == 8
+    assert count_items(cbor2.dumps("x" * 100_000)) == 1
+    million = b"\x9a" + (10**6).to_bytes(4, "big") + b"\xa0" * 10**6
+    with pytest.raises(MalformedFrame):
+        count_items(million)
+    with pytest.raises(MalformedFrame):
+        count_items(b"\x9a" + (10**6).to_bytes(4, "big") + b"\x00")  # ends early
+
+
+def test_large_frames_decode_off_the_loop_and_a_bomb_is_refused() -> None:
+    prompt = Prompt([{"role": "user", "content": "é" * 100_000}], prefix_ids=list(range(65536)))
+    frame = encode_frame(prompt)
+    length, used = decode_uvarint(frame)  # type: ignore[misc]
+    assert length > INLINE_DECODE
+    assert asyncio.run(decode_body_async(frame[used:])) == prompt
+    bomb = b"\xa2\x61t\x66prompt\x61x\x9a" + (MAX_FRAME - 64).to_bytes(4, "big")
+    bomb += b"\x80" * (MAX_FRAME - 64)
+    with pytest.raises(MalformedFrame):
+        asyncio.run(decode_body_async(bomb))
+
+
+def test_a_decoding_error_keeps_no_decoded_data_alive() -> None:
+    body = _body({"t": "prompt", "x": [[i] for i in range(1000)]})  # no messages: invalid
+    with pytest.raises(InvalidMessage) as raised:
+        decode_body(body)
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+    frames = []
+    tb = raised.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    assert all("data" not in f.f_locals and "kwargs" not in f.f_locals for f in frames)
+
+
+def test_a_framed_stream_takes_a_lower_limit_until_raised() -> None:
+    class Silent:
+        remote_peer = "p"
+
+        async def read(self, _n: int) -> bytes:
+            return encode_uvarint(MAX_SMALL_FRAME + 1)
+
+        async def write(self, data: bytes) -> None: ...
+
+        async def close(self) -> None: ...
+
+        async def reset(self) -> None: ...
+
+    framed = FramedStream(Silent(), MAX_SMALL_FRAME)
+    with pytest.raises(FrameTooLarge):
+        asyncio.run(framed.receive())
+    framed.max_frame = 10 * MAX_FRAME
+    assert framed.max_frame == MAX_FRAME

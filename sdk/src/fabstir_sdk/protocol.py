@@ -42,6 +42,8 @@ MAX_VARINT_BYTES = 10
 MAX_DEPTH = 8
 #: Frames larger than this are decoded in a worker thread, not on the event loop.
 INLINE_DECODE = 16 << 10
+#: The most CBOR data items a frame may hold (a prompt's 65536 prefix ids fit).
+MAX_ITEMS = 1 << 17
 UINT256_MAX = (1 << 256) - 1
 
 
@@ -433,7 +435,50 @@ _collector_paused = _CollectorPause()
 _decoder_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fabstir-decode")
 
 
+def count_items(body: bytes, limit: int = MAX_ITEMS) -> int:
+    """The number of CBOR data items in ``body``, walking only their heads (strings are
+    skipped by length); raises :class:`MalformedFrame` past ``limit`` items, on an
+    indefinite length or when the data ends early. Pure Python, so a thread running it lets
+    others run: it guards the C decoder, which holds the GIL for a whole frame."""
+    pos, end, items = 0, len(body), 0
+    pending = [1]  # items still expected in each open container
+    while pending:
+        if not pending[-1]:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        if pos >= end:
+            raise MalformedFrame("the CBOR data ends early")
+        head = body[pos]
+        major, info = head >> 5, head & 0x1F
+        pos += 1
+        if info < 24:
+            arg = info
+        elif info < 28:
+            size = 1 << (info - 24)
+            arg = int.from_bytes(body[pos : pos + size], "big")
+            pos += size
+        else:
+            raise MalformedFrame("indefinite or reserved CBOR lengths are not allowed")
+        items += 1
+        if items > limit:
+            raise MalformedFrame(f"a frame may hold at most {limit} CBOR items")
+        if major in (2, 3):  # byte and text strings
+            pos += arg
+        elif major == 4 and arg:  # array
+            pending.append(arg)
+        elif major == 5 and arg:  # map
+            pending.append(2 * arg)
+        elif major == 6:  # tag
+            pending.append(1)
+    return items
+
+
 def _decode_large(body: bytes) -> Message:
+    try:
+        count_items(body)
+    except MalformedFrame as exc:
+        raise exc.with_traceback(None) from None
     with _collector_paused:
         return decode_body(body)
 
