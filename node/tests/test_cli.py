@@ -92,7 +92,7 @@ def node(
     *args: str, data_dir: Path, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``fabstir-node ARGS`` with extra environment and standard input."""
-    environment = {k: v for k, v in os.environ.items() if k != "FABSTIR_KEY"}  # the test's
+    environment = {k: v for k, v in os.environ.items() if k != "FABSTIR_NODE_KEY"}  # the test's
     environment.update({"FABSTIR_DATA_DIR": str(data_dir), **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "fabstir_node", *args],
@@ -125,10 +125,11 @@ def test_a_private_key_on_the_command_line_is_refused(tmp_path: Path) -> None:
 
 
 def test_init_imports_the_key_from_the_environment(tmp_path: Path) -> None:
-    result = node("init", "--json", data_dir=tmp_path, env={"FABSTIR_KEY": KEY})
+    result = node("init", "--json", data_dir=tmp_path, env={"FABSTIR_NODE_KEY": KEY})
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["address"] == address_of(KEY) and report["key"] == "imported from $FABSTIR_KEY"
+    assert report["address"] == address_of(KEY)
+    assert report["key"] == "imported from $FABSTIR_NODE_KEY"
     assert KEY[2:] not in result.stdout + result.stderr
 
 
@@ -148,7 +149,7 @@ def test_init_imports_the_key_from_a_private_file(tmp_path: Path) -> None:
     loose = node("init", "--key-file", str(key_file), data_dir=tmp_path / "a")
     assert loose.returncode == 4 and "chmod 600" in loose.stderr
     key_file.chmod(0o600)
-    env = {"FABSTIR_KEY": "0x" + "11" * 32}  # the flag wins over the environment
+    env = {"FABSTIR_NODE_KEY": "0x" + "11" * 32}  # the flag wins over the environment
     result = node("init", "--key-file", str(key_file), "--json", data_dir=tmp_path / "b", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["address"] == address_of(KEY)
@@ -164,7 +165,7 @@ def test_init_makes_a_private_data_dir_and_refuses_to_overwrite(tmp_path: Path) 
 
 
 def test_loose_or_malformed_key_files_exit_4_on_load(tmp_path: Path) -> None:
-    assert node("init", data_dir=tmp_path, env={"FABSTIR_KEY": KEY}).returncode == 0
+    assert node("init", data_dir=tmp_path, env={"FABSTIR_NODE_KEY": KEY}).returncode == 0
     eth = tmp_path / "keys" / "eth.key"
     eth.chmod(0o644)
     loose = node("status", data_dir=tmp_path)

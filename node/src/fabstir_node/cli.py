@@ -43,7 +43,7 @@ from fabstir_node.models import (
 from fabstir_sdk.errors import FabstirError, map_errors
 
 #: Where `init` may read a key to import (never a command-line argument: `ps` shows those).
-KEY_ENV = "FABSTIR_KEY"
+KEY_ENV = "FABSTIR_NODE_KEY"  # not FABSTIR_KEY: that is the client's wallet (make devnet)
 
 
 class NodeCommand(click.Group):
@@ -280,7 +280,7 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
 
 def _imported_key(key_file: Path | None, key_stdin: bool) -> tuple[str | None, str]:
     """The Ethereum key to import and where it came from: ``--key-file``, ``--key-stdin``
-    or $FABSTIR_KEY (flags win over the environment); (None, "generated") for a new key."""
+    or $FABSTIR_NODE_KEY (flags win over the environment); (None, "generated") for a new key."""
     import os
 
     from fabstir_node.errors import KeysError
@@ -331,7 +331,7 @@ def init(
     A new Ethereum key is made unless one is imported, from (first found):
       --key-file PATH   a file only you can read (chmod 600)
       --key-stdin       standard input (a hidden prompt on a terminal)
-      $FABSTIR_KEY      the environment
+      $FABSTIR_NODE_KEY the environment
     Never pass a key as an argument: every user of the machine can read it with `ps`.
     The data dir is created mode 0700, the key files 0600.
     """

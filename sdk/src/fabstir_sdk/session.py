@@ -28,12 +28,14 @@ from eth_utils.crypto import keccak
 
 from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 from fabstir_sdk.contracts.client import Contracts, SessionStatus, Settlement
-from fabstir_sdk.errors import HostError, UsageError
+from fabstir_sdk.errors import HostError, UsageError, mapped
+from fabstir_sdk.p2p import P2PError
 from fabstir_sdk.protocol import (
     Cancel,
     Done,
     Error,
     FramedStream,
+    Message,
     Prompt,
     ProtocolError,
     Token,
@@ -177,7 +179,7 @@ class Session:
         ended = False
         try:
             self._absorb(cbor2.dumps(prompt.messages, canonical=True))
-            await self._framed.send(prompt)
+            await self._send(prompt)
             while True:
                 message = await self._receive()
                 if isinstance(message, Done):
@@ -235,7 +237,7 @@ class Session:
     async def _wind_down(self, answer: _Answer) -> None:
         """Cancel the answer in progress and read to its ``done``, paying for what came."""
         try:
-            await self._framed.send(Cancel())
+            await self._send(Cancel())
             while True:
                 message = await self._receive()
                 if isinstance(message, Done):
@@ -262,7 +264,7 @@ class Session:
         with contextlib.suppress(Exception):
             await self._vouch()
         with contextlib.suppress(Exception):
-            await self._framed.send(Error("bad_accounting", reason))
+            await self._send(Error("bad_accounting", reason))
         await self._abandon()
         raise HostError("bad_accounting", reason, retryable=True)
 
@@ -270,6 +272,12 @@ class Session:
         self.closed = True
         with contextlib.suppress(Exception):
             await self._framed.stream.close()
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self._framed.send(message)
+        except (ConnectionError, OSError, P2PError) as exc:
+            raise HostError("stream_closed", f"the host went away: {exc}", True) from exc
 
     async def _receive(self) -> Any:
         try:
@@ -284,7 +292,7 @@ class Session:
         if self.billed <= self.vouched:
             return
         voucher = sign_voucher(self.signer, self.domain, self.id, self.billed, self.transcript)
-        await self._framed.send(
+        await self._send(
             VoucherMsg(voucher.cumulative_tokens, voucher.transcript_hash, voucher.signature)
         )
         self.vouched = self.billed
@@ -292,10 +300,11 @@ class Session:
 
     async def cancel(self) -> None:
         """Ask the host to stop the current answer; it ends with finish reason ``cancelled``."""
-        await self._framed.send(Cancel())
+        await self._send(Cancel())
 
     # ----------------------------------------------------------------- ending
 
+    @mapped
     async def close(self, wait_settlement: float = 0) -> Settlement | None:
         """End the session: the host settles with our last voucher. Optionally wait (seconds)
         for the settlement and return it."""
@@ -316,6 +325,7 @@ class Session:
             await asyncio.sleep(0.2)
         return None
 
+    @mapped
     async def request_refund(self) -> int:
         """The host vanished: ask to close on-chain. Returns when ``finalize`` becomes possible
         (a unix time); the host may still settle with our vouchers until then."""
@@ -325,6 +335,7 @@ class Session:
         await asyncio.to_thread(self.contracts.request_close, self.id)
         return await asyncio.to_thread(self.contracts.finalizable_at, self.id)
 
+    @mapped
     async def finalize(self) -> Settlement:
         """After the dispute window: settle on the best checkpoint and take the refund."""
         return await asyncio.to_thread(self.contracts.finalize, self.id)
