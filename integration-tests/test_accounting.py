@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from fabstir_devtools.wait import wait_until
 from fabstir_node.sessions import SessionService
 from fabstir_sdk.errors import HostError
 from fabstir_sdk.models import model_id
-from fabstir_sdk.protocol import FramedStream, Message, Token
+from fabstir_sdk.protocol import FramedStream, Message, Ready, Token
 
 from conftest import PRICE, SETTLE_TIMEOUT, Devnet, assert_settled_for, run
 
@@ -113,6 +114,71 @@ def test_an_honest_hosts_claims_match_the_clients_count_exactly(devnet: Devnet) 
             assert session.vouched == sum(totals)
             settlement = await session.close(wait_settlement=SETTLE_TIMEOUT)
             assert settlement is not None and settlement.tokens == sum(totals)
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
+
+
+class HoldsSettlement(SessionService):
+    """Fault injection: the host holds back its settlement until the test lets it go, so a
+    client can re-attach to the session deterministically."""
+
+    async def settle(self, session_id: int) -> None:
+        await self.release.wait()  # type: ignore[attr-defined]
+        await super().settle(session_id)
+
+
+class InflatesTheResumeCount(HoldsSettlement):
+    async def _send(self, framed: FramedStream, message: Message) -> None:
+        if isinstance(message, Ready) and message.billed_tokens:
+            message = replace(message, billed_tokens=message.billed_tokens + 100)
+        await framed.send(message)
+
+
+@pytest.mark.parametrize(("index", "host"), [(2, HoldsSettlement), (3, InflatesTheResumeCount)])
+def test_reattaching_resumes_only_from_the_clients_own_voucher(
+    devnet: Devnet, index: int, host: type[HoldsSettlement]
+) -> None:
+    async def main() -> None:
+        node = await devnet.start_node(index, service=host)
+        assert node.sessions is not None and node.network is not None
+        node.sessions.release = asyncio.Event()  # type: ignore[attr-defined]
+        client = devnet.client(6)
+        try:
+            session = await client.open_session(
+                model_id("local", devnet.model_path.name), host=node.keys.account.address
+            )
+            await session.chat(MESSAGES, max_tokens=7, temperature=0).collect()
+            vouched = session.vouched
+            journal = node.journal
+            assert journal is not None
+
+            def host_has_the_last_voucher() -> bool:
+                journaled = journal.get(session.id)
+                best = journaled.best if journaled else None
+                return best is not None and best.cumulative_tokens == vouched
+
+            await asyncio.to_thread(wait_until, host_has_the_last_voucher, 60, "the last voucher")
+            await session._framed.stream.reset()  # the connection drops
+            hosts = await client.find_hosts(session.model)
+            [info] = [h for h in hosts if h.address == session.host]
+            if host is InflatesTheResumeCount:
+                with pytest.raises(HostError, match="bad_accounting"):
+                    await client.attach(session.id, info, session.signer)
+                total = vouched
+            else:
+                again = await client.attach(session.id, info, session.signer)
+                assert again.vouched == again.billed == vouched
+                answer = again.chat(MESSAGES, max_tokens=5, temperature=0)
+                await answer.collect()
+                assert answer.usage is not None
+                total = vouched + answer.usage.total_tokens
+                assert again.vouched == total
+                await again.close()
+            node.sessions.release.set()  # type: ignore[attr-defined]
+            await asyncio.to_thread(assert_settled_for, client.contracts, session.id, total)
         finally:
             await client.close()
             await node.stop()

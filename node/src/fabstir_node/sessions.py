@@ -235,7 +235,8 @@ class SessionService:
             expires_at=onchain.expires_at,
         )
         self._attached[onchain.id] = live
-        await framed.send(
+        await self._send(
+            framed,
             Ready(
                 onchain.id,
                 self.served.name,
@@ -244,7 +245,7 @@ class SessionService:
                 vouched,
                 best.transcript_hash if best else None,
                 best.signature if best else None,
-            )
+            ),
         )
         reader = asyncio.ensure_future(self._read(framed, live))
         try:

@@ -444,7 +444,8 @@ class P2PHost:
                 assert token is not None
 
                 def finished(_: object) -> None:
-                    token.run_sync_soon(done.set)
+                    with contextlib.suppress(trio.RunFinishedError):  # the host stopped
+                        token.run_sync_soon(done.set)
 
                 future = asyncio.run_coroutine_threadsafe(handler(bridged), self.loop)
                 future.add_done_callback(finished)
