@@ -5,6 +5,7 @@ nodes in-process or as ``fabstir-node run`` subprocesses, SDK clients, real 127.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,6 +110,18 @@ class Devnet(LocalNetwork):
 
     def client(self, index: int = 4, **kwargs: Any) -> FabstirClient:
         return super().client(index, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Clients (in-process and CLI subprocesses) cache tokenizers in a private directory."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,19 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from fabstir_devtools.chain import anvil_account
 from fabstir_node.chain import HostChain, ServedModel
+from fabstir_node.sessions import SessionService
 from fabstir_sdk.contracts import ETH
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.errors import NoHostAvailable
 from fabstir_sdk.models import model_id
 from fabstir_sdk.p2p import peer_id_bytes, peer_id_of_seed
+from fabstir_sdk.protocol import FramedStream
 
 from conftest import PRICE, Devnet, run
 
@@ -105,6 +108,36 @@ def test_a_host_asking_more_than_it_registered_gets_no_deposit(devnet: Devnet) -
                 await client.open_session(model, host=node.keys.account.address)
             assert client.contracts.market.functions.nextSessionId().call() == first_id
             assert client.stranded == []
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
+
+
+class ServesAnotherTokenizer(SessionService):
+    """Fault injection: a host whose tokenizer file is not the one the registry pins (it
+    would count prompts its own way)."""
+
+    async def handle_tokenizer(self, framed: FramedStream) -> None:
+        self.engine.tokenizer_file = self.engine.tokenizer_file[:-1] + b"\x01"
+        await super().handle_tokenizer(framed)
+
+
+def test_a_host_serving_another_tokenizer_gets_no_deposit(
+    devnet: Devnet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: it must be fetched
+
+    async def main() -> None:
+        node = await devnet.start_node(3, service=ServesAnotherTokenizer)
+        client = devnet.client(6)
+        try:
+            model = model_id("local", devnet.model_path.name)
+            first_id = client.contracts.market.functions.nextSessionId().call()
+            with pytest.raises(NoHostAvailable, match="bad_tokenizer"):
+                await client.open_session(model, host=node.keys.account.address)
+            assert client.contracts.market.functions.nextSessionId().call() == first_id
         finally:
             await client.close()
             await node.stop()
