@@ -17,6 +17,7 @@ from fabstir_sdk.announcements import (
     MAX_AGE_S,
     MAX_FUTURE_S,
     HostAnnouncement,
+    is_valid_announcement,
     sign_announcement,
     verify_announcement,
 )
@@ -164,3 +165,20 @@ def test_an_info_answer_newer_than_the_gossip_wins() -> None:
 def test_verify_refuses_oversized_announcements() -> None:
     with pytest.raises(MalformedFrame):
         verify_announcement(secrets.token_bytes(17 * 1024))
+
+
+def test_the_gossip_validator_passes_only_what_the_client_would_keep() -> None:
+    account = Account.create()
+    genuine = sign_announcement(account, announcement(account))
+    assert is_valid_announcement(genuine, PEER)
+    assert not is_valid_announcement(genuine, OTHER_PEER)  # relayed for another publisher
+    assert not is_valid_announcement(
+        sign_announcement(Account.create(), announcement(account)), PEER
+    )
+    old = announcement(account, timestamp=int(time.time()) - MAX_AGE_S - 5)
+    assert not is_valid_announcement(sign_announcement(account, old), PEER)
+    assert not is_valid_announcement(b"\x00", PEER)
+    discovery = fresh_discovery()
+    discovery.registered[account.address.lower()] = OTHER_PEER
+    assert not discovery.validate(genuine, PEER)  # not the registered peer id
+    assert discovery.rejected == {"wrong_peer": 1}

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 from eth_account.signers.local import LocalAccount
 
 from fabstir_node.sessions import SessionService
-from fabstir_sdk.announcements import HostAnnouncement, sign_announcement
+from fabstir_sdk.announcements import HostAnnouncement, is_valid_announcement, sign_announcement
 from fabstir_sdk.p2p import BridgedStream, P2PHost, peer_id_from_bytes, provider_key
 from fabstir_sdk.protocol import (
     HOSTS_TOPIC,
@@ -56,8 +57,9 @@ class NodeNetwork:
         host.set_handler(INFO_PROTOCOL, self._info)
         host.set_handler(TOKENIZER_PROTOCOL, self._tokenizer)
         # Subscribing makes this host a member of the announcements mesh: it relays the
-        # other hosts' announcements to its peers instead of only sending its own by fanout.
-        host.on_gossip(HOSTS_TOPIC, self._heard)
+        # other hosts' announcements to its peers instead of only sending its own by fanout
+        # (only genuine, fresh ones: the validator drops the rest before they are relayed).
+        host.on_gossip(HOSTS_TOPIC, self._heard, validate=is_valid_announcement)
 
     async def _session(self, stream: BridgedStream) -> None:
         # Small frames until `open` succeeds: strangers must not make us read megabytes.
@@ -81,10 +83,9 @@ class NodeNetwork:
                 await self.host.connect(peer, [addr])
             except Exception as exc:
                 log.warning("bootstrap peer %s unreachable: %s", addr, exc)
-        await self.link_hosts()
         await self.provide()
         self._announcer = asyncio.ensure_future(self._announce_forever())
-        self._linker = asyncio.ensure_future(self._link_forever())
+        self._linker = asyncio.ensure_future(self._link_forever())  # links now, then every minute
 
     async def link_hosts(self) -> int:
         """Dial the hosts the NodeRegistry lists for our model until :data:`LINK_TARGET` of
@@ -95,6 +96,7 @@ class NodeNetwork:
                 contracts.hosts_for_model, self.sessions.served.model_id
             )
             others = [a for a in addresses if a.lower() != self.account.address.lower()]
+            others = random.sample(others, min(len(others), 4 * LINK_TARGET))  # bounded RPCs
             records = await asyncio.gather(*(asyncio.to_thread(contracts.host, a) for a in others))
         except Exception as exc:  # the chain is down: try again next round
             log.debug("cannot list registered hosts: %s", exc)
@@ -126,12 +128,12 @@ class NodeNetwork:
 
     async def _link_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.link_every)
             try:
                 if await self.link_hosts():
                     await self.provide()  # new neighbours in the DHT: store our record there
             except Exception as exc:
                 log.debug("linking hosts failed: %s", exc)
+            await asyncio.sleep(self.link_every)
 
     async def provide(self) -> None:
         with contextlib.suppress(Exception):

@@ -88,6 +88,17 @@ def verify_announcement(data: bytes, now: float | None = None) -> HostAnnounceme
     return announcement
 
 
+def is_valid_announcement(data: bytes, publisher: str) -> bool:
+    """Whether gossip ``data`` published by peer ``publisher`` is a genuine, fresh
+    announcement of that peer (the gossipsub validator: others are not relayed)."""
+    try:
+        return verify_announcement(data).peer_id == publisher
+    except InvalidMessage:
+        return False
+    except MalformedFrame:
+        return False
+
+
 def _check_fields(a: HostAnnouncement) -> None:
     def uint(value: Any, high: int = UINT256_MAX) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high

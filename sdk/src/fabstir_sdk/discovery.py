@@ -23,7 +23,6 @@ from fabstir_sdk.errors import HostError
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes, provider_key
 from fabstir_sdk.protocol import (
     INFO_PROTOCOL,
-    MAX_SMALL_FRAME,
     Error,
     FramedStream,
     InfoRequest,
@@ -36,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_ANNOUNCEMENTS = 1024
 #: Seconds after its last announcement or info answer that a host still counts as reachable.
 FRESH_S = 60
+#: The largest info answer we read (a host serving many models may say more than a request).
+MAX_INFO_FRAME = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -63,22 +64,18 @@ class Discovery:
         self.registered: dict[str, str] = {}  # host address -> peer id, from the registry
         self.rejected: Counter[str] = Counter()  # announcements ignored, by reason
 
+    def validate(self, data: bytes, sender: str) -> bool:
+        """The gossipsub validator for the hosts topic (pass it to ``P2PHost.on_gossip``):
+        what it refuses is neither delivered nor relayed."""
+        return self._genuine(data, sender) is not None
+
     def on_announcement(self, data: bytes, sender: str) -> None:
         """A gossip message on the hosts topic from ``sender`` (its publisher, as pubsub
         authenticated it); kept only if genuine, fresh and new."""
-        try:
-            announcement = verify_announcement(data)
-        except ProtocolError as exc:
-            self._reject(exc.code, exc)
-            return
-        if announcement.peer_id != sender:
-            self._reject("wrong_peer", f"published by {sender}, names {announcement.peer_id}")
+        announcement = self._genuine(data, sender)
+        if announcement is None:
             return
         key = announcement.host.lower()
-        registered = self.registered.get(key)
-        if registered is not None and registered != announcement.peer_id:
-            self._reject("wrong_peer", f"{announcement.peer_id} is not {key}'s registered peer")
-            return
         held = self.announcements.get(key)
         if held is not None and held.timestamp >= announcement.timestamp:
             return  # a repeat or an older one: keep what we have
@@ -87,6 +84,25 @@ class Discovery:
         while len(self.announcements) > MAX_ANNOUNCEMENTS:
             unknown = next((k for k in self.announcements if k not in self.registered), None)
             self.announcements.pop(unknown or next(iter(self.announcements)))
+
+    def _genuine(self, data: bytes, sender: str) -> HostAnnouncement | None:
+        """The announcement in ``data`` if it is signed by the host it names, published by
+        the peer it names, fresh, and (when the registry was read) names the registered peer;
+        otherwise None, counted in :attr:`rejected`."""
+        try:
+            announcement = verify_announcement(data)
+        except ProtocolError as exc:
+            self._reject(exc.code, exc)
+            return None
+        if announcement.peer_id != sender:
+            self._reject("wrong_peer", f"published by {sender}, names {announcement.peer_id}")
+            return None
+        key = announcement.host.lower()
+        registered = self.registered.get(key)
+        if registered is not None and registered != announcement.peer_id:
+            self._reject("wrong_peer", f"{announcement.peer_id} is not {key}'s registered peer")
+            return None
+        return announcement
 
     def _reject(self, reason: str, detail: object) -> None:
         self.rejected[reason] += 1
@@ -122,15 +138,14 @@ class Discovery:
         Raises :class:`P2PError` when the host cannot be reached (a dial that times out
         included) and :class:`HostError` when it answers with an error, out of time, or
         something other than its own info."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
         stream = await self.p2p.open_stream(
             PeerAddress(host.peer_id, host.addrs), INFO_PROTOCOL, timeout=timeout
         )
-        framed = FramedStream(stream, max_frame=MAX_SMALL_FRAME)
+        framed = FramedStream(stream, max_frame=MAX_INFO_FRAME)
         try:
             await framed.send(InfoRequest())
-            reply = await framed.receive(timeout=max(deadline - loop.time(), 0.001))
+            reply = await framed.receive(timeout=max(deadline - time.monotonic(), 0.01))
         except ProtocolError as exc:
             await stream.reset()
             raise HostError(exc.code, f"info request failed: {exc}", exc.retryable) from exc

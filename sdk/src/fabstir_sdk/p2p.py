@@ -301,10 +301,16 @@ class BridgedStream:
     async def _write_patiently(self, stream: Any, data: bytes) -> None:
         """``stream.write(data)``, waiting for the peer's Yamux window for up to
         :data:`WRITE_STALL_TIMEOUT` s (py-libp2p's own write gives up after 5 s): a slow
-        reader stalls us; one that stops reading for good gets the stream reset."""
+        reader stalls us; one that stops reading for good gets the stream reset.
+
+        Only the wait for the window can be cancelled (by :meth:`reset`): a write cancelled
+        halfway through would leave half a Noise message on the connection, which the peer
+        cannot decrypt, and the connection (every stream on it) would die. So we write no
+        more than the window holds, shielded: that never waits for the peer's reader."""
         muxed = getattr(stream, "muxed_stream", stream)
         if not isinstance(getattr(muxed, "send_window", None), int):
-            await stream.write(data)
+            with trio.CancelScope(shield=True):
+                await stream.write(data)
             return
         view = memoryview(data)
         while view:
@@ -317,7 +323,8 @@ class BridgedStream:
                 finally:
                     self.stalled = False
             size = max(min(len(view), muxed.send_window), 1)
-            await stream.write(bytes(view[:size]))
+            with trio.CancelScope(shield=True):
+                await stream.write(bytes(view[:size]))
             view = view[size:]
 
 
@@ -338,6 +345,7 @@ class P2PHost:
         self._handlers: dict[str, Handler] = {}
         self._streams: weakref.WeakSet[BridgedStream] = weakref.WeakSet()
         self._subscriptions: dict[str, Callable[[bytes, str], None]] = {}
+        self._validators: dict[str, Callable[[bytes, str], bool]] = {}
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -352,9 +360,19 @@ class P2PHost:
         """Serve ``protocol`` with an asyncio handler; call before :meth:`start`."""
         self._handlers[protocol] = handler
 
-    def on_gossip(self, topic: str, callback: Callable[[bytes, str], None]) -> None:
-        """Call ``callback(data, from_peer)`` on the event loop for each message on ``topic``."""
+    def on_gossip(
+        self,
+        topic: str,
+        callback: Callable[[bytes, str], None],
+        validate: Callable[[bytes, str], bool] | None = None,
+    ) -> None:
+        """Subscribe to ``topic`` (call before :meth:`start`): ``callback(data, from_peer)``
+        runs on the event loop for each message. ``validate(data, from_peer)``, when given,
+        runs first in the libp2p thread: a message it refuses is neither delivered nor
+        relayed to our gossipsub peers (a subscriber relays, so junk must stop here)."""
         self._subscriptions[topic] = callback
+        if validate is not None:
+            self._validators[topic] = validate
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -411,6 +429,8 @@ class P2PHost:
             await stack.enter_async_context(background_trio_service(pubsub))
             await stack.enter_async_context(background_trio_service(gossip))
             await pubsub.wait_until_ready()  # pubsub must run before any peer connects
+            for topic, validate in self._validators.items():
+                pubsub.set_topic_validator(topic, _gossip_validator(validate), False)
             self._pubsub = pubsub
             dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
             await stack.enter_async_context(background_trio_service(dht))
@@ -467,7 +487,10 @@ class P2PHost:
     def _trio_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._token is None:
             raise P2PError("the libp2p host is not running")
-        self._token.run_sync_soon(fn, *args)
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            raise P2PError("the libp2p host is not running") from None
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float = 30) -> T:
         """Run ``fn(*args)`` in the trio thread and await its result from asyncio."""
@@ -527,8 +550,9 @@ class P2PHost:
     async def open_stream(
         self, peer: PeerAddress, protocol: str, timeout: float = 15
     ) -> BridgedStream:
-        """Connect if needed and open a ``protocol`` stream to ``peer`` (each step within
-        ``timeout`` s); raises :class:`P2PError`."""
+        """Connect if needed and open a ``protocol`` stream to ``peer``, all within
+        ``timeout`` s; raises :class:`P2PError`."""
+        deadline = time.monotonic() + timeout
         if peer.addrs:
             await self.connect(peer.peer_id, peer.addrs, timeout)
 
@@ -544,7 +568,7 @@ class P2PHost:
             return bridged
 
         try:
-            stream = await self._call(open_, timeout=timeout)
+            stream = await self._call(open_, timeout=max(deadline - time.monotonic(), 0.01))
         except Exception as exc:
             raise P2PError(f"cannot open {protocol} to {peer.peer_id}: {exc}") from exc
         if stream.remote_peer != peer.peer_id:  # defence in depth; Noise already checked
@@ -586,14 +610,32 @@ class P2PHost:
         await self._call(run)
 
 
+def _gossip_validator(validate: Callable[[bytes, str], bool]) -> Callable[[Any, Any], bool]:
+    def validator(_forwarder: Any, message: Any) -> bool:
+        try:
+            return bool(validate(bytes(message.data), str(ID(message.from_id))))
+        except Exception:  # whatever a stranger sent, it only fails validation
+            return False
+
+    return validator
+
+
 def _set(future: asyncio.Future[T], value: T) -> None:
     if not future.done():
         future.set_result(value)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc if isinstance(exc, Exception) else P2PError(repr(exc)))
+    """Fail ``future`` with a :class:`FabstirError`: what libp2p or trio raised becomes a
+    :class:`P2PError` (the original in ``__cause__``)."""
+    if future.done():
+        return
+    if isinstance(exc, FabstirError):
+        future.set_exception(exc)
+        return
+    mapped = P2PError(str(exc) or repr(exc))
+    mapped.__cause__ = exc
+    future.set_exception(mapped)
 
 
 def _safe_call(callback: Callable[[bytes, str], None], data: bytes, sender: str) -> None:
