@@ -108,7 +108,9 @@ class FabstirClient:
         self.contracts = Contracts.connect(rpc_url, deployment, self.account)
         self.p2p = P2PHost(secrets.token_bytes(32), [listen])
         self.discovery = Discovery(self.contracts, self.p2p)
-        self.p2p.on_gossip(HOSTS_TOPIC, self.discovery.on_announcement)
+        self.p2p.on_gossip(
+            HOSTS_TOPIC, self.discovery.on_announcement, validate=self.discovery.validate
+        )
         self._bootstrap = bootstrap or []
         self._started = False
         self._tokenizers: dict[bytes, Tokenizer] = {}
