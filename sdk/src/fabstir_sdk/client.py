@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEPOSIT = 10**15  # 0.001 ETH
 DEFAULT_DURATION = 3600
+ATTACH_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # retries of an open the host rate-limited
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,8 @@ class FabstirClient:
                 token,
             )
             try:
-                return await self.attach(
-                    session_id, chosen, signer, tokenizer, voucher_every=voucher_every
+                return await self._attach_patiently(
+                    session_id, chosen, signer, tokenizer, voucher_every
                 )
             except (HostError, P2PError) as exc:
                 failures.append(f"{chosen.address}: {exc}")
@@ -217,6 +218,26 @@ class FabstirClient:
         if self.stranded:
             message += ". " + self.stranded[-1].advice
         raise NoHostAvailable(message)
+
+    async def _attach_patiently(
+        self,
+        session_id: int,
+        host: HostInfo,
+        signer: LocalAccount,
+        tokenizer: Tokenizer,
+        voucher_every: int,
+    ) -> Session:
+        """Attach, waiting out a host that rate-limits opens (our deposit is already made)."""
+        for delay in ATTACH_BACKOFF_S:
+            try:
+                return await self.attach(
+                    session_id, host, signer, tokenizer, voucher_every=voucher_every
+                )
+            except HostError as exc:
+                if exc.code != "rate_limited":
+                    raise
+            await asyncio.sleep(delay)
+        return await self.attach(session_id, host, signer, tokenizer, voucher_every=voucher_every)
 
     async def _vet(self, host: HostInfo, model_id: bytes, token: str = ETH) -> Tokenizer:
         """Before depositing: the host is reachable, offers the model at the price we'll pay,
