@@ -5,7 +5,12 @@ nodes in-process or as ``fabstir-node run`` subprocesses, SDK clients, real 127.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,3 +154,65 @@ def assert_settled_for(contracts: Any, session_id: int, vouched: int) -> None:
     settlement = contracts.settlement_of(session_id)
     assert settlement is not None and settlement.tokens == vouched
     assert settlement.host_amount + settlement.fee == vouched * PRICE // 1000
+
+
+@contextlib.contextmanager
+def node_in_thread(devnet: Devnet, index: int) -> Iterator[None]:
+    """An in-process host node on its own event loop in a thread, as if in its own process
+    (for tests of the blocking SDK wrappers, which run their own loop)."""
+    ready, stop = threading.Event(), threading.Event()
+
+    def host() -> None:
+        async def main() -> None:
+            node = await devnet.start_node(index)
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+            await node.stop()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    try:
+        assert ready.wait(300), "the host did not start"
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+
+
+async def wait_for_voucher(node: HostNode, session_id: int, tokens: int) -> None:
+    """Wait until ``node`` has journaled the client's voucher for ``tokens``."""
+    journal = node.journal
+    assert journal is not None
+
+    def holds_it() -> bool:
+        journaled = journal.get(session_id)
+        best = journaled.best if journaled else None
+        return best is not None and best.cumulative_tokens == tokens
+
+    await asyncio.to_thread(wait_until, holds_it, 60, f"the host to hold a {tokens}-token voucher")
+
+
+def node_status(devnet: Devnet, data_dir: Path) -> dict[str, Any]:
+    """``fabstir-node status --json`` for the node whose data directory is ``data_dir``."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fabstir_node",
+            "status",
+            "--json",
+            "--rpc-url",
+            devnet.anvil.url,
+            "--deployment",
+            str(devnet.deployment_path),
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))

@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from fabstir_devtools.wait import wait_until
 from fabstir_node.sessions import SessionService
 from fabstir_sdk.errors import HostError
 from fabstir_sdk.models import model_id
 from fabstir_sdk.protocol import FramedStream, Message, Ready, Token
 
-from conftest import PRICE, SETTLE_TIMEOUT, Devnet, assert_settled_for, run
+from conftest import PRICE, SETTLE_TIMEOUT, Devnet, assert_settled_for, run, wait_for_voucher
 
 MESSAGES = [{"role": "user", "content": "count for me"}]
 
@@ -152,15 +151,7 @@ def test_reattaching_resumes_only_from_the_clients_own_voucher(
             )
             await session.chat(MESSAGES, max_tokens=7, temperature=0).collect()
             vouched = session.vouched
-            journal = node.journal
-            assert journal is not None
-
-            def host_has_the_last_voucher() -> bool:
-                journaled = journal.get(session.id)
-                best = journaled.best if journaled else None
-                return best is not None and best.cumulative_tokens == vouched
-
-            await asyncio.to_thread(wait_until, host_has_the_last_voucher, 60, "the last voucher")
+            await wait_for_voucher(node, session.id, vouched)
             await session._framed.stream.reset()  # the connection drops
             hosts = await client.find_hosts(session.model)
             [info] = [h for h in hosts if h.address == session.host]

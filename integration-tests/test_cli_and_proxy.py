@@ -14,7 +14,7 @@ import openai
 from fabstir_devtools.chain import anvil_account, free_port
 from fabstir_devtools.wait import wait_until
 
-from conftest import PRICE, Devnet, run
+from conftest import PRICE, Devnet, node_status, run
 
 MODEL = "local/tiny.gguf"
 
@@ -80,26 +80,7 @@ def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None
         finally:
             await node.stop()
 
-        status = await asyncio.to_thread(
-            subprocess.run,
-            [
-                sys.executable,
-                "-m",
-                "fabstir_node",
-                "status",
-                "--json",
-                "--rpc-url",
-                devnet.anvil.url,
-                "--deployment",
-                str(devnet.deployment_path),
-                "--data-dir",
-                str(node.config.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        report = json.loads(status.stdout)
+        report = await asyncio.to_thread(node_status, devnet, node.config.data_dir)
         assert report["registered"] and report["sessions_settled"] == 1
         assert report["pending_settlements"] == 0 and report["earnings_wei"] > 0
 

@@ -6,15 +6,20 @@ exactly what was vouched."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from fabstir_devtools.chain import anvil_account
-from fabstir_devtools.wait import wait_until
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import Session
 from fabstir_sdk.sync import SyncClient
 
-from conftest import SETTLE_TIMEOUT, Devnet, assert_settled_for, run
+from conftest import (
+    SETTLE_TIMEOUT,
+    Devnet,
+    assert_settled_for,
+    node_in_thread,
+    run,
+    wait_for_voucher,
+)
 
 MESSAGES = [{"role": "user", "content": "tell me a long story"}]
 LONG = 300  # tokens asked for: far more than any test reads before leaving
@@ -72,16 +77,8 @@ def test_break_aclose_and_cancel_leave_the_session_usable(devnet: Devnet) -> Non
             await next_answer_works(session)
 
             vouched = session.vouched
-            journal = node.journal
-            assert journal is not None
-
-            def host_holds_our_last_voucher() -> bool:
-                journaled = journal.get(session.id)
-                best = journaled.best if journaled else None
-                return best is not None and best.cumulative_tokens == vouched
-
-            await asyncio.to_thread(wait_until, host_holds_our_last_voucher, 60, "the voucher")
-            journaled = journal.get(session.id)
+            await wait_for_voucher(node, session.id, vouched)
+            journaled = node.journal.get(session.id) if node.journal else None
             assert journaled is not None and journaled.billed_tokens == vouched  # all paid
             await session.close()
             await asyncio.to_thread(assert_settled_for, client.contracts, session.id, vouched)
@@ -93,32 +90,17 @@ def test_break_aclose_and_cancel_leave_the_session_usable(devnet: Devnet) -> Non
 
 
 def test_leaving_sync_chat_early_leaves_the_session_usable(devnet: Devnet) -> None:
-    ready, stop = threading.Event(), threading.Event()
-
-    def host() -> None:  # the node on its own loop, as it would be in its own process
-        async def main() -> None:
-            node = await devnet.start_node(2)
-            ready.set()
-            await asyncio.to_thread(stop.wait)
-            await node.stop()
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=host)
-    thread.start()
-    try:
-        assert ready.wait(300), "the host did not start"
-        with SyncClient(devnet.anvil.url, anvil_account(5).key.hex(), devnet.deployment) as c:
-            session = c.open_session(
-                model_id("local", devnet.model_path.name), host=anvil_account(2).address
-            )
-            for _piece in session.chat(MESSAGES, max_tokens=LONG, temperature=0):
-                break
-            text = "".join(session.chat(MESSAGES, max_tokens=4, temperature=0))
-            assert text and session.usage is not None
-            assert session.usage.completion_tokens == 4
-            settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
-            assert settlement is not None and settlement.tokens == session.session.vouched
-    finally:
-        stop.set()
-        thread.join(60)
+    with (
+        node_in_thread(devnet, 2),
+        SyncClient(devnet.anvil.url, anvil_account(5).key.hex(), devnet.deployment) as c,
+    ):
+        session = c.open_session(
+            model_id("local", devnet.model_path.name), host=anvil_account(2).address
+        )
+        for _piece in session.chat(MESSAGES, max_tokens=LONG, temperature=0):
+            break
+        text = "".join(session.chat(MESSAGES, max_tokens=4, temperature=0))
+        assert text and session.usage is not None
+        assert session.usage.completion_tokens == 4
+        settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
+        assert settlement is not None and settlement.tokens == session.session.vouched

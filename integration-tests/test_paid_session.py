@@ -6,7 +6,7 @@ from fabstir_sdk.contracts import ETH
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import Session
 
-from conftest import PRICE, SETTLE_TIMEOUT, Devnet, run
+from conftest import PRICE, SETTLE_TIMEOUT, Devnet, node_in_thread, run
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -116,35 +116,17 @@ def test_host_pauses_at_its_credit_window_and_settles_what_was_vouched(devnet: D
 
 
 def test_sync_wrappers_for_scripts(devnet: Devnet) -> None:
-    import asyncio
-    import threading
-
     from fabstir_devtools.chain import anvil_account
     from fabstir_sdk.sync import SyncClient
 
-    ready, stop = threading.Event(), threading.Event()
-
-    def host() -> None:  # the node runs on its own loop, as it would in its own process
-        async def main() -> None:
-            node = await devnet.start_node(3)
-            ready.set()
-            await asyncio.to_thread(stop.wait)
-            await node.stop()
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=host)
-    thread.start()
-    try:
-        assert ready.wait(300), "the host did not start"
-        with SyncClient(devnet.anvil.url, anvil_account(6).key.hex(), devnet.deployment) as c:
-            session = c.open_session(
-                model_id("local", devnet.model_path.name), host=anvil_account(3).address
-            )
-            text = "".join(session.chat(MESSAGES, max_tokens=6, temperature=0))
-            assert text and session.usage is not None
-            settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
-            assert settlement is not None and settlement.tokens == session.usage.total_tokens
-    finally:
-        stop.set()
-        thread.join(60)
+    with (
+        node_in_thread(devnet, 3),
+        SyncClient(devnet.anvil.url, anvil_account(6).key.hex(), devnet.deployment) as c,
+    ):
+        session = c.open_session(
+            model_id("local", devnet.model_path.name), host=anvil_account(3).address
+        )
+        text = "".join(session.chat(MESSAGES, max_tokens=6, temperature=0))
+        assert text and session.usage is not None
+        settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
+        assert settlement is not None and settlement.tokens == session.usage.total_tokens

@@ -6,9 +6,6 @@ so nobody can finalize it on an older checkpoint."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +19,7 @@ from fabstir_sdk.contracts.transactions import ChainUnavailable
 from fabstir_sdk.errors import HostError, NoHostAvailable
 from fabstir_sdk.models import model_id
 
-from conftest import Devnet, assert_settled_for, run
+from conftest import Devnet, assert_settled_for, node_status, run
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -45,29 +42,6 @@ class RpcDownAtSettlement(SessionService):
         self.chain.settle = settle  # type: ignore[method-assign]
 
 
-def node_status(devnet: Devnet, data_dir: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fabstir_node",
-            "status",
-            "--json",
-            "--rpc-url",
-            devnet.anvil.url,
-            "--deployment",
-            str(devnet.deployment_path),
-            "--data-dir",
-            data_dir,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
-
-
 def test_a_failed_settlement_is_retried_while_the_node_runs(devnet: Devnet) -> None:
     async def main() -> None:
         node = await devnet.start_node(1, service=RpcDownAtSettlement)
@@ -88,7 +62,7 @@ def test_a_failed_settlement_is_retried_while_the_node_runs(devnet: Devnet) -> N
                 return journaled is not None and journaled.attempts >= 2
 
             await asyncio.to_thread(wait_until, failed_twice, 60, "two failed settlements")
-            report = await asyncio.to_thread(node_status, devnet, str(node.config.data_dir))
+            report = await asyncio.to_thread(node_status, devnet, node.config.data_dir)
             [pending] = report["pending"]
             assert pending["id"] == session.id and pending["vouched"] == vouched
             assert pending["attempts"] >= 2 and "unreachable" in pending["last_error"]
