@@ -49,9 +49,22 @@ class IdsDontMatchTheClaim(LyingHost):
         return replace(token, ids=[]) if frame > 3 else token  # claims tokens it doesn't send
 
 
+class IgnoresMaxTokens(LyingHost):
+    """Claims add up, but it sends twice the ids it was asked for (made-up padding)."""
+
+    def falsify(self, token: Token, frame: int) -> Token:
+        self.padding = getattr(self, "padding", 0) + len(token.ids)
+        return replace(token, tokens=token.tokens + self.padding, ids=token.ids * 2)
+
+
 @pytest.mark.parametrize(
     ("index", "liar"),
-    [(1, InflatesThePrompt), (2, OneExtraTokenPerFrame), (3, IdsDontMatchTheClaim)],
+    [
+        (1, InflatesThePrompt),
+        (2, OneExtraTokenPerFrame),
+        (3, IdsDontMatchTheClaim),
+        (8, IgnoresMaxTokens),
+    ],
 )
 def test_a_lying_host_is_paid_only_what_the_client_counted(
     devnet: Devnet, index: int, liar: type[LyingHost]
@@ -97,6 +110,10 @@ def test_an_honest_hosts_claims_match_the_clients_count_exactly(devnet: Devnet) 
             session = await client.open_session(
                 model_id("local", devnet.model_path.name), host=node.keys.account.address
             )
+            # A prompt the host refuses before its first token bills nothing, on both sides.
+            with pytest.raises(HostError, match="context_length_exceeded"):
+                await session.chat([{"role": "user", "content": "x" * 600}]).collect()
+            assert session.billed == session.vouched == 0
             totals = []
             conversation: list[dict[str, Any]] = list(MESSAGES)
             for turn in range(3):

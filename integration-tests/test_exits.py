@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fabstir_devtools.chain import anvil_account
+from fabstir_sdk.errors import HostError
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import Session
 from fabstir_sdk.sync import SyncClient
@@ -75,6 +78,24 @@ def test_break_aclose_and_cancel_leave_the_session_usable(devnet: Devnet) -> Non
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await next_answer_works(session)
+
+            # 4. another task asking while an answer is being read is told the session is
+            # busy, and the answer it would have cut off goes on untouched
+            reading = session.chat(MESSAGES, max_tokens=40, temperature=0)
+            first, go = asyncio.Event(), asyncio.Event()
+
+            async def read_slowly() -> None:
+                async for _piece in reading:
+                    first.set()
+                    await go.wait()
+
+            reader = asyncio.ensure_future(read_slowly())
+            await first.wait()
+            with pytest.raises(HostError, match="busy"):
+                await session.chat(MESSAGES, max_tokens=3).collect()
+            go.set()
+            await reader
+            assert reading.finish_reason == "length" and len(reading.token_ids) == 40
 
             vouched = session.vouched
             await wait_for_voucher(node, session.id, vouched)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -21,6 +22,7 @@ from fabstir_sdk.contracts.client import (
 )
 from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.protocol import ProtocolError
+from fabstir_sdk.tokenizer import tokenizer_sha256
 
 
 class SessionRefused(ProtocolError):
@@ -101,8 +103,10 @@ class HostChain:
 
     # ----------------------------------------------------------------- registration
 
-    def check_model(self, model_id: bytes, sha256_hex: str) -> None:
-        """Refuse to serve a file whose hash differs from the registry's pin."""
+    def check_model(self, model_id: bytes, sha256_hex: str, model_path: Path) -> None:
+        """Refuse to serve a file whose hash, or whose tokenizer's hash, differs from the
+        registry's pins: clients would refuse every session (they count with the pinned
+        tokenizer)."""
         pin = self.contracts.model_pin(model_id)
         pinned = pin.sha256
         if not pin.active:
@@ -111,6 +115,13 @@ class HostChain:
             raise SessionRefused(
                 "hash_mismatch",
                 f"the registry pins sha256 {pinned.hex()}, the local file is {sha256_hex}",
+            )
+        tokenizer = tokenizer_sha256(model_path)
+        if pin.tokenizer_sha256 != tokenizer:
+            raise SessionRefused(
+                "hash_mismatch",
+                f"the registry pins tokenizer sha256 {pin.tokenizer_sha256.hex()}, the local "
+                f"model's is {tokenizer.hex()}",
             )
 
     def register(

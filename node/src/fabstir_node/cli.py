@@ -385,11 +385,11 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     prepared = prepare_model(config)
     served = served_model(prepared, config)
     try:
-        chain.check_model(served.model_id, prepared.sha256)
+        chain.check_model(served.model_id, prepared.sha256, prepared.model.path)
     except SessionRefused as exc:
         raise ChainError(
             f"{exc} (model id 0x{served.model_id.hex()}): the ModelRegistry owner must add "
-            "it with this sha256"
+            "it with these hashes"
         ) from exc
     balance = chain.stake_balance()
     if balance < config.stake:

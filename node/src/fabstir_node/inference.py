@@ -218,6 +218,11 @@ class Engine:
     def queue_depth(self) -> int:
         return self._jobs.qsize() + self.running
 
+    @property
+    def capacity(self) -> int:
+        """Requests it takes at once: the one running and the queue behind it."""
+        return self._jobs.maxsize + 1
+
     def load(self) -> None:
         """Load the model (blocking: call it in a thread) and start the worker."""
         from llama_cpp import Llama

@@ -28,7 +28,6 @@ CREATE TABLE IF NOT EXISTS session_journal (
     deposit           TEXT NOT NULL,   -- wei as text: SQLite integers stop at 2^63
     price             TEXT NOT NULL,
     max_tokens        TEXT NOT NULL,
-    settle_by         REAL NOT NULL DEFAULT 0,  -- after this anyone may finalize on a checkpoint
     billed_tokens     INTEGER NOT NULL DEFAULT 0,
     best_tokens       INTEGER NOT NULL DEFAULT 0,
     best_transcript   BLOB,
@@ -56,7 +55,6 @@ class JournalSession:
     deposit: int
     price: int
     max_tokens: int
-    settle_by: float
     billed_tokens: int
     best: Voucher | None
     checkpoint_tokens: int
@@ -79,6 +77,29 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._adopt_unscoped_rows()
+
+    def _adopt_unscoped_rows(self) -> None:
+        """Journals written before rows were keyed by chain and marketplace kept them in
+        ``sessions``; they belong to the deployment the node runs on, so they move here and
+        are settled like any other."""
+        with self._tx() as db:
+            old = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'sessions'"
+            ).fetchone()
+            if old is None:
+                return
+            db.execute(
+                "INSERT OR IGNORE INTO session_journal (chain_id, marketplace, session_id, "
+                "client, signer, model, deposit, price, max_tokens, billed_tokens, best_tokens, "
+                "best_transcript, best_signature, checkpoint_tokens, state, settle_tx, "
+                "opened_at, updated_at) SELECT ?, ?, CAST(session_id AS TEXT), client, signer, "
+                "model, deposit, price, CAST(max_tokens AS TEXT), billed_tokens, best_tokens, "
+                "best_transcript, best_signature, checkpoint_tokens, state, settle_tx, "
+                "opened_at, updated_at FROM sessions",
+                self._scope,
+            )
+            db.execute("ALTER TABLE sessions RENAME TO sessions_adopted")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -113,15 +134,14 @@ class Journal:
         deposit: int,
         price: int,
         max_tokens: int,
-        settle_by: float = 0,
     ) -> JournalSession:
         """Record a session (or return the one we already know, for a reconnecting client)."""
         now = time.time()
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO session_journal (chain_id, marketplace, session_id, "
-                "client, signer, model, deposit, price, max_tokens, settle_by, opened_at, "
-                "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "client, signer, model, deposit, price, max_tokens, opened_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     *self._scope,
                     str(session_id),
@@ -131,7 +151,6 @@ class Journal:
                     str(deposit),
                     str(price),
                     str(max_tokens),
-                    settle_by,
                     now,
                     now,
                 ),
@@ -218,7 +237,6 @@ def _row(r: sqlite3.Row) -> JournalSession:
         deposit=int(r["deposit"]),
         price=int(r["price"]),
         max_tokens=int(r["max_tokens"]),
-        settle_by=r["settle_by"],
         billed_tokens=r["billed_tokens"],
         best=best,
         checkpoint_tokens=r["checkpoint_tokens"],

@@ -50,7 +50,6 @@ class NodeNetwork:
         self.account = account
         self.announce_every = announce_every
         self.link_every = link_every
-        self.heard: dict[str, float] = {}  # peer id -> when we last heard it in the mesh
         self._announcer: asyncio.Task[None] | None = None
         self._linker: asyncio.Task[None] | None = None
         host.set_handler(SESSION_PROTOCOL, self._session)
@@ -71,9 +70,8 @@ class NodeNetwork:
     async def _tokenizer(self, stream: BridgedStream) -> None:
         await self.sessions.handle_tokenizer(FramedStream(stream, MAX_SMALL_FRAME))
 
-    def _heard(self, _data: bytes, sender: str) -> None:
-        """An announcement relayed or sent to us (clients verify them; we only relay)."""
-        self.heard[sender] = time.time()
+    def _heard(self, _data: bytes, _sender: str) -> None:
+        """An announcement relayed or sent to us: hosts only relay them (clients read them)."""
 
     async def start(self, bootstrap: list[str] | None = None) -> None:
         await self.host.start()

@@ -15,6 +15,7 @@ from web3 import Web3
 from fabstir_node.api import Api
 from fabstir_node.chain import HostChain, ServedModel
 from fabstir_node.config import NodeConfig
+from fabstir_node.errors import ConfigError
 from fabstir_node.journal import Journal
 from fabstir_node.keys import NodeKeys
 from fabstir_node.p2p import NodeNetwork
@@ -93,7 +94,14 @@ class HostNode:
         self.prepared = prepared = await asyncio.to_thread(prepare_model, config, progress)
         served = served_model(prepared, config)
         chain = await asyncio.to_thread(connect_chain, config, self.keys)
-        await asyncio.to_thread(chain.check_model, served.model_id, prepared.sha256)
+        if config.chat_template:
+            raise ConfigError(
+                "chat_template changes how prompts are counted, but paying clients count with "
+                "the tokenizer the registry pins: it is for `fabstir-node serve` only"
+            )
+        await asyncio.to_thread(
+            chain.check_model, served.model_id, prepared.sha256, prepared.model.path
+        )
         engine = build_engine(config, prepared.model.path)
         await asyncio.to_thread(engine.load)
         self.journal = open_journal(config, chain)

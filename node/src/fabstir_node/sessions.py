@@ -86,6 +86,7 @@ class _Live:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     failure: ProtocolError | None = None
     expires_at: float = 0.0
+    checkpointing: bool = False
 
     def end(self, failure: ProtocolError) -> None:
         """Stop serving this stream (expiry, a close request): the session then settles."""
@@ -129,9 +130,9 @@ class SessionService:
 
     async def handle_session(self, framed: FramedStream) -> None:
         """Serve one session stream; never raises (a handler error must not reach libp2p)."""
-        session_id = None
+        attached: list[int] = []  # the session this stream attached to, once it did
         try:
-            session_id = await self._serve(framed)
+            await self._serve(framed, attached)
         except ProtocolError as exc:
             if not isinstance(exc, StreamClosed):
                 await framed.fail(exc)
@@ -145,7 +146,7 @@ class SessionService:
         finally:
             with contextlib.suppress(Exception):
                 await framed.stream.close()
-            if session_id is not None:
+            for session_id in attached:
                 self._attached.pop(session_id, None)
                 self.settle_soon(session_id)
 
@@ -190,10 +191,14 @@ class SessionService:
             "prices": dict(self.served.prices),
         }
         return InfoResponse(
-            self.chain.address, [model], self.engine.queue_depth, round(self.tokens_per_second, 2)
+            self.chain.address,
+            [model],
+            self.engine.queue_depth,
+            round(self.tokens_per_second, 2),
+            capacity=self.engine.capacity,
         )
 
-    async def _serve(self, framed: FramedStream) -> int | None:
+    async def _serve(self, framed: FramedStream, attached: list[int]) -> None:
         first = await framed.receive(timeout=self.policy.open_timeout)
         if not isinstance(first, Open):
             raise UnexpectedMessage(f"the first message must be open, not {first.TYPE}")
@@ -217,7 +222,6 @@ class SessionService:
             onchain.deposit,
             onchain.price,
             onchain.max_tokens,
-            settle_by=onchain.expires_at - self.policy.expiry_margin,
         )
         if journaled.state != OPEN:
             raise SessionRefused("session_closed", f"session {onchain.id} is {journaled.state}")
@@ -235,6 +239,7 @@ class SessionService:
             expires_at=onchain.expires_at,
         )
         self._attached[onchain.id] = live
+        attached.append(onchain.id)
         await self._send(
             framed,
             Ready(
@@ -256,7 +261,6 @@ class SessionService:
                 live.generation.cancel()
         if live.failure is not None and not isinstance(live.failure, StreamClosed):
             await framed.fail(live.failure)
-        return onchain.id
 
     # ----------------------------------------------------------------- inbound
 
@@ -314,9 +318,10 @@ class SessionService:
         live.best = voucher.cumulative_tokens
         if live.gate is not None:
             live.gate.extend(live.best - live.base + self.policy.credit_window)
-        if live.best - live.checkpointed >= self.policy.checkpoint_every:
-            live.checkpointed = live.best
-            self._spawn(self._checkpoint(voucher))
+        due = live.best - live.checkpointed >= self.policy.checkpoint_every
+        if due and not live.checkpointing:  # a failed one is tried again with the next voucher
+            live.checkpointing = True
+            self._spawn(self._checkpoint(live, voucher))
 
     # ----------------------------------------------------------------- answers
 
@@ -366,6 +371,7 @@ class SessionService:
             live.best - base + self.policy.credit_window, self.policy.voucher_timeout
         )
         sent = 0  # completion token ids delivered: all this answer bills beyond its prompt
+        refused = False
         finish = "cancelled"
         try:
             async for event in self.engine.generate(tokens, params, live.gate):
@@ -378,6 +384,7 @@ class SessionService:
                 await self._send(framed, Token(event.text, claim, ids))
                 sent += len(ids)
         except EngineError as exc:
+            refused = sent == 0  # never started: the client counts nothing for it, nor do we
             await self._send(framed, Error(exc.kind, str(exc), exc.kind == "busy"))
             return
         except asyncio.CancelledError:
@@ -386,8 +393,9 @@ class SessionService:
                 raise
         finally:
             live.gate = None
-            live.billed = base + len(tokens) + sent
-            self.journal.add_billed(live.id, len(tokens) + sent)
+            if not refused:
+                live.billed = base + len(tokens) + sent
+                self.journal.add_billed(live.id, len(tokens) + sent)
         if finish == "length" and sent >= room:
             finish = "deposit"
         await self._send(framed, Done(finish, len(tokens), sent, live.billed))
@@ -405,12 +413,15 @@ class SessionService:
 
     # ----------------------------------------------------------------- chain
 
-    async def _checkpoint(self, voucher: Voucher) -> None:
+    async def _checkpoint(self, live: _Live, voucher: Voucher) -> None:
         try:
             await self.chain.checkpoint(voucher)
             self.journal.record_checkpoint(voucher.session_id, voucher.cumulative_tokens)
-        except Exception as exc:  # a later checkpoint or the settlement covers it
-            log.warning("checkpoint of session %s failed: %s", voucher.session_id, exc)
+            live.checkpointed = max(live.checkpointed, voucher.cumulative_tokens)
+        except Exception as exc:  # the next voucher tries again; the settlement covers it all
+            log.warning("checkpoint of session %s failed: %s", voucher.session_id, _reason(exc))
+        finally:
+            live.checkpointing = False
 
     def settle_soon(self, session_id: int) -> None:
         """Settle ``session_id`` in the background, retrying with backoff until it is done."""
@@ -426,6 +437,8 @@ class SessionService:
         while True:
             try:
                 await self.settle(session_id)
+                self._locks.pop(session_id, None)
+                self._settling.pop(session_id, None)
                 return
             except Exception as exc:
                 reason = _reason(exc)

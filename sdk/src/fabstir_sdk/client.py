@@ -211,9 +211,12 @@ class FabstirClient:
                 return await self._attach_patiently(
                     session_id, chosen, signer, tokenizer, voucher_every
                 )
-            except (HostError, P2PError) as exc:
+            except FabstirError as exc:  # refused after our deposit: recover it, go on
                 failures.append(f"{chosen.address}: {exc}")
                 await self._strand(session_id, chosen, exc)
+            except BaseException as exc:  # cancelled, or a bug: still never leave it locked
+                await asyncio.shield(self._strand(session_id, chosen, exc))
+                raise
         message = "no host is available: " + "; ".join(failures)
         if self.stranded:
             message += ". " + self.stranded[-1].advice
@@ -297,11 +300,13 @@ class FabstirClient:
                     return bytes(data)
         except ProtocolError as exc:
             raise HostError(exc.code, f"tokenizer transfer failed: {exc}", True) from exc
+        except (ConnectionError, OSError) as exc:
+            raise P2PError(f"the tokenizer stream to {host.peer_id} broke: {exc}") from exc
         finally:
             with contextlib.suppress(Exception):
                 await stream.close()
 
-    async def _strand(self, session_id: int, host: HostInfo, reason: Exception) -> None:
+    async def _strand(self, session_id: int, host: HostInfo, reason: BaseException) -> None:
         """The host refused after our deposit: ask to close at once and say how to recover."""
         finalizable_at = None
         with contextlib.suppress(FabstirError):

@@ -84,6 +84,7 @@ class FailoverChat:
             session.stall_timeout = self.stall_timeout
             self.hosts.append(session.host)
             before = list(self.token_ids)  # what earlier hosts delivered
+            billed_before = session.billed
             answer = session.chat(
                 self.messages,
                 max_tokens=self.max_tokens - len(before),
@@ -104,9 +105,10 @@ class FailoverChat:
                 if not exc.retryable or attempt == self.max_failovers:
                     raise
                 self.token_ids = before + answer.token_ids
-                # What this host billed, as we counted it (our vouchers cover exactly that).
-                prompt_tokens += answer.prompt_tokens
-                completion_tokens += len(answer.token_ids)
+                # What this host billed, as we counted it (nothing if it never started).
+                delivered = len(answer.token_ids)
+                completion_tokens += delivered
+                prompt_tokens += max(0, session.billed - billed_before - delivered)
                 failed.add(session.host)
                 with contextlib.suppress(Exception):
                     await session.close()  # it settles for what our vouchers cover

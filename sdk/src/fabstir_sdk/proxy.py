@@ -19,7 +19,7 @@ from aiohttp import web
 
 from fabstir_sdk import openai_format as oai
 from fabstir_sdk.client import FabstirClient
-from fabstir_sdk.errors import HostError, NoHostAvailable
+from fabstir_sdk.errors import FabstirError, HostError, NoHostAvailable, UsageError
 from fabstir_sdk.failover import FailoverChat
 from fabstir_sdk.models import CATALOG
 from fabstir_sdk.protocol import InvalidMessage
@@ -121,24 +121,18 @@ class PayingProxy:
             iterator = answer.__aiter__()
             try:
                 first = await anext(iterator, None)
-            except NoHostAvailable as exc:
-                return _error(503, str(exc), "server_overloaded", "no_host")
-            except (InvalidMessage, ValueError) as exc:
-                return _error(400, str(exc), "invalid_request_error")
-            except HostError as exc:
-                bad = exc.code in ("invalid_request", "context_length_exceeded")
-                return _error(
-                    400 if bad else 502,
-                    str(exc),
-                    "invalid_request_error" if bad else "server_error",
-                    exc.code,
-                )
+            except FabstirError as exc:
+                return _error_for(exc)
             finally:
                 slot.session = answer.session  # reuse it (failover may have replaced it)
             if body.get("stream"):
                 response = await self._stream(request, model, body, answer, first, iterator)
             else:
-                text = (first or "") + "".join([p async for p in iterator])
+                try:
+                    text = (first or "") + "".join([p async for p in iterator])
+                except FabstirError as exc:
+                    slot.session = answer.session
+                    return _error_for(exc)
                 response = web.json_response(
                     oai.response(
                         oai.completion_id(),
@@ -184,8 +178,9 @@ class PayingProxy:
                     oai.sse(oai.usage_chunk(ident, model, created, _usage(answer)))
                 )
             await response.write(oai.sse("[DONE]"))
-        except HostError as exc:  # every host failed mid-answer: say so in-band, as OpenAI does
-            await response.write(oai.sse(oai.error_body(str(exc), "server_error", exc.code)))
+        except FabstirError as exc:  # every host failed mid-answer: say so in-band, as OpenAI does
+            code = exc.code if isinstance(exc, HostError) else type(exc).__name__
+            await response.write(oai.sse(oai.error_body(str(exc), "server_error", code)))
         finally:
             # The HTTP client may have gone: stop the host, pay for what it sent, keep the
             # session usable for the next request.
@@ -210,6 +205,23 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def _error_for(exc: FabstirError) -> web.Response:
+    """The OpenAI-style error reply for a failure before the answer's first byte."""
+    if isinstance(exc, NoHostAvailable):
+        return _error(503, str(exc), "server_overloaded", "no_host")
+    if isinstance(exc, UsageError | InvalidMessage):
+        return _error(400, str(exc), "invalid_request_error")
+    if isinstance(exc, HostError):
+        bad = exc.code in ("invalid_request", "context_length_exceeded")
+        return _error(
+            400 if bad else 502,
+            str(exc),
+            "invalid_request_error" if bad else "server_error",
+            exc.code,
+        )
+    return _error(502, str(exc), "server_error", type(exc).__name__)
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:

@@ -10,8 +10,9 @@ The client signs only what it counts itself: prompt tokens with the model's own 
 token ids each ``token`` frame carries. A host that claims more gets no voucher for the
 excess, and the session ends with ``bad_accounting``.
 
-Leaving an answer early (``break``, ``aclose()``, a cancelled task) sends ``cancel``, drains
-to the host's ``done`` and vouches for what was delivered, so the next ``chat`` works.
+Leaving an answer early sends ``cancel``, drains to the host's ``done`` and vouches for what
+was delivered, so the next ``chat`` works: at once for ``aclose()`` and a cancelled task; for a
+``break``, when the answer is dropped, or at the next ``chat`` or ``close``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class ChatStream:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self._gen: AsyncGenerator[str, None] | None = None
+        self._reader: asyncio.Task[Any] | None = None  # the task reading it
 
     def __aiter__(self) -> ChatStream:
         return self
@@ -69,6 +71,7 @@ class ChatStream:
     async def __anext__(self) -> str:
         if self._gen is None:
             self._gen = self._session._stream(self._prompt, self)
+        self._reader = asyncio.current_task()
         piece = await self._gen.__anext__()
         self.text += piece
         return piece
@@ -168,6 +171,9 @@ class Session:
     async def _stream(self, prompt: Prompt, out: ChatStream) -> AsyncGenerator[str, None]:
         previous = self._current
         if previous is not None and previous is not out:
+            reader = previous._reader
+            if reader is not None and reader is not asyncio.current_task() and not reader.done():
+                raise HostError("busy", "another task is reading an answer on this session")
             with contextlib.suppress(RuntimeError):  # already closing in another task
                 await previous.aclose()  # left early and never closed: wind it down first
         await self._turn.acquire()
@@ -175,7 +181,8 @@ class Session:
             self._turn.release()
             raise HostError("session_closed", "this session is closed")
         self._current = out
-        answer = _Answer(self.billed, out)
+        room = self.max_tokens - self.billed - out.prompt_tokens
+        answer = _Answer(self.billed, out, min(prompt.max_tokens or room, room))
         ended = False
         try:
             self._absorb(cbor2.dumps(prompt.messages, canonical=True))
@@ -206,14 +213,24 @@ class Session:
     async def _on_token(self, answer: _Answer, message: Any) -> str:
         if not isinstance(message, Token):
             await self._bad_accounting(answer, f"host sent {message.TYPE} during an answer")
+        if any(i >= self.tokenizer.n_vocab for i in message.ids):
+            await self._bad_accounting(answer, "host sent token ids outside the vocabulary")
+        if len(answer.out.token_ids) + len(message.ids) > answer.limit:
+            await self._bad_accounting(
+                answer, f"host sent more than the {answer.limit} completion tokens asked for"
+            )
         answer.out.token_ids += message.ids
+        if answer.cancelled_at is not None:
+            beyond = len(answer.out.token_ids) - answer.cancelled_at
+            if beyond > self.credit_window:
+                await self._bad_accounting(answer, f"host sent {beyond} tokens after cancel")
         answer.check(message.tokens)
         if answer.over is not None:
             await self._bad_accounting(answer, answer.over)
         self.billed = answer.expected
         self._absorb(message.text.encode())
-        if self.billed - self.vouched >= self.voucher_every:
-            await self._vouch()
+        if self.billed - self.vouched >= self.voucher_every and answer.cancelled_at is None:
+            await self._vouch()  # (after a cancel only ``done`` is paid: no credit to run on)
         return str(message.text)
 
     async def _finish(self, answer: _Answer, done: Done) -> None:
@@ -236,16 +253,19 @@ class Session:
 
     async def _wind_down(self, answer: _Answer) -> None:
         """Cancel the answer in progress and read to its ``done``, paying for what came."""
+        answer.cancelled_at = len(answer.out.token_ids)
         try:
-            await self._send(Cancel())
-            while True:
-                message = await self._receive()
-                if isinstance(message, Done):
-                    await self._finish(answer, message)
-                    return
-                if isinstance(message, Error):
-                    raise HostError(message.code, message.message, message.retryable)
-                await self._on_token(answer, message)
+            async with asyncio.timeout(self.stall_timeout):
+                await self._send(Cancel())
+                while True:
+                    message = await self._receive()
+                    if isinstance(message, Done):
+                        await self._finish(answer, message)
+                        return
+                    if isinstance(message, Error):  # the answer ended; the session goes on
+                        await self._vouch()
+                        return
+                    await self._on_token(answer, message)
         except Exception as exc:  # nobody is listening for this answer any more
             log.info("session %s: could not end the answer cleanly: %s", self.id, exc)
             await self._abandon()
@@ -345,11 +365,13 @@ class _Answer:
     """What one answer may bill: ``start`` (vouched before it) + our prompt count + the ids
     received. ``check`` compares each claim of the host with it."""
 
-    def __init__(self, start: int, out: ChatStream) -> None:
+    def __init__(self, start: int, out: ChatStream, limit: int) -> None:
         self.start = start
         self.out = out
+        self.limit = limit  # completion tokens asked for (and paid for by the deposit)
         self.claimed = start
         self.over: str | None = None
+        self.cancelled_at: int | None = None  # ids received when we sent ``cancel``
 
     @property
     def expected(self) -> int:
