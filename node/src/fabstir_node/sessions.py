@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,35 +151,37 @@ class SessionService:
                 self.settle_soon(session_id)
 
     async def handle_info(self, framed: FramedStream) -> None:
-        try:
-            request = await framed.receive(timeout=self.policy.open_timeout)
-            if not isinstance(request, InfoRequest):
-                raise UnexpectedMessage(f"expected info, got {request.TYPE}")
-            await framed.send(self.info())
-        except ProtocolError as exc:
-            await framed.fail(exc)
-        except Exception:
-            log.exception("info stream failed")
-        finally:
-            with contextlib.suppress(Exception):
-                await framed.stream.close()
+        await self._answer_one(framed, InfoRequest, lambda _: [self.info()])
 
     async def handle_tokenizer(self, framed: FramedStream) -> None:
         """Send the served model's tokenizer file, in chunks; the client checks its pin."""
+        await self._answer_one(framed, TokenizerRequest, self._tokenizer_chunks)
+
+    def _tokenizer_chunks(self, request: Message) -> Iterator[Message]:
+        assert isinstance(request, TokenizerRequest)
+        if request.model_id != self.served.model_id:
+            raise SessionRefused("wrong_model", "this host does not serve that model")
+        data = self.engine.tokenizer_file
+        for offset in range(0, max(len(data), 1), TOKENIZER_CHUNK):
+            yield TokenizerChunk(offset, len(data), data[offset : offset + TOKENIZER_CHUNK])
+
+    async def _answer_one(
+        self,
+        framed: FramedStream,
+        kind: type[Message],
+        replies: Callable[[Message], Iterable[Message]],
+    ) -> None:
+        """A free request-response protocol: one ``kind`` request, the frames of ``replies``."""
         try:
             request = await framed.receive(timeout=self.policy.open_timeout)
-            if not isinstance(request, TokenizerRequest):
-                raise UnexpectedMessage(f"expected tokenizer, got {request.TYPE}")
-            if request.model_id != self.served.model_id:
-                raise SessionRefused("wrong_model", "this host does not serve that model")
-            data = self.engine.tokenizer_file
-            for offset in range(0, max(len(data), 1), TOKENIZER_CHUNK):
-                chunk = data[offset : offset + TOKENIZER_CHUNK]
-                await framed.send(TokenizerChunk(offset, len(data), chunk))
+            if not isinstance(request, kind):
+                raise UnexpectedMessage(f"expected {kind.TYPE}, got {request.TYPE}")
+            for reply in replies(request):
+                await framed.send(reply)
         except ProtocolError as exc:
             await framed.fail(exc)
         except Exception:
-            log.exception("tokenizer stream failed")
+            log.exception("%s stream failed", kind.TYPE)
         finally:
             with contextlib.suppress(Exception):
                 await framed.stream.close()
