@@ -81,7 +81,7 @@ class _Live:
     checkpointed: int
     prompts: asyncio.Queue[Prompt] = field(default_factory=asyncio.Queue)
     gate: CreditGate | None = None
-    base: int = 0  # billed tokens before the answer in progress
+    base: int = 0  # billed tokens where the answer in progress starts its completion
     generation: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     failure: ProtocolError | None = None
@@ -319,13 +319,19 @@ class SessionService:
         self.journal.record_voucher(voucher)  # durable before it buys more tokens
         live.best = voucher.cumulative_tokens
         if live.gate is not None:
-            live.gate.extend(live.best - live.base + self.policy.credit_window)
+            live.gate.extend(self._credit(live))
         due = live.best - live.checkpointed >= self.policy.checkpoint_every
         if due and not live.checkpointing:  # a failed one is tried again with the next voucher
             live.checkpointing = True
             self._spawn(self._checkpoint(live, voucher))
 
     # ----------------------------------------------------------------- answers
+
+    def _credit(self, live: _Live) -> int:
+        """Completion tokens the host may compute: those vouched for, plus the credit window
+        (never less than the window: the first voucher comes only after tokens arrive)."""
+        vouched = live.best - live.base  # completion tokens covered, once the prompt is
+        return max(vouched, 0) + self.policy.credit_window
 
     async def _answer_prompts(self, framed: FramedStream, live: _Live) -> None:
         while not live.ended.is_set():
@@ -368,10 +374,8 @@ class SessionService:
         params = SamplingParams(
             min(wanted, room), prompt.temperature, prompt.top_p, prompt.seed, tuple(prompt.stop)
         )
-        live.base = base
-        live.gate = CreditGate(
-            live.best - base + self.policy.credit_window, self.policy.voucher_timeout
-        )
+        live.base = base + len(tokens)
+        live.gate = CreditGate(self._credit(live), self.policy.voucher_timeout)
         sent = 0  # completion token ids delivered: all this answer bills beyond its prompt
         refused = False
         finish = "cancelled"

@@ -222,7 +222,7 @@ class Session:
         answer.out.token_ids += message.ids
         if answer.cancelled_at is not None:
             beyond = len(answer.out.token_ids) - answer.cancelled_at
-            if beyond > self.credit_window:
+            if beyond > self.credit_window + self.voucher_every:  # what was in flight
                 await self._bad_accounting(answer, f"host sent {beyond} tokens after cancel")
         answer.check(message.tokens)
         if answer.over is not None:
