@@ -1,6 +1,7 @@
 """Attacks that must fail: forged, replayed and cross-domain vouchers, double settlement,
 over-claiming, reentrancy from a hostile token or client, fee-on-transfer tokens."""
 
+from collections.abc import Callable
 from typing import Any
 
 import ape
@@ -104,13 +105,24 @@ def test_tokens_beyond_deposit(
 
 
 @pytest.fixture
-def evil(
-    project: Any, owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes
-) -> Any:
-    token = owner.deploy(project.ReentrantToken)
-    market.setTokenConfig(token, True, 1, 10**30, sender=owner)
-    nodes.setPrices([(model_id, token.address, 1000)], sender=registered)
-    return token
+def allow_token(
+    owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes
+) -> Callable[[Any, int], Any]:
+    """Deploy a token contract and let sessions pay in it (deposits up to ``max_deposit``,
+    1000 units per 1000 tokens at the registered host)."""
+
+    def allow(contract: Any, max_deposit: int) -> Any:
+        token = owner.deploy(contract)
+        market.setTokenConfig(token, True, 1, max_deposit, sender=owner)
+        nodes.setPrices([(model_id, token.address, 1000)], sender=registered)
+        return token
+
+    return allow
+
+
+@pytest.fixture
+def evil(project: Any, allow_token: Callable[[Any, int], Any]) -> Any:
+    return allow_token(project.ReentrantToken, 10**30)
 
 
 def test_reentrant_token_cannot_reenter_settlement(
@@ -228,14 +240,9 @@ def test_earnings_refuses_unfunded_credit(
 
 
 @pytest.fixture
-def switch(
-    project: Any, owner: Any, market: Any, registered: Any, nodes: Any, model_id: bytes
-) -> Any:
+def switch(project: Any, allow_token: Callable[[Any, int], Any]) -> Any:
     """An allow-listed token whose issuer may switch on a transfer fee or block an address."""
-    token = owner.deploy(project.FeeSwitchToken)
-    market.setTokenConfig(token, True, 1, 10**24, sender=owner)
-    nodes.setPrices([(model_id, token.address, 1000)], sender=registered)
-    return token
+    return allow_token(project.FeeSwitchToken, 10**24)
 
 
 @pytest.mark.parametrize("close", ["settle", "finalize"])

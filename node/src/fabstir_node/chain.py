@@ -20,7 +20,6 @@ from fabstir_sdk.contracts.client import (
     SessionStatus,
     Settlement,
 )
-from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.protocol import ProtocolError
 from fabstir_sdk.tokenizer import tokenizer_sha256
 
@@ -86,11 +85,7 @@ class HostChain:
 
     async def now(self) -> int:
         """The chain's time (the latest block's timestamp): sessions expire by it."""
-
-        def latest() -> int:
-            return int(self.contracts.w3.eth.get_block("latest")["timestamp"])
-
-        return await asyncio.to_thread(with_retries, latest, "latest block")
+        return await asyncio.to_thread(self.contracts.latest_timestamp)
 
     async def checkpoint(self, voucher: Voucher) -> None:
         await asyncio.to_thread(self.contracts.checkpoint, voucher)

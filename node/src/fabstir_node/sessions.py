@@ -507,14 +507,17 @@ class SessionService:
         on-chain, so they settle before anyone can finalize them on an older checkpoint."""
         while True:
             await asyncio.sleep(self.policy.watch_interval)
-            for live in list(self._attached.values()):
-                try:
-                    await self._check_live(live)
-                except Exception as exc:  # the RPC hiccuped: look again next round
-                    log.debug("could not check session %s: %s", live.id, exc)
+            if not self._attached:
+                continue
+            try:
+                now = await self.chain.now()
+                for live in list(self._attached.values()):
+                    await self._check_live(live, now)
+            except Exception as exc:  # the RPC hiccuped: look again next round
+                log.debug("could not check live sessions: %s", exc)
 
-    async def _check_live(self, live: _Live) -> None:
-        if await self.chain.now() >= live.expires_at - self.policy.expiry_margin:
+    async def _check_live(self, live: _Live, now: int) -> None:
+        if now >= live.expires_at - self.policy.expiry_margin:
             live.end(SessionRefused("session_expired", f"session {live.id} is about to expire"))
             return
         onchain = await self.chain.session(live.id)

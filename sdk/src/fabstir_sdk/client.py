@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -45,7 +44,7 @@ from fabstir_sdk.protocol import (
     TokenizerRequest,
 )
 from fabstir_sdk.session import Session
-from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer
+from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, TokenizerError
 from fabstir_sdk.tokens import ensure_allowance, resolve_token
 
 log = logging.getLogger(__name__)
@@ -244,8 +243,7 @@ class FabstirClient:
 
     async def _vet(self, host: HostInfo, model_id: bytes, token: str = ETH) -> Tokenizer:
         """Before depositing: the host is reachable, offers the model at the price we'll pay,
-        has capacity, and serves the pinned tokenizer."""
-        await self.p2p.connect(host.peer_id, host.addrs)
+        has capacity, and serves the pinned tokenizer. (Asking for its info dials it.)"""
         info = await self.discovery.ask_info(host)
         offer = next((m for m in info.models if m.get("model_id") == model_id), None)
         if offer is None:
@@ -264,15 +262,16 @@ class FabstirClient:
         pin = (await asyncio.to_thread(self.contracts.model_pin, model_id)).tokenizer_sha256
         if pin in self._tokenizers:
             return self._tokenizers[pin]
-        data = tokenizer_cache.cached(pin)
+        data = tokenizer_cache.cached(pin)  # checked against the pin as it is read
         if data is None:
             data = await self._fetch_tokenizer(model_id, host)
-            if hashlib.sha256(data).digest() != pin:
-                raise HostError(
-                    "bad_tokenizer", "the host's tokenizer does not match the registry's pin"
-                )
+            try:
+                tokenizer = await asyncio.to_thread(Tokenizer.from_pinned, data, pin)
+            except TokenizerError as exc:
+                raise HostError("bad_tokenizer", f"the host's tokenizer: {exc}") from exc
             tokenizer_cache.store(data)
-        tokenizer = await asyncio.to_thread(Tokenizer.from_pinned, data, pin)
+        else:
+            tokenizer = await asyncio.to_thread(Tokenizer, data)
         self._tokenizers[pin] = tokenizer
         return tokenizer
 

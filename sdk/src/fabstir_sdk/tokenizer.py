@@ -130,7 +130,6 @@ class Tokenizer:
             quiet.setLevel(logging.ERROR)
         if len(data) > MAX_TOKENIZER_BYTES:
             raise TokenizerError("the tokenizer file is too large")
-        self.sha256 = hashlib.sha256(data).digest()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, "tokenizer.gguf")
             path.write_bytes(data)

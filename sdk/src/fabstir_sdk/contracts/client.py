@@ -53,14 +53,6 @@ class OnchainSession:
     dispute_window: int = 0  # seconds, fixed when the session opened
 
     @property
-    def finalizable_at(self) -> int:
-        """When anyone may finalize (JobMarketplace.finalizableAt)."""
-        at = self.expires_at + self.dispute_window
-        if self.close_requested_at:
-            at = min(at, self.close_requested_at + self.dispute_window)
-        return at
-
-    @property
     def live(self) -> bool:
         return self.status in (SessionStatus.OPEN, SessionStatus.CLOSE_REQUESTED)
 
