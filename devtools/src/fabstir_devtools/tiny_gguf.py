@@ -19,9 +19,14 @@ SPECIAL = ["<unk>", "<s>", "</s>"]
 
 
 def write_tiny_gguf(
-    path: Path, *, seed: int = 7, chat_template: str | None = TINY_CHAT_TEMPLATE
+    path: Path,
+    *,
+    seed: int = 7,
+    chat_template: str | None = TINY_CHAT_TEMPLATE,
+    n_layers: int = N_LAYERS,
 ) -> Path:
-    """Write a 2-layer, 64-wide llama with a byte-level SentencePiece vocabulary."""
+    """Write a 2-layer, 64-wide llama with a byte-level SentencePiece vocabulary (each more
+    layer adds 160 KiB: a file of several blocks for storage tests)."""
     import gguf
     import numpy as np
 
@@ -36,7 +41,7 @@ def write_tiny_gguf(
     writer.add_name("fabstir-tiny-test")
     writer.add_context_length(N_CTX)
     writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYERS)
+    writer.add_block_count(n_layers)
     writer.add_feed_forward_length(N_FF)
     writer.add_head_count(N_HEAD)
     writer.add_head_count_kv(N_HEAD)
@@ -71,7 +76,7 @@ def write_tiny_gguf(
     writer.add_tensor("token_embd.weight", embd)
     writer.add_tensor("output_norm.weight", ones(N_EMBD))
     writer.add_tensor("output.weight", output)
-    for i in range(N_LAYERS):
+    for i in range(n_layers):
         blk = f"blk.{i}"
         writer.add_tensor(f"{blk}.attn_norm.weight", ones(N_EMBD))
         for name in ("attn_q", "attn_k", "attn_v"):

@@ -6,6 +6,10 @@ is verified against the session's signer and journaled before it extends the cre
 so the host never computes more than ``credit_window`` tokens ahead of what it can claim.
 When the client closes the stream, or goes silent, the session is settled on-chain with the
 best voucher, exactly once, also across restarts.
+
+Each answer's transcript record (:mod:`fabstir_sdk.transcripts`) is stored, sealed with the
+key the client gave at ``open``, together with the voucher that paid for it: as soon as a
+voucher covers the whole answer, or with the best one when the stream ends first.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fabstir_node.chain import HostChain, ServedModel, SessionRefused
 from fabstir_node.inference import CreditGate, Engine, EngineError, Finished, SamplingParams
@@ -43,6 +47,15 @@ from fabstir_sdk.protocol import (
     UnexpectedMessage,
     VoucherMsg,
 )
+from fabstir_sdk.transcripts import (
+    ZERO_HASH,
+    StoredResult,
+    TranscriptRecord,
+    result_path,
+    sampling_of,
+    seal_result,
+    with_answer,
+)
 
 log = logging.getLogger(__name__)
 TOKENIZER_CHUNK = 256 << 10
@@ -50,6 +63,12 @@ TOKENIZER_CHUNK = 256 << 10
 
 class InvalidVoucher(ProtocolError):
     code = "invalid_voucher"
+
+
+class ResultSink(Protocol):
+    """Where sealed answers go (the node's content-addressed store)."""
+
+    async def store_result(self, path: str, sealed: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,9 @@ class _Live:
     failure: ProtocolError | None = None
     expires_at: float = 0.0
     checkpointing: bool = False
+    result_key: bytes | None = None  # from `open`: seals the stored answers
+    transcript: bytes = ZERO_HASH  # of the best voucher: what the next answer chains to
+    unsaved: TranscriptRecord | None = None  # the last answer, until a voucher covers it
 
     def end(self, failure: ProtocolError) -> None:
         """Stop serving this stream (expiry, a close request): the session then settles."""
@@ -106,8 +128,10 @@ class SessionService:
         journal: Journal,
         served: ServedModel,
         policy: SessionPolicy | None = None,
+        results: ResultSink | None = None,
     ) -> None:
         self.engine = engine
+        self.results = results
         self.chain = chain
         self.journal = journal
         self.served = served
@@ -147,7 +171,10 @@ class SessionService:
             with contextlib.suppress(Exception):
                 await framed.stream.close()
             for session_id in attached:
-                self._attached.pop(session_id, None)
+                live = self._attached.pop(session_id, None)
+                if live is not None and live.unsaved is not None:
+                    journaled = self.journal.get(session_id)
+                    self._save_result(live, journaled.best if journaled else None)
                 self.settle_soon(session_id)
 
     async def handle_info(self, framed: FramedStream) -> None:
@@ -239,6 +266,8 @@ class SessionService:
             vouched,
             max(journaled.checkpoint_tokens, onchain.checkpoint_tokens),
             expires_at=onchain.expires_at,
+            result_key=first.result_key,
+            transcript=best.transcript_hash if best else ZERO_HASH,
         )
         self._attached[onchain.id] = live
         attached.append(onchain.id)
@@ -318,6 +347,9 @@ class SessionService:
             raise InvalidVoucher("the voucher is not signed by the session's signer")
         self.journal.record_voucher(voucher)  # durable before it buys more tokens
         live.best = voucher.cumulative_tokens
+        live.transcript = voucher.transcript_hash
+        if live.unsaved is not None and live.best >= live.unsaved.billed:
+            self._save_result(live, voucher)
         if live.gate is not None:
             live.gate.extend(self._credit(live))
         due = live.best - live.checkpointed >= self.policy.checkpoint_every
@@ -376,6 +408,18 @@ class SessionService:
         )
         live.base = base + len(tokens)
         live.gate = CreditGate(self._credit(live), self.policy.voucher_timeout)
+        record = TranscriptRecord(
+            live.id,
+            base,
+            live.transcript,
+            self.served.sha256,
+            tuple(tokens),
+            (),
+            "",
+            sampling_of(prompt),
+        )
+        ids_sent: list[int] = []
+        text_sent: list[str] = []
         sent = 0  # completion token ids delivered: all this answer bills beyond its prompt
         refused = False
         finish = "cancelled"
@@ -389,6 +433,8 @@ class SessionService:
                 claim = base + len(tokens) + sent + len(ids)
                 await self._send(framed, Token(event.text, claim, ids))
                 sent += len(ids)
+                ids_sent += ids
+                text_sent.append(event.text)
         except EngineError as exc:
             refused = sent == 0  # never started: the client counts nothing for it, nor do we
             await self._send(framed, Error(exc.kind, str(exc), exc.kind == "busy"))
@@ -402,8 +448,12 @@ class SessionService:
             if not refused:
                 live.billed = base + len(tokens) + sent
                 self.journal.add_billed(live.id, len(tokens) + sent)
+                # What the client's last voucher for this answer commits to (no finish
+                # reason unless ``done`` goes out).
+                live.unsaved = with_answer(record, ids_sent, "".join(text_sent), None)
         if finish == "length" and sent >= room:
             finish = "deposit"
+        live.unsaved = with_answer(record, ids_sent, "".join(text_sent), finish)
         await self._send(framed, Done(finish, len(tokens), sent, live.billed))
 
     async def _send(self, framed: FramedStream, message: Message) -> None:
@@ -416,6 +466,21 @@ class SessionService:
             self.tokens_per_second = (
                 rate if not self.tokens_per_second else (0.7 * self.tokens_per_second + 0.3 * rate)
             )
+
+    def _save_result(self, live: _Live, voucher: Voucher | None) -> None:
+        """Seal and store the last answer with ``voucher`` (in the background)."""
+        record, live.unsaved = live.unsaved, None
+        if record is None or live.result_key is None or self.results is None:
+            return
+        sealed = seal_result(live.result_key, StoredResult(record, voucher))
+        self._spawn(self._store_result(result_path(record.session_id, record.start), sealed))
+
+    async def _store_result(self, path: str, sealed: bytes) -> None:
+        assert self.results is not None
+        try:
+            await self.results.store_result(path, sealed)
+        except Exception as exc:  # the answer was delivered; only the stored copy is lost
+            log.warning("could not store the result at %s: %s", path, _reason(exc))
 
     # ----------------------------------------------------------------- chain
 

@@ -19,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 
 from fabstir_sdk import tokenizer as tokenizer_cache
 from fabstir_sdk.contracts import ETH, Deployment, Voucher, VoucherDomain, recover_signer
-from fabstir_sdk.contracts.client import Contracts
+from fabstir_sdk.contracts.client import Contracts, ModelPin
 from fabstir_sdk.discovery import Discovery, HostInfo
 from fabstir_sdk.errors import (
     ConfigurationError,
@@ -46,6 +46,7 @@ from fabstir_sdk.protocol import (
 from fabstir_sdk.session import Session
 from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, TokenizerError
 from fabstir_sdk.tokens import ensure_allowance, resolve_token
+from fabstir_sdk.transcripts import result_key
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class FabstirClient:
         self._bootstrap = bootstrap or []
         self._started = False
         self._tokenizers: dict[bytes, Tokenizer] = {}
+        self._pins: dict[bytes, ModelPin] = {}
         self.stranded: list[StrandedDeposit] = []  # deposits whose host refused after them
 
     @mapped
@@ -259,7 +261,7 @@ class FabstirClient:
     async def tokenizer_for(self, model_id: bytes, host: HostInfo) -> Tokenizer:
         """The model's tokenizer: from memory, the disk cache or ``host``, always checked
         against the sha256 the ModelRegistry pins."""
-        pin = (await asyncio.to_thread(self.contracts.model_pin, model_id)).tokenizer_sha256
+        pin = (await self.model_pin(model_id)).tokenizer_sha256
         if pin in self._tokenizers:
             return self._tokenizers[pin]
         data = tokenizer_cache.cached(pin)  # checked against the pin as it is read
@@ -274,6 +276,17 @@ class FabstirClient:
             tokenizer = await asyncio.to_thread(Tokenizer, data)
         self._tokenizers[pin] = tokenizer
         return tokenizer
+
+    async def model_pin(self, model_id: bytes) -> ModelPin:
+        """The ModelRegistry's pins for ``model_id`` (they never change: kept in memory)."""
+        if model_id not in self._pins:
+            self._pins[model_id] = await asyncio.to_thread(self.contracts.model_pin, model_id)
+        return self._pins[model_id]
+
+    def result_key(self, session_id: int) -> bytes:
+        """The key our answers in session ``session_id`` are stored under at the host."""
+        chain_id = self.contracts.deployment.chain_id
+        return result_key(bytes(self.account.key), chain_id, session_id)
 
     async def _fetch_tokenizer(self, model_id: bytes, host: HostInfo) -> bytes:
         stream = await self.p2p.open_stream(
@@ -333,7 +346,8 @@ class FabstirClient:
         # one, so a host cannot be impersonated by whoever answers at its address.
         framed = FramedStream(stream)
         try:
-            await framed.send(Open(session_id, self.contracts.deployment.chain_id))
+            chain_id = self.contracts.deployment.chain_id
+            await framed.send(Open(session_id, chain_id, result_key=self.result_key(session_id)))
             ready = await framed.receive(timeout=30)
         except ProtocolError as exc:
             await stream.reset()
@@ -357,6 +371,7 @@ class FabstirClient:
             host=host.address,
             peer_id=host.peer_id,
             model=onchain.model_id,
+            model_sha256=(await self.model_pin(onchain.model_id)).sha256,
             deposit=onchain.deposit,
             price=onchain.price,
             max_tokens=onchain.max_tokens,

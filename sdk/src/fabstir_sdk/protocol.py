@@ -32,7 +32,9 @@ from fabstir_sdk.errors import FabstirError
 
 SESSION_PROTOCOL = "/fabstir/session/1.0.0"
 INFO_PROTOCOL = "/fabstir/info/1.0.0"
-TOKENIZER_PROTOCOL = "/fabstir/tokenizer/1.0.0"
+#: A peer's signed storage root (a registry entry, :mod:`fabstir_sdk.storage.registry`); what
+#: the tree holds then moves by Bitswap (tokenizers, models, sealed results).
+STORAGE_ROOT_PROTOCOL = "/fabstir/storage/root/1.0.0"
 HOSTS_TOPIC = "/fabstir/hosts/1.0.0"
 MAX_FRAME = 1 << 20
 #: The largest frame a host reads before a session is open, and on the info protocol.
@@ -208,15 +210,22 @@ _INT_RANGES: dict[tuple[str, str], tuple[int, int]] = {
 
 @dataclass(frozen=True)
 class Open(Message):
-    """Client -> host: attach this stream to on-chain session ``session_id``."""
+    """Client -> host: attach this stream to on-chain session ``session_id``. The host seals
+    the answers it stores for the session with ``result_key`` (only the client can read them:
+    :mod:`fabstir_sdk.transcripts`); without one it stores none."""
 
     TYPE: ClassVar[str] = "open"
     session_id: int
     chain_id: int
     version: int = 1
+    result_key: bytes | None = None
 
     def validate(self) -> None:
         _check(self.session_id > 0, "open.session_id must be positive")
+        _check(
+            self.result_key is None or len(self.result_key) == 32,
+            "open.result_key must be 32 bytes",
+        )
 
 
 @dataclass(frozen=True)
@@ -344,25 +353,19 @@ class InfoResponse(Message):
 
 
 @dataclass(frozen=True)
-class TokenizerRequest(Message):
-    """Client -> host: send the tokenizer file of ``model_id`` (the client checks its hash
-    against the ModelRegistry's pin)."""
+class RootRequest(Message):
+    """Anyone -> a node, free: your latest signed storage root."""
 
-    TYPE: ClassVar[str] = "tokenizer"
-    model_id: bytes
-
-    def validate(self) -> None:
-        _check(len(self.model_id) == 32, "tokenizer.model_id must be 32 bytes")
+    TYPE: ClassVar[str] = "root"
 
 
 @dataclass(frozen=True)
-class TokenizerChunk(Message):
-    """Host -> client: ``data`` at ``offset`` of a ``total``-byte tokenizer file."""
+class RootResponse(Message):
+    """Node -> anyone: its registry entry (the asker checks the key is the peer's own and
+    that the revision is not older than one it has seen)."""
 
-    TYPE: ClassVar[str] = "tokenizer_chunk"
-    offset: int
-    total: int
-    data: bytes
+    TYPE: ClassVar[str] = "root_response"
+    entry: bytes
 
 
 def error_from(exc: ProtocolError) -> Error:

@@ -23,9 +23,7 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, NoReturn
 
-import cbor2
 from eth_account.signers.local import LocalAccount
-from eth_utils.crypto import keccak
 
 from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 from fabstir_sdk.contracts.client import Contracts, SessionStatus, Settlement
@@ -44,6 +42,7 @@ from fabstir_sdk.protocol import (
     VoucherMsg,
 )
 from fabstir_sdk.tokenizer import Tokenizer, TokenizerError
+from fabstir_sdk.transcripts import ZERO_HASH, TranscriptRecord, sampling_of, with_answer
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,11 @@ class ChatStream:
     """The answer as an async iterator of text pieces; ``usage`` and ``finish_reason`` are
     set once it is exhausted. ``aclose()`` (or ``break`` and a next ``chat``) stops it early."""
 
-    def __init__(self, session: Session, prompt: Prompt, prompt_tokens: int) -> None:
+    def __init__(self, session: Session, prompt: Prompt, prompt_ids: list[int]) -> None:
         self._session = session
         self._prompt = prompt
-        self.prompt_tokens = prompt_tokens  # counted by us, with the pinned tokenizer
+        self.prompt_ids = prompt_ids  # tokenized by us, with the pinned tokenizer
+        self.prompt_tokens = len(prompt_ids)
         self.text = ""
         self.token_ids: list[int] = []  # behind ``text``: lets another host continue it
         self.usage: Usage | None = None
@@ -95,6 +95,7 @@ class Session:
         host: str,
         peer_id: str,
         model: bytes,
+        model_sha256: bytes,
         deposit: int,
         price: int,
         max_tokens: int,
@@ -110,6 +111,7 @@ class Session:
         self.host = host
         self.peer_id = peer_id
         self.model = model
+        self.model_sha256 = model_sha256
         self.deposit = deposit
         self.price = price
         self.max_tokens = max_tokens
@@ -122,7 +124,7 @@ class Session:
         self._framed = framed
         self.billed = 0  # cumulative billable tokens, as we count them
         self.vouched = 0
-        self.transcript = bytes(32)
+        self.transcript = ZERO_HASH  # of the last voucher: what the next answer chains to
         self.last_voucher: Voucher | None = None
         self._turn = asyncio.Lock()  # one answer at a time, including its wind-down
         self._current: ChatStream | None = None
@@ -163,10 +165,10 @@ class Session:
             prompt.validate()
             if any(i >= self.tokenizer.n_vocab for i in prompt.prefix_ids):
                 raise UsageError("prefix_ids outside the model's vocabulary")
-            counted = len(self.tokenizer.chat_tokens(prompt.messages)) + len(prompt.prefix_ids)
+            ids = self.tokenizer.chat_tokens(prompt.messages) + list(prompt.prefix_ids)
         except (ProtocolError, TokenizerError) as exc:
             raise UsageError(str(exc)) from exc
-        return ChatStream(self, prompt, counted)
+        return ChatStream(self, prompt, ids)
 
     async def _stream(self, prompt: Prompt, out: ChatStream) -> AsyncGenerator[str, None]:
         previous = self._current
@@ -182,10 +184,19 @@ class Session:
             raise HostError("session_closed", "this session is closed")
         self._current = out
         room = self.max_tokens - self.billed - out.prompt_tokens
-        answer = _Answer(self.billed, out, min(prompt.max_tokens or room, room))
+        record = TranscriptRecord(
+            self.id,
+            self.billed,
+            self.transcript,
+            self.model_sha256,
+            tuple(out.prompt_ids),
+            (),
+            "",
+            sampling_of(prompt),
+        )
+        answer = _Answer(self.billed, out, min(prompt.max_tokens or room, room), record)
         ended = False
         try:
-            self._absorb(cbor2.dumps(prompt.messages, canonical=True))
             await self._send(prompt)
             while True:
                 message = await self._receive()
@@ -195,7 +206,7 @@ class Session:
                     return
                 if isinstance(message, Error):
                     ended = True
-                    await self._vouch()
+                    await self._vouch(answer)
                     raise HostError(message.code, message.message, message.retryable)
                 piece = await self._on_token(answer, message)
                 if piece:
@@ -228,9 +239,9 @@ class Session:
         if answer.over is not None:
             await self._bad_accounting(answer, answer.over)
         self.billed = answer.expected
-        self._absorb(message.text.encode())
+        answer.text += message.text
         if self.billed - self.vouched >= self.voucher_every and answer.cancelled_at is None:
-            await self._vouch()  # (after a cancel only ``done`` is paid: no credit to run on)
+            await self._vouch(answer)  # (after a cancel only ``done`` is paid: no credit to run on)
         return str(message.text)
 
     async def _finish(self, answer: _Answer, done: Done) -> None:
@@ -249,7 +260,7 @@ class Session:
         self.billed = answer.expected
         out.usage = Usage(out.prompt_tokens, len(out.token_ids))
         out.finish_reason = done.finish_reason
-        await self._vouch()
+        await self._vouch(answer, done.finish_reason)
 
     async def _wind_down(self, answer: _Answer) -> None:
         """Cancel the answer in progress and read to its ``done``, paying for what came."""
@@ -263,7 +274,7 @@ class Session:
                         await self._finish(answer, message)
                         return
                     if isinstance(message, Error):  # the answer ended; the session goes on
-                        await self._vouch()
+                        await self._vouch(answer)
                         return
                     await self._on_token(answer, message)
         except Exception as exc:  # nobody is listening for this answer any more
@@ -282,7 +293,7 @@ class Session:
         """The host over-claimed: pay what we counted, no more, and end the session."""
         self.billed = max(self.vouched, min(answer.expected, answer.claimed))
         with contextlib.suppress(Exception):
-            await self._vouch()
+            await self._vouch(answer)
         with contextlib.suppress(Exception):
             await self._send(Error("bad_accounting", reason))
         await self._abandon()
@@ -305,18 +316,20 @@ class Session:
         except ProtocolError as exc:
             raise HostError(exc.code, f"the host went away: {exc}", True) from exc
 
-    def _absorb(self, data: bytes) -> None:
-        self.transcript = keccak(self.transcript + data)
-
-    async def _vouch(self) -> None:
+    async def _vouch(self, answer: _Answer, finish: str | None = None) -> None:
+        """Pay for what we counted, committing to the answer as it stands
+        (:mod:`fabstir_sdk.transcripts`)."""
         if self.billed <= self.vouched:
             return
-        voucher = sign_voucher(self.signer, self.domain, self.id, self.billed, self.transcript)
+        ids = answer.out.token_ids
+        committed = with_answer(answer.record, ids, answer.text, finish).commitment()
+        voucher = sign_voucher(self.signer, self.domain, self.id, self.billed, committed)
         await self._send(
             VoucherMsg(voucher.cumulative_tokens, voucher.transcript_hash, voucher.signature)
         )
         self.vouched = self.billed
         self.last_voucher = voucher
+        self.transcript = committed
 
     async def cancel(self) -> None:
         """Ask the host to stop the current answer; it ends with finish reason ``cancelled``."""
@@ -365,10 +378,12 @@ class _Answer:
     """What one answer may bill: ``start`` (vouched before it) + our prompt count + the ids
     received. ``check`` compares each claim of the host with it."""
 
-    def __init__(self, start: int, out: ChatStream, limit: int) -> None:
+    def __init__(self, start: int, out: ChatStream, limit: int, record: TranscriptRecord) -> None:
         self.start = start
         self.out = out
         self.limit = limit  # completion tokens asked for (and paid for by the deposit)
+        self.record = record  # what the vouchers commit to, completed as tokens arrive
+        self.text = ""
         self.claimed = start
         self.over: str | None = None
         self.cancelled_at: int | None = None  # ids received when we sent ``cancel``

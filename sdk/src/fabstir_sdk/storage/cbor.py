@@ -3,8 +3,9 @@
 Core deterministic encoding: integers and lengths in their shortest form, definite lengths
 only, map keys sorted by the bytewise order of their encodings. That is neither cbor2's
 ``canonical=True`` (RFC 7049's length-first order) nor s5.js (it sorts keys with JavaScript's
-``localeCompare``, which depends on the locale). Floats, tags and indefinite lengths are
-refused both ways: nothing we store needs them.
+``localeCompare``, which depends on the locale). A float takes the shortest of half, single
+and double precision that holds it exactly (sampling parameters are floats); NaN, infinities,
+tags and indefinite lengths are refused both ways.
 
 :func:`loads` accepts only what :func:`dumps` would write (it re-encodes and compares), so a
 peer cannot hand us a second encoding of a value whose hash we checked.
@@ -12,6 +13,8 @@ peer cannot hand us a second encoding of a value whose hash we checked.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import struct
 from typing import Any
 
@@ -38,6 +41,17 @@ def _head(major: int, value: int) -> bytes:
     raise StorageError("integer out of CBOR's 64-bit range")
 
 
+def _float(value: float) -> bytes:
+    if not math.isfinite(value):
+        raise StorageError("NaN and infinities have no place in stored data")
+    for head, fmt in ((0xF9, ">e"), (0xFA, ">f")):
+        with contextlib.suppress(OverflowError):
+            packed = struct.pack(fmt, value)
+            if struct.unpack(fmt, packed)[0] == value:
+                return bytes([head]) + packed
+    return b"\xfb" + struct.pack(">d", value)
+
+
 def _encode(value: Any, out: list[bytes], depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise StorageError("CBOR value nested too deeply")
@@ -49,6 +63,8 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
         out.append(b"\xf4")
     elif isinstance(value, int):
         out.append(_head(0, value) if value >= 0 else _head(1, -1 - value))
+    elif isinstance(value, float):
+        out.append(_float(value))
     elif isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         out.append(_head(2, len(raw)))
@@ -78,7 +94,8 @@ def _dumps_at(value: Any, depth: int) -> bytes:
 
 
 def dumps(value: Any) -> bytes:
-    """The deterministic encoding of ``value`` (int, bytes, str, list, dict, bool, None)."""
+    """The deterministic encoding of ``value`` (int, float, bytes, str, list, dict, bool,
+    None)."""
     return _dumps_at(value, 0)
 
 
