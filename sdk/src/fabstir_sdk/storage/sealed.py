@@ -40,4 +40,4 @@ def open_sealed(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
             sealed[NONCE_SIZE:], aad, sealed[:NONCE_SIZE], key
         )
     except CryptoError:
-        raise StorageError("sealed data does not open with this key (altered or not ours)")
+        raise StorageError("sealed data does not open with this key (altered, not ours)") from None
