@@ -47,7 +47,7 @@ def order_key(name: str, h: int | None = None) -> OrderKey:
     return tuple((h >> (BITS * i)) & (WIDTH - 1) for i in range(MAX_DEPTH + 1)), name.encode()
 
 
-def _slot(h: int, depth: int) -> int:
+def slot_of(h: int, depth: int) -> int:
     return (h >> (BITS * depth)) & (WIDTH - 1)
 
 
@@ -116,7 +116,7 @@ class HamtNode:
         return held
 
     def get(self, name: str, h: int) -> Entry | None:
-        held = self._child(_slot(h, self.depth))
+        held = self._child(slot_of(h, self.depth))
         if held is None:
             return None
         if isinstance(held, HamtNode):
@@ -125,7 +125,7 @@ class HamtNode:
 
     def set(self, name: str, h: int, entry: Entry) -> bool:
         """Insert or replace; returns whether the entry is new."""
-        slot = _slot(h, self.depth)
+        slot = slot_of(h, self.depth)
         held = self._child(slot)
         self.hash = None
         if isinstance(held, HamtNode):
@@ -145,7 +145,7 @@ class HamtNode:
         return added
 
     def delete(self, name: str, h: int) -> bool:
-        slot = _slot(h, self.depth)
+        slot = slot_of(h, self.depth)
         held = self._child(slot)
         if held is None:
             return False
