@@ -235,6 +235,74 @@ def models_verify(
     sys.exit(code)
 
 
+@models.command("fetch")
+@click.argument("model")
+@click.option("--rpc-url", help="chain RPC [http://127.0.0.1:8545]")
+@click.option(
+    "--deployment",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="deployment manifest [deployments/<chainId>.json]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="installs into <data dir>/models/ [~/.local/share/fabstir-node]",
+)
+@click.option("--bootstrap", help="comma-separated peers to ask too (multiaddrs with /p2p/)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def models_fetch(ctx: click.Context, /, model: str, as_json: bool, **flags: Any) -> None:
+    """Install a registered model (catalogue name, repo/file or 0x id) from the hosts that
+    share it, verified against the ModelRegistry's sha256 pin. No key is needed."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from fabstir_node.runtime import find_deployment
+    from fabstir_node.storage import fetch_model
+    from fabstir_sdk.contracts.client import Contracts
+    from fabstir_sdk.models import resolve_model_id
+
+    config = _config(ctx, **flags)
+    model_id = resolve_model_id(model)
+    chain_id = Web3(Web3.HTTPProvider(config.rpc_url)).eth.chain_id
+    deployment = find_deployment(config, chain_id)
+    contracts = Contracts.connect(config.rpc_url, deployment, Account.create())
+    bar: Any = None
+
+    def progress(received: int, total: int) -> None:
+        nonlocal bar
+        if as_json or not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = click.progressbar(length=total, label="fetching", file=sys.stderr)
+            bar.__enter__()
+        bar.update(received - bar.pos)
+
+    try:
+        fetched = asyncio.run(
+            fetch_model(
+                contracts,
+                model_id,
+                config.data_dir / "models",
+                bootstrap=config.bootstrap_peers,
+                progress=progress,
+            )
+        )
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    _emit(
+        {
+            "path": str(fetched.path),
+            "sha256": fetched.sha256.hex(),
+            "size": fetched.size,
+            "from": ", ".join(fetched.providers) or "(already installed)",
+            "verified": True,
+        },
+        as_json,
+    )
+
+
 # --------------------------------------------------------------------------- paid serving
 
 CHAIN_FLAGS = [
@@ -627,3 +695,137 @@ def withdraw_stake(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
             f"(the unbonding delay, and the end of every session opened with it) ({exc})"
         ) from exc
     _emit({"withdrawn_fab_wei": record.stake, "tx": receipt["transactionHash"].hex()}, as_json)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@main.group()
+def storage() -> None:
+    """Inspect, verify and garbage-collect the node's content-addressed store."""
+
+
+STORE_FLAGS = [
+    click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="the node's data directory; the store is its store/ [~/.local/share/fabstir-node]",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="machine-readable output"),
+]
+
+
+def store_flags(fn: Any) -> Any:
+    for option in reversed(STORE_FLAGS):
+        fn = option(fn)
+    return fn
+
+
+@contextmanager
+def _open_store(ctx: click.Context, data_dir: Path | None, write: bool = False) -> Iterator[Any]:
+    from fabstir_sdk.storage.tree import Store
+
+    config = _config(ctx, **({"data_dir": data_dir} if data_dir else {}))
+    path = config.data_dir / "store"
+    if not (path / "index.sqlite").exists():
+        raise ConfigError(f"no store at {path} (a node creates it when it first runs)")
+    store = Store(path, read_only=not write)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@storage.command("stats")
+@store_flags
+@click.pass_context
+def storage_stats(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
+    """Blocks, bytes, the root and its revision."""
+    with _open_store(ctx, data_dir) as store:
+        stats = store.blocks.stats()
+        data = {
+            "root": store.root.hex(),
+            "revision": store.revision,
+            "blocks": stats.blocks,
+            "bytes": stats.bytes,
+            "unreferenced_blocks": stats.unreferenced,
+        }
+    _emit(data, as_json)
+
+
+@storage.command("ls")
+@click.argument("path", default="/")
+@store_flags
+@click.option("--limit", type=int, default=100, show_default=True, help="entries per page")
+@click.option("--cursor", help="continue a listing where a previous page ended")
+@click.pass_context
+def storage_ls(
+    ctx: click.Context,
+    path: str,
+    data_dir: Path | None,
+    as_json: bool,
+    limit: int,
+    cursor: str | None,
+) -> None:
+    """List a directory of the tree, one page at a time."""
+    with _open_store(ctx, data_dir) as store:
+        page = store.list(path, cursor=cursor, limit=limit)
+    rows = [entry.describe() for entry in page.entries]
+    if as_json:
+        click.echo(json.dumps({"entries": rows, "cursor": page.cursor}, indent=2))
+        return
+    for row in rows:
+        size = "-" if row.get("size") is None else str(row["size"])
+        click.echo(f"{row['kind']:<4} {size:>12}  {row['name']}")
+    if page.cursor:
+        click.echo(f"(more: --cursor {page.cursor})", err=True)
+
+
+@storage.command("cat")
+@click.argument("path")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.pass_context
+def storage_cat(ctx: click.Context, path: str, data_dir: Path | None) -> None:
+    """Write a file of the tree to standard output (verified end to end as it is read)."""
+    with _open_store(ctx, data_dir) as store:
+        data = store.get(path)
+    sys.stdout.buffer.write(data)
+
+
+@storage.command("verify")
+@store_flags
+@click.pass_context
+def storage_verify(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
+    """Re-hash every block (exit 1 if any is damaged: it is moved aside and refetched)."""
+    with _open_store(ctx, data_dir) as store:
+        report = store.blocks.verify()
+    _emit(
+        {
+            "checked": report.checked,
+            "corrupt": [h.hex() for h in report.corrupt],
+            "missing": [h.hex() for h in report.missing],
+            "ok": report.ok,
+        },
+        as_json,
+    )
+    sys.exit(0 if report.ok else EXIT_MISMATCH)
+
+
+@storage.command("gc")
+@store_flags
+@click.option(
+    "--grace",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="keep unreferenced blocks younger than this many seconds (a write may be linking them)",
+)
+@click.pass_context
+def storage_gc(ctx: click.Context, data_dir: Path | None, as_json: bool, grace: float) -> None:
+    """Delete blocks nothing references any more (old versions, abandoned fetches)."""
+    with _open_store(ctx, data_dir, write=True) as store:
+        report = store.blocks.gc(grace)
+    _emit(
+        {"deleted_blocks": report.blocks, "freed_bytes": report.bytes, "stray_files": report.files},
+        as_json,
+    )

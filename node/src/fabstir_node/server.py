@@ -27,7 +27,7 @@ def prepare_model(
     config: NodeConfig, progress: Callable[[int], None] | None = None
 ) -> PreparedModel:
     """Resolve, hash-check and probe the configured model (blocking)."""
-    model = resolve(config.model, config.model_sha256)
+    model = resolve(config.model, config.model_sha256, config.data_dir / "models")
     digest = verify(model, HashCache(config.data_dir / "hashes.json"), progress)
     return PreparedModel(model, digest, probe(model.path))
 

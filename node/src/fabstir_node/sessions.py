@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,23 +42,20 @@ from fabstir_sdk.protocol import (
     Ready,
     StreamClosed,
     Token,
-    TokenizerChunk,
-    TokenizerRequest,
     UnexpectedMessage,
     VoucherMsg,
 )
+from fabstir_sdk.storage.layout import result_path
 from fabstir_sdk.transcripts import (
     ZERO_HASH,
     StoredResult,
     TranscriptRecord,
-    result_path,
     sampling_of,
     seal_result,
     with_answer,
 )
 
 log = logging.getLogger(__name__)
-TOKENIZER_CHUNK = 256 << 10
 
 
 class InvalidVoucher(ProtocolError):
@@ -179,18 +176,6 @@ class SessionService:
 
     async def handle_info(self, framed: FramedStream) -> None:
         await self._answer_one(framed, InfoRequest, lambda _: [self.info()])
-
-    async def handle_tokenizer(self, framed: FramedStream) -> None:
-        """Send the served model's tokenizer file, in chunks; the client checks its pin."""
-        await self._answer_one(framed, TokenizerRequest, self._tokenizer_chunks)
-
-    def _tokenizer_chunks(self, request: Message) -> Iterator[Message]:
-        assert isinstance(request, TokenizerRequest)
-        if request.model_id != self.served.model_id:
-            raise SessionRefused("wrong_model", "this host does not serve that model")
-        data = self.engine.tokenizer_file
-        for offset in range(0, max(len(data), 1), TOKENIZER_CHUNK):
-            yield TokenizerChunk(offset, len(data), data[offset : offset + TOKENIZER_CHUNK])
 
     async def _answer_one(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from typing import Any
 import click
 
 from fabstir_sdk import __version__
-from fabstir_sdk.errors import ChainError, ConfigurationError, FabstirError, map_errors
+from fabstir_sdk.errors import (
+    ChainError,
+    ConfigurationError,
+    FabstirError,
+    HostError,
+    map_errors,
+)
 from fabstir_sdk.keyfile import parse_private_key, read_key_file
 from fabstir_sdk.models import resolve_model_id
 
@@ -340,6 +347,47 @@ def session_refund(settings: Settings, session_id: int) -> None:
         raise ChainError(f"the dispute window is open for {at - now} more seconds")
     settlement = client.contracts.finalize(session_id)
     click.echo(f"refunded {settlement.refund} wei (host paid {settlement.payment} wei)")
+
+
+@session.command("result")
+@click.argument("session_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="every answer with its token ids")
+@click.pass_obj
+def session_result(settings: Settings, session_id: int, as_json: bool) -> None:
+    """The answers of a session, fetched from the host's store (also after the connection
+    was lost) and checked against your own vouchers (exit 1 if one is not what you paid)."""
+    client = _client(settings)
+
+    async def main_() -> list[Any]:
+        async with client:
+            return list(await client.results(session_id))
+
+    results = _run(main_())
+    if not results:
+        raise HostError("no_results", f"the host holds no stored answer of session {session_id}")
+    if as_json:
+        rows = [
+            {
+                "start": r.record.start,
+                "text": r.text,
+                "prompt_ids": list(r.record.prompt_ids),
+                "completion_ids": list(r.record.completion_ids),
+                "finish_reason": r.record.finish_reason,
+                "sampling": r.record.sampling,
+                "model_sha256": r.record.model_sha256.hex(),
+                "paid": r.paid,
+                "verdict": r.reason,
+                "voucher_tokens": r.voucher.cumulative_tokens if r.voucher else None,
+            }
+            for r in results
+        ]
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for r in results:
+            click.echo(f"[answer at token {r.record.start}: {r.reason}]", err=True)
+            click.echo(r.text)
+    if not all(r.paid for r in results):
+        sys.exit(1)
 
 
 @main.command()

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,33 +28,57 @@ from fabstir_sdk.errors import (
     FabstirError,
     HostError,
     NoHostAvailable,
+    UsageError,
     mapped,
 )
 from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
 from fabstir_sdk.models import resolve_model_id
-from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
+from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes
 from fabstir_sdk.protocol import (
     HOSTS_TOPIC,
     SESSION_PROTOCOL,
-    TOKENIZER_PROTOCOL,
     Error,
     FramedStream,
     Open,
     ProtocolError,
     Ready,
-    TokenizerChunk,
-    TokenizerRequest,
 )
 from fabstir_sdk.session import Session
+from fabstir_sdk.storage.bitswap import Bitswap
+from fabstir_sdk.storage.blockstore import BlockStore
+from fabstir_sdk.storage.dirv1 import FileRef
+from fabstir_sdk.storage.errors import NotFound, StorageError
+from fabstir_sdk.storage.exchange import Exchange
+from fabstir_sdk.storage.layout import result_dir, tokenizer_path
 from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, TokenizerError
 from fabstir_sdk.tokens import ensure_allowance, resolve_token
-from fabstir_sdk.transcripts import result_key
+from fabstir_sdk.transcripts import (
+    MAX_RESULT,
+    TranscriptRecord,
+    open_result,
+    result_key,
+    verify_result,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DEPOSIT = 10**15  # 0.001 ETH
 DEFAULT_DURATION = 3600
 ATTACH_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # retries of an open the host rate-limited
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """One answer of a session, as the host stored it and we checked it."""
+
+    record: TranscriptRecord
+    voucher: Voucher | None
+    paid: bool  # our session signer's voucher commits to exactly this record
+    reason: str
+
+    @property
+    def text(self) -> str:
+        return self.record.text
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,11 @@ class FabstirClient:
             raise ConfigurationError("private_key is not a valid private key") from None
         self.contracts = Contracts.connect(rpc_url, deployment, self.account)
         self.p2p = P2PHost(secrets.token_bytes(32), [listen])
+        # Where blocks fetched from hosts land (tokenizers, results); gone at close.
+        self._blocks_dir = Path(tempfile.mkdtemp(prefix="fabstir-blocks-"))
+        self._blocks = BlockStore(self._blocks_dir)
+        self.bitswap = Bitswap(self.p2p, self._blocks, served=lambda _hash: False)
+        self.exchange = Exchange(self.p2p, self._blocks, self.bitswap)
         self.discovery = Discovery(self.contracts, self.p2p)
         self.p2p.on_gossip(
             HOSTS_TOPIC, self.discovery.on_announcement, validate=self.discovery.validate
@@ -132,6 +163,8 @@ class FabstirClient:
         if self._started:
             await self.p2p.stop()
             self._started = False
+        self._blocks.close()
+        shutil.rmtree(self._blocks_dir, ignore_errors=True)
 
     async def __aenter__(self) -> FabstirClient:
         return await self.start()
@@ -289,34 +322,50 @@ class FabstirClient:
         return result_key(bytes(self.account.key), chain_id, session_id)
 
     async def _fetch_tokenizer(self, model_id: bytes, host: HostInfo) -> bytes:
-        stream = await self.p2p.open_stream(
-            PeerAddress(host.peer_id, host.addrs), TOKENIZER_PROTOCOL
-        )
-        framed = FramedStream(stream)
-        data = bytearray()
+        """The tokenizer file from the host's store, by the model's pin (checked by the caller
+        against the tokenizer's own pin)."""
+        peer = PeerAddress(host.peer_id, host.addrs)
+        path = tokenizer_path((await self.model_pin(model_id)).sha256)
         try:
-            await framed.send(TokenizerRequest(model_id))
-            while True:
-                chunk = await framed.receive(timeout=30)
-                if isinstance(chunk, Error):
-                    raise HostError(chunk.code, chunk.message, chunk.retryable)
-                if (
-                    not isinstance(chunk, TokenizerChunk)
-                    or chunk.offset != len(data)
-                    or not 0 < chunk.total <= MAX_TOKENIZER_BYTES
-                    or len(data) + len(chunk.data) > chunk.total
-                ):
-                    raise HostError("bad_tokenizer", "malformed tokenizer transfer")
-                data += chunk.data
-                if len(data) == chunk.total:
-                    return bytes(data)
-        except ProtocolError as exc:
-            raise HostError(exc.code, f"tokenizer transfer failed: {exc}", True) from exc
-        except (ConnectionError, OSError) as exc:
-            raise P2PError(f"the tokenizer stream to {host.peer_id} broke: {exc}") from exc
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+            root = await self.exchange.root_of(peer)
+            return await self.exchange.get_file(peer, root, path, MAX_TOKENIZER_BYTES)
+        except StorageError as exc:
+            raise HostError("bad_tokenizer", f"the host's tokenizer: {exc}") from exc
+
+    @mapped
+    async def results(self, session_id: int) -> list[SessionResult]:
+        """The answers of session ``session_id`` as its host stored them, fetched from its
+        store (also long after the connection was lost), opened with our key and checked
+        against our own vouchers: ``paid`` says our signer paid for exactly that transcript."""
+        await self.start()
+        onchain = await asyncio.to_thread(self.contracts.session, session_id)
+        if onchain.client.lower() != self.account.address.lower():
+            raise UsageError(f"session {session_id} was not opened by {self.account.address}")
+        record = await asyncio.to_thread(self.contracts.host, onchain.host)
+        peer = PeerAddress(peer_id_from_bytes(record.peer_id), record.addrs)
+        key, domain = self.result_key(session_id), self.contracts.voucher_domain()
+        try:
+            root = await self.exchange.root_of(peer)
+            entries = await self.exchange.list_dir(peer, root, result_dir(session_id))
+        except NotFound:
+            return []
+        except (StorageError, P2PError) as exc:
+            raise HostError("no_results", f"cannot read the host's store: {exc}", True) from exc
+        results = []
+        for name in sorted(entries):
+            entry = entries[name]
+            if not isinstance(entry, FileRef) or not name.isdigit():
+                continue
+            sealed = await self.exchange.read(entry.content, [peer], MAX_RESULT + 1024)
+            try:
+                stored = open_result(key, sealed, session_id, int(name))
+            except StorageError as exc:
+                raise HostError("bad_result", f"the stored answer {name}: {exc}") from exc
+            verdict = verify_result(stored, domain, onchain.signer)
+            results.append(
+                SessionResult(stored.record, stored.voucher, verdict.paid, verdict.reason)
+            )
+        return results
 
     async def _strand(self, session_id: int, host: HostInfo, reason: BaseException) -> None:
         """The host refused after our deposit: ask to close at once and say how to recover."""

@@ -248,8 +248,7 @@ class Session:
         out = answer.out
         answer.check(done.tokens)
         if answer.over is None and (
-            done.prompt_tokens != out.prompt_tokens
-            or done.completion_tokens != len(out.token_ids)
+            done.prompt_tokens != out.prompt_tokens or done.completion_tokens != len(out.token_ids)
         ):
             answer.over = (
                 f"host reported usage {done.prompt_tokens}+{done.completion_tokens}, we "

@@ -155,11 +155,6 @@ def result_key(wallet_key: bytes, chain_id: int, session_id: int) -> bytes:
     return blake3.blake3(material, derive_key_context=_KEY_CONTEXT).digest()
 
 
-def result_path(session_id: int, start: int | None = None) -> str:
-    base = f"/results/{session_id}/"
-    return base if start is None else f"{base}{start:012d}"
-
-
 def _aad(session_id: int, start: int) -> bytes:
     return b"fabstir result" + session_id.to_bytes(32, "big") + start.to_bytes(32, "big")
 
@@ -180,6 +175,9 @@ def open_result(key: bytes, sealed: bytes, session_id: int, start: int) -> Store
 class Verdict:
     paid: bool  # a voucher of the session's signer commits to exactly this record
     reason: str
+
+    def as_tuple(self) -> tuple[bool, str]:
+        return self.paid, self.reason
 
 
 def verify_result(result: StoredResult, domain: VoucherDomain, signer: str) -> Verdict:

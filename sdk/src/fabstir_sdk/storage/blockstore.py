@@ -105,6 +105,11 @@ def _check(hash: bytes) -> bytes:
     return hash
 
 
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -359,7 +364,7 @@ class BlockStore:
         rows = self._query("SELECT size FROM blocks WHERE hash = ?", (_check(hash),))
         if not rows:
             raise NotFound(f"block {hash.hex()} is not stored")
-        return int(rows[0][0])  # type: ignore[call-overload]
+        return _int(rows[0][0])
 
     def kind_of(self, hash: bytes) -> str:
         rows = self._query("SELECT kind FROM blocks WHERE hash = ?", (_check(hash),))
@@ -372,7 +377,7 @@ class BlockStore:
         rows = self._query("SELECT refs FROM blocks WHERE hash = ?", (_check(hash),))
         if not rows:
             raise NotFound(f"block {hash.hex()} is not stored")
-        return int(rows[0][0])  # type: ignore[call-overload]
+        return _int(rows[0][0])
 
     def children(self, hash: bytes) -> list[bytes]:
         return [

@@ -396,7 +396,7 @@ class Store:
             d = self._find_dir(split_path(path))
             if d is None:
                 raise NotFound(f"{path}: no such directory")
-            entries = []
+            entries: list[FileEntry | DirEntry] = []
             for name, entry in d.items(after):
                 if len(entries) == limit:
                     return Page(entries, encode_cursor(entries[-1].name))
