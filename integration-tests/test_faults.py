@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 class SilentSession(Session):
     """Fault injection: never vouches, so the host stops at its credit window and waits."""
 
-    async def _vouch(self) -> None:
+    async def _vouch(self, answer: Any, finish: str | None = None) -> None:
         return None
 
 

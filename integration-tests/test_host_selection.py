@@ -16,13 +16,12 @@ import pytest
 
 from fabstir_devtools.chain import anvil_account
 from fabstir_node.chain import HostChain, ServedModel
-from fabstir_node.sessions import SessionService
 from fabstir_sdk.contracts import ETH
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.errors import NoHostAvailable
 from fabstir_sdk.models import model_id
 from fabstir_sdk.p2p import peer_id_bytes, peer_id_of_seed
-from fabstir_sdk.protocol import FramedStream
+from fabstir_sdk.storage.layout import tokenizer_path
 
 from conftest import PRICE, Devnet, run
 
@@ -115,22 +114,18 @@ def test_a_host_asking_more_than_it_registered_gets_no_deposit(devnet: Devnet) -
     run(main())
 
 
-class ServesAnotherTokenizer(SessionService):
-    """Fault injection: a host whose tokenizer file is not the one the registry pins (it
-    would count prompts its own way)."""
-
-    async def handle_tokenizer(self, framed: FramedStream) -> None:
-        self.engine.tokenizer_file = self.engine.tokenizer_file[:-1] + b"\x01"
-        await super().handle_tokenizer(framed)
-
-
 def test_a_host_serving_another_tokenizer_gets_no_deposit(
     devnet: Devnet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: it must be fetched
 
     async def main() -> None:
-        node = await devnet.start_node(3, service=ServesAnotherTokenizer)
+        node = await devnet.start_node(3)
+        # Fault injection: the host publishes a tokenizer file that is not the one the
+        # registry pins (it would count prompts its own way).
+        assert node.storage is not None and node.sessions is not None
+        tampered = node.sessions.engine.tokenizer_file[:-1] + b"\x01"
+        await node.storage.put(tokenizer_path(node.sessions.served.sha256), tampered)
         client = devnet.client(6)
         try:
             model = model_id("local", devnet.model_path.name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fabstir_sdk.contracts import ETH
 from fabstir_sdk.models import model_id
 from fabstir_sdk.session import Session
@@ -76,9 +78,9 @@ class NonPayingSession(Session):
 
     paying = True
 
-    async def _vouch(self) -> None:
+    async def _vouch(self, answer: Any, finish: str | None = None) -> None:
         if self.paying:
-            await super()._vouch()
+            await super()._vouch(answer, finish)
 
 
 def test_host_pauses_at_its_credit_window_and_settles_what_was_vouched(devnet: Devnet) -> None:

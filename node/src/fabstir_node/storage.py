@@ -115,19 +115,23 @@ class NodeStorage:
             with contextlib.suppress(Exception):
                 await self.host.provide(key)
 
+    async def put(self, path: str, data: bytes, compress: str | None = "auto") -> None:
+        """Store ``data`` at ``path`` and sign the new root."""
+        async with self._write:
+            await asyncio.to_thread(self._put_and_sign, path, data, compress)
+
+    def _put_and_sign(self, path: str, data: bytes, compress: str | None) -> None:
+        self.store.put(path, data, compress=compress)
+        self._sign_root()
+
     async def store_result(self, path: str, sealed: bytes) -> None:
-        """A sealed answer (see :mod:`fabstir_sdk.transcripts`): stored, then a new root."""
+        """A sealed answer (see :mod:`fabstir_sdk.transcripts`; it does not compress)."""
         try:
-            async with self._write:
-                await asyncio.to_thread(self._put_and_sign, path, sealed)
+            await self.put(path, sealed, compress=None)
         except Exception:
             self.counters.results_failed += 1
             raise
         self.counters.results_stored += 1
-
-    def _put_and_sign(self, path: str, data: bytes) -> None:
-        self.store.put(path, data, compress=None)
-        self._sign_root()
 
     async def _serve_root(self, stream: BridgedStream) -> None:
         framed = FramedStream(stream, MAX_SMALL_FRAME)

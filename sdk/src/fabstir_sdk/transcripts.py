@@ -6,7 +6,7 @@ hash of the last voucher before the answer. Client and host build it from the sa
 the same code, so the client's voucher at the end of an answer signs
 ``keccak(record.encode())``: the record is chained to every answer before it and the client's
 signature binds the host's stored copy. (Mid-answer vouchers commit to the record as it stood:
-the ids so far and no finish reason.)
+the ids and text so far.)
 
 The host stores a :class:`StoredResult` (the record and the voucher that paid for it), sealed
 with XChaCha20-Poly1305 under a key only the client can derive (:func:`result_key`, from its
@@ -17,6 +17,7 @@ is needed beyond its having kept the bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +78,10 @@ class TranscriptRecord:
         )
 
     def commitment(self) -> bytes:
-        """The ``transcriptHash`` a voucher for this record carries."""
-        return keccak(self.encode())
+        """The ``transcriptHash`` a voucher for this record carries: of everything but the
+        finish reason, which is the host's word. (The voucher that pays for an answer's last
+        token may come before ``done``; it must commit to the whole answer.)"""
+        return keccak(dataclasses.replace(self, finish_reason=None).encode())
 
     @property
     def billed(self) -> int:
