@@ -748,7 +748,7 @@ def storage_stats(ctx: click.Context, data_dir: Path | None, as_json: bool) -> N
             "revision": store.revision,
             "blocks": stats.blocks,
             "bytes": stats.bytes,
-            "unreferenced_blocks": stats.unreferenced,
+            "pinned_blocks": stats.pinned,
         }
     _emit(data, as_json)
 
@@ -826,6 +826,10 @@ def storage_gc(ctx: click.Context, data_dir: Path | None, as_json: bool, grace: 
     with _open_store(ctx, data_dir, write=True) as store:
         report = store.blocks.gc(grace)
     _emit(
-        {"deleted_blocks": report.blocks, "freed_bytes": report.bytes, "stray_files": report.files},
+        {
+            "deleted_blocks": report.blocks,
+            "freed_bytes": report.bytes,
+            "stray_files": report.orphan_files + report.temp_files + report.quarantined_files,
+        },
         as_json,
     )

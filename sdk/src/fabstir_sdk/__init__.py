@@ -29,6 +29,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "FabstirClient": "fabstir_sdk.client",
     "StrandedDeposit": "fabstir_sdk.client",
+    "SessionResult": "fabstir_sdk.client",
+    "StorageError": "fabstir_sdk.storage.errors",
     "Session": "fabstir_sdk.session",
     "ChatStream": "fabstir_sdk.session",
     "FailoverChat": "fabstir_sdk.failover",
@@ -60,7 +62,9 @@ __all__ = [
     "P2PError",
     "ProtocolError",
     "Session",
+    "SessionResult",
     "Settlement",
+    "StorageError",
     "StrandedDeposit",
     "SyncClient",
     "SyncSession",

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from fabstir_sdk.client import FabstirClient
+from fabstir_sdk.client import FabstirClient, SessionResult
 from fabstir_sdk.contracts.client import Settlement
 from fabstir_sdk.discovery import HostInfo
 from fabstir_sdk.errors import map_errors
@@ -93,6 +93,10 @@ class SyncClient:
     def open_session(self, model: str | bytes, **kwargs: Any) -> SyncSession:
         """:meth:`FabstirClient.open_session`: ``host=``, ``deposit=``, ``token=``..."""
         return SyncSession(self._loop.run(self.client.open_session(model, **kwargs)), self._loop)
+
+    def results(self, session_id: int) -> list[SessionResult]:
+        """:meth:`FabstirClient.results`: a session's stored answers, checked."""
+        return self._loop.run(self.client.results(session_id))
 
     def close(self) -> None:
         self._loop.run(self.client.close())
