@@ -54,6 +54,8 @@ async def chat(net: LocalNetwork, question: str) -> int:
         withdrawn = "yes" if withdraw.returncode == 0 else f"no ({withdraw.stderr.strip()})"
         total = settlement.host_amount + settlement.fee + settlement.refund
         gas = client.contracts.sender.gas_used.get("open", 0) if client.contracts.sender else 0
+        [stored] = await client.results(session.id)  # sealed in the host's store, by id
+        kept = "yes, paid for exactly" if stored.paid and stored.text == answer.text else "NO"
         rows = [
             ("host", session.host),
             ("model", f"{MODEL.name} (sha256 {MODEL.sha256[:12]}...)"),
@@ -68,6 +70,7 @@ async def chat(net: LocalNetwork, question: str) -> int:
             ("refund", f"{settlement.refund} wei"),
             ("deposit", f"{DEPOSIT} wei = {total} {'OK' if total == DEPOSIT else 'MISMATCH'}"),
             ("gas used", f"open {gas} (client), settle {settlement.gas_used} (host)"),
+            ("stored answer", f"{kept} (`fabstir session result {session.id}`)"),
             (
                 "speed",
                 f"{answer.usage.completion_tokens / elapsed:.1f} tokens/s, first token "

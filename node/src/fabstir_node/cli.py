@@ -3,7 +3,8 @@
 Exit codes: 0 success, 1 verification failed (hash mismatch), 2 usage error,
 3 model not found or not loadable, 4 configuration error (bad config, keys, deployment file,
 an address it cannot listen on), 5 chain error (unreachable RPC, reverted transaction, not
-registered). Every failure is a :class:`~fabstir_node.errors.NodeError` or an SDK
+registered), 6 storage error (no such path, nobody shares the model, a fetch that fails
+its pin). Every failure is a :class:`~fabstir_node.errors.NodeError` or an SDK
 ``FabstirError``; :class:`NodeCommand` turns it into the exit status, in that one place.
 """
 

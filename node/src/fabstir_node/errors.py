@@ -13,6 +13,7 @@ from __future__ import annotations
 from fabstir_sdk.errors import FabstirError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_MODEL, EXIT_CONFIG, EXIT_CHAIN = 0, 1, 2, 3, 4, 5
+EXIT_STORAGE = 6
 
 
 class NodeError(Exception):
@@ -59,6 +60,7 @@ def exit_code(exc: BaseException) -> int | None:
         return None
     from fabstir_sdk import errors as sdk
     from fabstir_sdk.p2p import P2PError
+    from fabstir_sdk.storage.errors import StorageError
     from fabstir_sdk.tokenizer import TokenizerError
 
     if isinstance(exc, sdk.UsageError):
@@ -67,5 +69,7 @@ def exit_code(exc: BaseException) -> int | None:
         return EXIT_CONFIG
     if isinstance(exc, TokenizerError):  # the model's tokenizer or template is unusable
         return EXIT_MODEL
+    if isinstance(exc, StorageError):
+        return EXIT_STORAGE
     # Chain failures, and the registry refusing our model (SessionRefused from check_model).
     return EXIT_CHAIN

@@ -18,6 +18,7 @@ import time
 from eth_account.signers.local import LocalAccount
 
 from fabstir_node.sessions import SessionService
+from fabstir_node.storage import NodeStorage
 from fabstir_sdk.announcements import HostAnnouncement, is_valid_announcement, sign_announcement
 from fabstir_sdk.p2p import BridgedStream, P2PHost, peer_id_from_bytes, provider_key
 from fabstir_sdk.protocol import (
@@ -43,8 +44,10 @@ class NodeNetwork:
         account: LocalAccount,
         announce_every: float = 5.0,
         link_every: float = LINK_EVERY,
+        storage: NodeStorage | None = None,
     ) -> None:
         self.host = host
+        self.storage = storage
         self.sessions = sessions
         self.account = account
         self.announce_every = announce_every
@@ -129,8 +132,11 @@ class NodeNetwork:
             await asyncio.sleep(self.link_every)
 
     async def provide(self) -> None:
+        """Provider records: the model we serve, and what our store shares."""
         with contextlib.suppress(Exception):
             await self.host.provide(provider_key(self.sessions.served.model_id))
+        if self.storage is not None:
+            await self.storage.provide()
 
     def announcement(self) -> HostAnnouncement:
         served = self.sessions.served

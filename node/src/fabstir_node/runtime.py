@@ -135,9 +135,8 @@ class HostNode:
         api.metrics.watch_storage(self.storage)
         self.http = HttpServer(api, config.host, config.port)
         await self.http.start()
-        self.network = NodeNetwork(host, self.sessions, self.keys.account)
-        await self.network.start(config.bootstrap_peers)
-        await self.storage.provide()
+        self.network = NodeNetwork(host, self.sessions, self.keys.account, storage=self.storage)
+        await self.network.start(config.bootstrap_peers)  # provides the model and the store's
         await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
         return self.status()
