@@ -6,8 +6,9 @@ Wallet, chain and deployment come from flags or ``FABSTIR_*`` variables, on top 
 ``--key-file``/FABSTIR_KEY_FILE (mode 0600) or FABSTIR_KEY and is never printed.
 
 Exit codes: 0 success, 1 the host or session failed, 2 usage error, 3 no host available,
-4 configuration error, 5 chain error, 6 storage error: every failure is a :class:`FabstirError` whose
-``exit_code`` :class:`FabstirCommand` turns into the exit status, in that one place.
+4 configuration error, 5 chain error, 6 storage error: every failure is a
+:class:`FabstirError` whose ``exit_code`` :class:`FabstirCommand` turns into the exit status,
+in that one place.
 """
 
 from __future__ import annotations

@@ -134,11 +134,8 @@ class FabstirClient:
             raise ConfigurationError("private_key is not a valid private key") from None
         self.contracts = Contracts.connect(rpc_url, deployment, self.account)
         self.p2p = P2PHost(secrets.token_bytes(32), [listen])
-        # Where blocks fetched from hosts land (tokenizers, results); gone at close.
-        self._blocks_dir = Path(tempfile.mkdtemp(prefix="fabstir-blocks-"))
-        self._blocks = BlockStore(self._blocks_dir)
-        self.bitswap = Bitswap(self.p2p, self._blocks, served=lambda _hash: False)
-        self.exchange = Exchange(self.p2p, self._blocks, self.bitswap)
+        self._blocks: BlockStore | None = None  # opened by start(), gone at close()
+        self._exchange: Exchange | None = None
         self.discovery = Discovery(self.contracts, self.p2p)
         self.p2p.on_gossip(
             HOSTS_TOPIC, self.discovery.on_announcement, validate=self.discovery.validate
@@ -152,6 +149,10 @@ class FabstirClient:
     @mapped
     async def start(self) -> FabstirClient:
         if not self._started:
+            # Where blocks fetched from hosts land (tokenizers, results): a temporary store.
+            self._blocks = BlockStore(tempfile.mkdtemp(prefix="fabstir-blocks-"))
+            bitswap = Bitswap(self.p2p, self._blocks, served=lambda _hash: False)
+            self._exchange = Exchange(self.p2p, self._blocks, bitswap)
             await self.p2p.start()
             self._started = True
             for addr in self._bootstrap:
@@ -163,8 +164,17 @@ class FabstirClient:
         if self._started:
             await self.p2p.stop()
             self._started = False
-        self._blocks.close()
-        shutil.rmtree(self._blocks_dir, ignore_errors=True)
+        if self._blocks is not None:
+            self._blocks.close()
+            shutil.rmtree(self._blocks.path, ignore_errors=True)
+            self._blocks = self._exchange = None
+
+    @property
+    def exchange(self) -> Exchange:
+        """Blocks and trees of other peers (after :meth:`start`)."""
+        if self._exchange is None:
+            raise UsageError("the client is not started: use `async with` or await start()")
+        return self._exchange
 
     async def __aenter__(self) -> FabstirClient:
         return await self.start()
