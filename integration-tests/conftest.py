@@ -194,25 +194,38 @@ async def wait_for_voucher(node: HostNode, session_id: int, tokens: int) -> None
     await asyncio.to_thread(wait_until, holds_it, 60, f"the host to hold a {tokens}-token voucher")
 
 
-def node_status(devnet: Devnet, data_dir: Path) -> dict[str, Any]:
-    """``fabstir-node status --json`` for the node whose data directory is ``data_dir``."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fabstir_node",
-            "status",
-            "--json",
-            "--rpc-url",
-            devnet.anvil.url,
-            "--deployment",
-            str(devnet.deployment_path),
-            "--data-dir",
-            str(data_dir),
-        ],
+def fabstir(devnet: Devnet, *args: str, key_index: int = 5) -> subprocess.CompletedProcess[str]:
+    """The ``fabstir`` CLI as a subprocess, paying from Anvil account ``key_index``."""
+    env = {
+        **os.environ,
+        "FABSTIR_RPC_URL": devnet.anvil.url,
+        "FABSTIR_DEPLOYMENT": str(devnet.deployment_path),
+        "FABSTIR_KEY": anvil_account(key_index).key.hex(),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "fabstir_sdk", *args],
         capture_output=True,
         text=True,
+        env=env,
         timeout=120,
     )
+
+
+def fabstir_node(
+    devnet: Devnet, *args: str, data_dir: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """A ``fabstir-node`` chain command as a subprocess, on ``devnet``, for ``data_dir``."""
+    chain = ["--rpc-url", devnet.anvil.url, "--deployment", str(devnet.deployment_path)]
+    return subprocess.run(
+        [sys.executable, "-m", "fabstir_node", *args, *chain, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def node_status(devnet: Devnet, data_dir: Path) -> dict[str, Any]:
+    """``fabstir-node status --json`` for the node whose data directory is ``data_dir``."""
+    result = fabstir_node(devnet, "status", "--json", data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))

@@ -14,25 +14,9 @@ import openai
 from fabstir_devtools.chain import anvil_account, free_port
 from fabstir_devtools.wait import wait_until
 
-from conftest import PRICE, Devnet, node_status, run
+from conftest import PRICE, Devnet, fabstir, node_status, run
 
 MODEL = "local/tiny.gguf"
-
-
-def fabstir(devnet: Devnet, *args: str, key_index: int = 5) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "FABSTIR_RPC_URL": devnet.anvil.url,
-        "FABSTIR_DEPLOYMENT": str(devnet.deployment_path),
-        "FABSTIR_KEY": anvil_account(key_index).key.hex(),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "fabstir_sdk", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None:

@@ -65,9 +65,7 @@ def register_silent_host(devnet: Devnet, index: int, port: int) -> str:
     return account.address
 
 
-def test_an_undialable_host_is_skipped_before_any_deposit(
-    devnet: Devnet, silent_port: int
-) -> None:
+def test_an_undialable_host_is_skipped_before_any_deposit(devnet: Devnet, silent_port: int) -> None:
     async def main() -> None:
         silent = await asyncio.to_thread(register_silent_host, devnet, 8, silent_port)
         node = await devnet.start_node(1)

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from fabstir_devtools.chain import anvil_account
 from fabstir_devtools.network import ModelSpec
 from fabstir_devtools.tiny_gguf import write_tiny_gguf
 from fabstir_sdk.storage.content import BLOCK_SIZE
 
-from conftest import Devnet, run
+from conftest import Devnet, fabstir, fabstir_node, run
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -33,22 +29,6 @@ def deep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     assert Path(model.name).stat().st_size > 3 * BLOCK_SIZE
     with Devnet(root, model) as net:
         yield net
-
-
-def fabstir(devnet: Devnet, *args: str, key_index: int) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "FABSTIR_RPC_URL": devnet.anvil.url,
-        "FABSTIR_DEPLOYMENT": str(devnet.deployment_path),
-        "FABSTIR_KEY": anvil_account(key_index).key.hex(),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "fabstir_sdk", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def test_answers_are_fetched_by_session_id_after_the_client_went_away(deep: Devnet) -> None:
@@ -107,24 +87,13 @@ def test_a_third_node_installs_the_model_from_the_two_hosts_sharing_it(
         hosts = [await deep.start_node(2), await deep.start_node(3)]
         try:
             fetched = await asyncio.to_thread(
-                subprocess.run,
-                [
-                    sys.executable,
-                    "-m",
-                    "fabstir_node",
-                    "models",
-                    "fetch",
-                    "0x" + _model(deep).hex(),
-                    "--json",
-                    "--rpc-url",
-                    deep.anvil.url,
-                    "--deployment",
-                    str(deep.deployment_path),
-                    "--data-dir",
-                    str(tmp_path),
-                ],
-                capture_output=True,
-                text=True,
+                fabstir_node,
+                deep,
+                "models",
+                "fetch",
+                "0x" + _model(deep).hex(),
+                "--json",
+                data_dir=tmp_path,
                 timeout=300,
             )
             assert fetched.returncode == 0, fetched.stderr
