@@ -42,6 +42,9 @@ from fabstir_sdk.storage.registry import sign_entry
 from fabstir_sdk.storage.tree import FileEntry, Store
 
 log = logging.getLogger(__name__)
+#: Seconds between garbage collections of the store, and the age below which an
+#: unreferenced block is kept (a write may be about to link it).
+GC_EVERY, GC_GRACE = 3600.0, 3600.0
 
 
 @dataclass
@@ -64,6 +67,7 @@ class NodeStorage:
         self._entry = b""
         self._write = asyncio.Lock()  # one writer: the tree's root moves in order
         self._provided: list[str] = []
+        self._collector: asyncio.Task[None] | None = None
         host.set_handler(STORAGE_ROOT_PROTOCOL, self._serve_root)
 
     def _published(self, hash: bytes) -> bool:
@@ -78,8 +82,20 @@ class NodeStorage:
         self.counters.roots_published += 1
 
     async def start(self) -> None:
-        """Sign the root we have (after a restart, the tree is as we left it)."""
+        """Sign the root we have (after a restart, the tree is as we left it), and collect
+        garbage every :data:`GC_EVERY` seconds."""
         await asyncio.to_thread(self._sign_root)
+        self._collector = asyncio.ensure_future(self._collect_forever())
+
+    async def _collect_forever(self) -> None:
+        while True:
+            await asyncio.sleep(GC_EVERY)
+            try:
+                async with self._write:
+                    report = await asyncio.to_thread(self.store.blocks.gc, GC_GRACE)
+                log.info("storage gc: %d blocks, %d bytes freed", report.blocks, report.bytes)
+            except Exception as exc:
+                log.warning("storage gc failed: %s", exc)
 
     async def publish_model(self, sha256: bytes, model: Path | None, tokenizer: bytes) -> None:
         """Publish the served model's tokenizer under the registry's pin, and the model itself
@@ -152,6 +168,8 @@ class NodeStorage:
         return self.store.blocks.stats()
 
     def close(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
         self.store.close()
 
 
