@@ -43,7 +43,9 @@ def test_answers_are_fetched_by_session_id_after_the_client_went_away(deep: Devn
                 {"role": "assistant", "content": first},
                 {"role": "user", "content": "and?"},
             ]
+            # 9 tokens: the voucher for the last one comes before `done` (8 per voucher).
             second = await session.chat(follow_up, max_tokens=9, seed=7).collect()
+            third = await session.chat(MESSAGES, max_tokens=5, temperature=0).collect()
             await client.close()  # gone: no close, no goodbye; the host stored the answers
 
             again = deep.client(4)  # the same wallet, a fresh process' worth of state
@@ -51,9 +53,9 @@ def test_answers_are_fetched_by_session_id_after_the_client_went_away(deep: Devn
                 results = await again.results(session.id)
             finally:
                 await again.close()
-            assert [r.text for r in results] == [first, second]
+            assert [r.text for r in results] == [first, second, third]
             assert all(r.paid for r in results), [r.reason for r in results]
-            assert [len(r.record.completion_ids) for r in results] == [12, 9]
+            assert [len(r.record.completion_ids) for r in results] == [12, 9, 5]
             assert results[1].record.prev == results[0].voucher.transcript_hash  # chained
             assert results[1].record.sampling["seed"] == 7
 
@@ -63,7 +65,8 @@ def test_answers_are_fetched_by_session_id_after_the_client_went_away(deep: Devn
             )
             assert shown.returncode == 0, shown.stderr
             rows = json.loads(shown.stdout)
-            assert [r["text"] for r in rows] == [first, second] and all(r["paid"] for r in rows)
+            assert [r["text"] for r in rows] == [first, second, third]
+            assert all(r["paid"] for r in rows)
             stranger = await asyncio.to_thread(
                 fabstir, deep, "session", "result", str(session.id), key_index=5
             )

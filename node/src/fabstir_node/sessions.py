@@ -104,8 +104,13 @@ class _Live:
     expires_at: float = 0.0
     checkpointing: bool = False
     result_key: bytes | None = None  # from `open`: seals the stored answers
-    transcript: bytes = ZERO_HASH  # of the best voucher: what the next answer chains to
-    unsaved: TranscriptRecord | None = None  # the last answer, until a voucher covers it
+    voucher: Voucher | None = None  # the best one
+    unsaved: TranscriptRecord | None = None  # the last answer, until it is stored
+
+    @property
+    def transcript(self) -> bytes:
+        """What the next answer chains to: the best voucher's transcript hash."""
+        return self.voucher.transcript_hash if self.voucher else ZERO_HASH
 
     def end(self, failure: ProtocolError) -> None:
         """Stop serving this stream (expiry, a close request): the session then settles."""
@@ -169,9 +174,8 @@ class SessionService:
                 await framed.stream.close()
             for session_id in attached:
                 live = self._attached.pop(session_id, None)
-                if live is not None and live.unsaved is not None:
-                    journaled = self.journal.get(session_id)
-                    self._save_result(live, journaled.best if journaled else None)
+                if live is not None:
+                    self._save_result(live)
                 self.settle_soon(session_id)
 
     async def handle_info(self, framed: FramedStream) -> None:
@@ -252,7 +256,7 @@ class SessionService:
             max(journaled.checkpoint_tokens, onchain.checkpoint_tokens),
             expires_at=onchain.expires_at,
             result_key=first.result_key,
-            transcript=best.transcript_hash if best else ZERO_HASH,
+            voucher=best,
         )
         self._attached[onchain.id] = live
         attached.append(onchain.id)
@@ -331,10 +335,9 @@ class SessionService:
         if signer != live.signer:
             raise InvalidVoucher("the voucher is not signed by the session's signer")
         self.journal.record_voucher(voucher)  # durable before it buys more tokens
-        live.best = voucher.cumulative_tokens
-        live.transcript = voucher.transcript_hash
+        live.best, live.voucher = voucher.cumulative_tokens, voucher
         if live.unsaved is not None and live.best >= live.unsaved.billed:
-            self._save_result(live, voucher)
+            self._save_result(live)  # the voucher that pays for the whole answer
         if live.gate is not None:
             live.gate.extend(self._credit(live))
         due = live.best - live.checkpointed >= self.policy.checkpoint_every
@@ -370,6 +373,7 @@ class SessionService:
                 live.generation = None
 
     async def _answer(self, framed: FramedStream, live: _Live, prompt: Prompt) -> None:
+        self._save_result(live)  # the previous answer, with what paid for it
         try:
             tokens = self.engine.chat_prompt(prompt.messages)
         except EngineError as exc:
@@ -439,6 +443,8 @@ class SessionService:
         if finish == "length" and sent >= room:
             finish = "deposit"
         live.unsaved = with_answer(record, ids_sent, "".join(text_sent), finish)
+        if live.best >= live.unsaved.billed:
+            self._save_result(live)  # the voucher for the last token came before `done`
         await self._send(framed, Done(finish, len(tokens), sent, live.billed))
 
     async def _send(self, framed: FramedStream, message: Message) -> None:
@@ -452,12 +458,14 @@ class SessionService:
                 rate if not self.tokens_per_second else (0.7 * self.tokens_per_second + 0.3 * rate)
             )
 
-    def _save_result(self, live: _Live, voucher: Voucher | None) -> None:
-        """Seal and store the last answer with ``voucher`` (in the background)."""
+    def _save_result(self, live: _Live) -> None:
+        """Seal and store the last answer with the best voucher (in the background): once a
+        voucher covers all of it, or as it stands when the next prompt comes or the stream
+        ends (a later voucher would commit to a later answer)."""
         record, live.unsaved = live.unsaved, None
         if record is None or live.result_key is None or self.results is None:
             return
-        sealed = seal_result(live.result_key, StoredResult(record, voucher))
+        sealed = seal_result(live.result_key, StoredResult(record, live.voucher))
         self._spawn(self._store_result(result_path(record.session_id, record.start), sealed))
 
     async def _store_result(self, path: str, sealed: bytes) -> None:

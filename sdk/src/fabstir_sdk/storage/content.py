@@ -9,20 +9,23 @@ gets a **manifest** block (deterministic CBOR)::
 The hashes are always of the *content*, never of its compressed bytes, so a file has one name
 whatever its encoding; the blocks are slices of the (compressed) stream. Reading verifies every
 block (the store re-hashes it), bounds decompression by the declared size (a zip bomb stops at
-``size + 1`` bytes), and checks the content's BLAKE3 (and sha256, when the manifest has one:
+``size + 1`` bytes, read through a bounded stream reader, so a small block that inflates to
+gigabytes never does), and checks the content's BLAKE3 (and sha256, when the manifest has one:
 models are pinned on chain by sha256) end to end before a byte is returned or renamed into
 place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -38,7 +41,13 @@ ZSTD_LEVEL = 3
 #: Compress only when a sample shrinks below this share of its size.
 COMPRESS_BELOW = 0.9
 _SAMPLE = 256 << 10
+#: ``auto`` samples this many windows spread across the content: a GGUF's text header
+#: compresses, its quantized weights do not, so the first bytes alone mislead.
+_WINDOWS = 32
 _READ = 4 << 20
+#: The decompressor's window cap (level 3 uses 2 MiB at most): bounds memory against a
+#: crafted frame.
+_MAX_WINDOW = 1 << 23
 
 
 class BlockSource(Protocol):
@@ -99,7 +108,8 @@ def load_manifest(data: bytes) -> Manifest:
         not isinstance(content_hash, bytes)
         or len(content_hash) != HASH_SIZE
         or not isinstance(size, int)
-        or size < 0
+        or isinstance(size, bool)
+        or not 0 <= size < 1 << 63
         or compression not in (None, "zstd")
         or not isinstance(blocks, list)
         or not 0 < len(blocks) <= MAX_BLOCKS
@@ -125,12 +135,27 @@ def _pays(sample: bytes) -> bool:
     return len(zstandard.ZstdCompressor(level=1).compress(sample)) < COMPRESS_BELOW * len(sample)
 
 
+def _spread(size: int, read: Callable[[int], bytes]) -> bytes:
+    """Up to :data:`_SAMPLE` bytes in :data:`_WINDOWS` windows spread evenly over the content."""
+    window = _SAMPLE // _WINDOWS
+    if size <= _SAMPLE:
+        return read(0)[:_SAMPLE]
+    # One window in the middle of each 1/_WINDOWS of the content: each part weighs the same.
+    starts = (min((2 * i + 1) * size // (2 * _WINDOWS), size - window) for i in range(_WINDOWS))
+    return b"".join(read(at)[:window] for at in starts)
+
+
 def _slices(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into blocks of exactly :data:`BLOCK_SIZE` (the last less)."""
+    """Re-cut a stream of chunks into blocks of exactly :data:`BLOCK_SIZE` (the last less);
+    refuses content whose manifest would not fit in a block."""
     pending = bytearray()
+    count = 0
     for chunk in chunks:
         pending += chunk
         while len(pending) >= BLOCK_SIZE:
+            count += 1
+            if count > MAX_BLOCKS:
+                raise TooLarge(f"content over {MAX_BLOCKS} blocks does not fit one manifest")
             yield bytes(pending[:BLOCK_SIZE])
             del pending[:BLOCK_SIZE]
     if pending:
@@ -144,7 +169,17 @@ def write_chunks(
     compress: bool,
     with_sha256: bool = False,
 ) -> ContentRef:
-    """Store a stream of content; one pass, memory bounded by a block or two."""
+    """Store a stream of content; one pass, memory bounded by a block or two. Into a
+    :class:`~fabstir_sdk.storage.blockstore.BlockStore` it is one transaction: all or
+    nothing, one commit."""
+    transaction = getattr(store, "transaction", None)
+    with transaction() if transaction is not None else contextlib.nullcontext():
+        return _write_chunks(store, chunks, compress, with_sha256)
+
+
+def _write_chunks(
+    store: BlockSink, chunks: Iterable[bytes], compress: bool, with_sha256: bool
+) -> ContentRef:
     content_hasher, sha = Hasher(), hashlib.sha256() if with_sha256 else None
     size = 0
 
@@ -188,7 +223,9 @@ def write_bytes(store: BlockSink, data: bytes, compress: str | None = "auto") ->
     None."""
     if compress not in ("auto", "zstd", None):
         raise StorageError(f"unknown compression {compress!r}")
-    use = compress == "zstd" or (compress == "auto" and _pays(data[:_SAMPLE]))
+    use = compress == "zstd" or (
+        compress == "auto" and _pays(_spread(len(data), lambda at: data[at : at + _SAMPLE]))
+    )
     view = memoryview(data)
     chunks = (bytes(view[i : i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE))
     return write_chunks(store, chunks, compress=use)
@@ -198,9 +235,16 @@ def write_file(
     store: BlockSink, path: Path, compress: str | None = "auto", with_sha256: bool = True
 ) -> ContentRef:
     """Store a file, streaming (a model is never held in memory); records its sha256."""
+    if compress not in ("auto", "zstd", None):
+        raise StorageError(f"unknown compression {compress!r}")
     with path.open("rb") as f:
-        sample = f.read(_SAMPLE)
-        use = compress == "zstd" or (compress == "auto" and _pays(sample))
+
+        def read_at(at: int) -> bytes:
+            f.seek(at)
+            return f.read(_SAMPLE)
+
+        size = os.fstat(f.fileno()).st_size
+        use = compress == "zstd" or (compress == "auto" and _pays(_spread(size, read_at)))
         f.seek(0)
         chunks = iter(lambda: f.read(_READ), b"")
         return write_chunks(store, chunks, compress=use, with_sha256=with_sha256)
@@ -232,10 +276,17 @@ def iter_content(
         return piece
 
     if manifest.compression == "zstd":
-        decompressor = zstandard.ZstdDecompressor().decompressobj()
-        for block in manifest.blocks:
-            piece = decompressor.decompress(store.get(block))
-            if piece:
+        dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+        source = cast(IO[bytes], _Blocks(store, manifest.blocks))
+        with dctx.stream_reader(source, read_size=BLOCK_SIZE, read_across_frames=True) as reader:
+            while True:
+                try:
+                    # At most one byte past the declared size is ever produced.
+                    piece = reader.read(min(BLOCK_SIZE, manifest.size - produced + 1))
+                except zstandard.ZstdError as exc:
+                    raise CorruptBlock(f"the compressed content does not decode: {exc}") from None
+                if not piece:
+                    break
                 yield check(piece)
     else:
         for block in manifest.blocks:
@@ -244,6 +295,27 @@ def iter_content(
         raise CorruptBlock("the content does not hash to what its manifest names")
     if sha is not None and sha.digest() != manifest.sha256:
         raise CorruptBlock("the content does not match its sha256")
+
+
+class _Blocks(io.RawIOBase):
+    """A manifest's blocks as one readable stream (each block verified as it is fetched)."""
+
+    def __init__(self, store: BlockSource, blocks: Iterable[bytes]) -> None:
+        self._store, self._blocks, self._cur = store, iter(blocks), memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while not self._cur:
+            block = next(self._blocks, None)
+            if block is None:
+                return 0
+            self._cur = memoryview(self._store.get(block))
+        n = min(len(buf), len(self._cur))
+        buf[:n] = self._cur[:n]
+        self._cur = self._cur[n:]
+        return n
 
 
 def _manifest_or_none(block: bytes) -> Manifest | None:
