@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench demo devnet lint clean
+        compile abi deploy gas serve bench bench-storage demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -99,6 +99,9 @@ bench: setup ## Benchmarks: llama-cpp-python vs the node API and a paid P2P sess
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/session.py
 	$(BIN)/python bench/failover.py
+
+bench-storage: setup ## Storage: put/get vs plain files, a 1M-entry HAMT, Bitswap vs a plain stream
+	$(BIN)/python bench/storage.py
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .
