@@ -198,7 +198,7 @@ def test_load_manifest_is_strict(store: BlockStore) -> None:
             content.load_manifest(cbor.dumps(bad))
     with pytest.raises(StorageError):  # a second encoding of the same value
         content.load_manifest(b"\xa6\x18\x00" + cbor.dumps(good)[2:])
-    assert content.manifest_children(cbor.dumps(good)) == [bytes(32)]
+    assert content.load_manifest(cbor.dumps(good)).blocks == (bytes(32),)
 
 
 def test_a_failed_write_indexes_nothing(store: BlockStore) -> None:

@@ -125,10 +125,6 @@ def load_manifest(data: bytes) -> Manifest:
     return Manifest(content_hash, size, compression, tuple(blocks), sha)
 
 
-def manifest_children(data: bytes) -> list[bytes]:
-    return list(load_manifest(data).blocks)
-
-
 def _pays(sample: bytes) -> bool:
     if len(sample) < 512:
         return False

@@ -66,11 +66,10 @@ class Exchange:
 
     async def _reach(self, peers: Sequence[PeerAddress]) -> list[str]:
         """Dial those we can; the ids of those connected."""
-        results = await asyncio.gather(
+        await asyncio.gather(  # a peer we cannot dial is simply not asked
             *(self.host.connect(p.peer_id, p.addrs, 10) for p in peers if p.addrs),
             return_exceptions=True,
         )
-        del results
         connected = self.host.connected_peers()
         return [p.peer_id for p in peers if p.peer_id in connected]
 
