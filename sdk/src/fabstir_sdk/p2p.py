@@ -61,7 +61,24 @@ WRITE_STALL_TIMEOUT = 60.0
 #: grow to 16 MiB when the reader keeps up for a while): what a peer can make us buffer per
 #: stream once our reader stops. Conforming peers never send a frame above the window.
 YAMUX_MAX_WINDOW = 1 << 20
-yamux_module.MAX_WINDOW_SIZE = min(yamux_module.MAX_WINDOW_SIZE, YAMUX_MAX_WINDOW)
+_yamux_autotune = yamux_module.YamuxStream._apply_autotune_epoch
+
+
+def _capped_autotune(stream: Any, buffered: int) -> int:
+    """py-libp2p's window growth (it doubles the target), stopped at :data:`YAMUX_MAX_WINDOW`.
+
+    Only the growth is capped, not py-libp2p's ``MAX_WINDOW_SIZE``: that is also the largest
+    DATA frame it accepts before it drops the whole connection, and py-libp2p grants up to
+    one read more than its target (it counts a read twice in one branch of its window
+    update). js-libp2p and go-libp2p fill the window in one frame, so with the frame limit at
+    the target helia's first 1 MiB Bitswap block (a 1 MiB + 8 byte frame) killed the
+    connection."""
+    if stream.target_recv_window * 2 > YAMUX_MAX_WINDOW:
+        return 0
+    return int(_yamux_autotune(stream, buffered))
+
+
+yamux_module.YamuxStream._apply_autotune_epoch = _capped_autotune  # type: ignore[method-assign,assignment]
 
 
 class P2PError(FabstirError):

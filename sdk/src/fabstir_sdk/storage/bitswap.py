@@ -35,7 +35,7 @@ from typing import Any
 from libp2p.bitswap.pb.bitswap_pb2 import Message as PbMessage
 
 from fabstir_sdk.p2p import BridgedStream, P2PHost, PeerAddress
-from fabstir_sdk.protocol import decode_uvarint, encode_uvarint
+from fabstir_sdk.protocol import MalformedFrame, decode_uvarint, encode_uvarint
 from fabstir_sdk.storage.blobs import CODEC_RAW, MULTIHASH_BLAKE3, blake3_256, cid_bytes
 from fabstir_sdk.storage.blockstore import BlockStore
 from fabstir_sdk.storage.errors import NotFound, StorageError
@@ -65,9 +65,12 @@ class Cut(StorageError):
 
 
 def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    decoded = decode_uvarint(data[pos : pos + 10])
+    try:
+        decoded = decode_uvarint(data[pos : pos + 10])
+    except MalformedFrame:  # over 10 bytes: a StorageError like any other bad CID
+        decoded = None
     if decoded is None:
-        raise StorageError("truncated varint in a CID")
+        raise StorageError("malformed varint in a CID")
     value, used = decoded
     return value, pos + used
 
@@ -127,6 +130,9 @@ class _Peer:
     wants: OrderedDict[bytes, tuple[bool, bool]] = field(default_factory=OrderedDict)
     sender: asyncio.Task[None] | None = None
     out: BridgedStream | None = None
+    #: One message at a time on ``out``: a message is written in chunks, and another one
+    #: written between them (our wants while we serve) would corrupt both.
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -183,6 +189,7 @@ class Bitswap:
     async def _inbound(self, stream: BridgedStream) -> None:
         peer = stream.remote_peer
         buffer = bytearray()
+        failed = False
         try:
             while not self.banned(peer):
                 body = await _read_message(stream, buffer)
@@ -193,9 +200,12 @@ class Bitswap:
             self.cut_off(peer, str(exc))
         except Exception as exc:  # a malformed message: this stream is done
             log.debug("bitswap stream from %s failed: %r", peer, exc)
+            failed = True
         finally:
+            # Reset, not close, a stream we stopped reading: a close would leave the peer
+            # writing into a stream nobody reads, its wants and blocks silently dropped.
             with contextlib.suppress(Exception):
-                await stream.reset() if self.banned(peer) else await stream.close()
+                await stream.reset() if failed or self.banned(peer) else await stream.close()
 
     async def _handle(self, peer: str, message: PbMessage) -> None:
         for data in message.blocks:  # 1.0.0: sha2-256 CIDv0 blocks; never ours
@@ -290,13 +300,14 @@ class Bitswap:
         body = message.SerializeToString()
         if len(body) > MAX_MESSAGE:
             raise StorageError("message over the limit")  # a bug: we size them
-        if state.out is None:
-            state.out = await self._open(peer)
-        try:
-            await state.out.write(encode_uvarint(len(body)) + body)
-        except Exception:
-            state.out = await self._open(peer)  # it may have closed it: try once more
-            await state.out.write(encode_uvarint(len(body)) + body)
+        async with state.writing:
+            if state.out is None:
+                state.out = await self._open(peer)
+            try:
+                await state.out.write(encode_uvarint(len(body)) + body)
+            except Exception:
+                state.out = await self._open(peer)  # it may have closed it: try once more
+                await state.out.write(encode_uvarint(len(body)) + body)
 
     async def _open(self, peer: str) -> BridgedStream:
         last: Exception | None = None
@@ -341,7 +352,11 @@ class Bitswap:
         tried: dict[bytes, set[str]] = {raw: set() for raw in pending}
         out: dict[bytes, bytes] = {}
         busy: dict[str, int] = dict.fromkeys(peers, 0)
-        running: dict[asyncio.Task[bytes], tuple[str, bytes]] = {}
+        #: Each want's task: the peer, the CID, its future, and whether we asked (not when
+        #: another fetch had asked for the block already: then we share its answer, since a
+        #: second want would overwrite its entry and make the second copy look unwanted).
+        running: dict[asyncio.Task[bytes], tuple[str, bytes, asyncio.Future[bytes], bool]] = {}
+        loop = asyncio.get_running_loop()
         try:
             while pending or running:
                 batches: dict[str, list[bytes]] = {}
@@ -361,37 +376,55 @@ class Bitswap:
                     busy[peer] += 1
                     batches.setdefault(peer, []).append(raw)
                 for peer, raws in batches.items():
+                    asked: list[tuple[bytes, asyncio.Future[bytes]]] = []
                     for raw in raws:
-                        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                        self._wants[raw] = (peer, future)
+                        held = self._wants.get(raw)
+                        shared = held is not None and not held[1].done()
+                        future = held[1] if held is not None and shared else loop.create_future()
+                        if not shared:
+                            self._wants[raw] = (peer, future)
+                            asked.append((raw, future))
                         task = asyncio.ensure_future(_within(future, timeout))
-                        running[task] = (peer, raw)
+                        running[task] = (peer, raw, future, not shared)
+                    if not asked:
+                        continue
                     try:
-                        await self._send_wants(peer, ((r, False) for r in raws))
+                        await self._send_wants(peer, ((r, False) for r, _ in asked))
                     except Exception as exc:
-                        for raw in raws:
-                            future = self._wants[raw][1]
-                            if not future.done():
-                                future.set_exception(StorageError(f"{peer}: {exc}"))
+                        for _, future in asked:
+                            _fail(future, StorageError(f"{peer}: {exc}"))
                 if not running:
                     continue
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    peer, raw = running.pop(task)
+                    peer, raw, future, ours = running.pop(task)
                     busy[peer] -= 1
-                    self._wants.pop(raw, None)
-                    if task.exception() is None:
+                    error = task.exception()
+                    if ours:
+                        if isinstance(error, TimeoutError):
+                            _fail(future, error)  # those sharing it ask elsewhere too
+                            self._cancel(peer, raw)
+                        self._forget(raw, future)
+                    if error is None:
                         out[raw] = task.result()
                     else:
                         pending.append(raw)
-                        if isinstance(task.exception(), TimeoutError):
-                            self._cancel(peer, raw)
+                        if not ours:
+                            tried[raw].discard(peer)  # it was never asked by us
         finally:
-            for task, (peer, raw) in running.items():
+            for task, (peer, raw, future, ours) in running.items():
                 task.cancel()
-                self._wants.pop(raw, None)
-                self._cancel(peer, raw)
+                if ours:
+                    _fail(future, StorageError("the fetch that asked for it has ended"))
+                    self._forget(raw, future)
+                    self._cancel(peer, raw)
         return out
+
+    def _forget(self, raw: bytes, future: asyncio.Future[bytes]) -> None:
+        """Drop our want of ``raw`` (only ours: another fetch may have asked since)."""
+        held = self._wants.get(raw)
+        if held is not None and held[1] is future:
+            del self._wants[raw]
 
     def _cancel(self, peer: str, raw: bytes) -> None:
         self._cancelled[raw] = None
@@ -416,7 +449,13 @@ class Bitswap:
 
 
 async def _within(future: asyncio.Future[bytes], timeout: float) -> bytes:
-    return await asyncio.wait_for(future, timeout)
+    # Shielded: another fetch may be waiting on the same future.
+    return await asyncio.wait_for(asyncio.shield(future), timeout)
+
+
+def _fail(future: asyncio.Future[bytes], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
@@ -426,9 +465,7 @@ async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
 
 async def _read_message(stream: BridgedStream, buffer: bytearray) -> bytes | None:
     """The next length-prefixed message, or None at a clean end of stream."""
-    while (header := decode_uvarint(bytes(buffer[:10]))) is None:
-        if len(buffer) >= 10:
-            raise Cut("malformed message length")
+    while (header := _length(buffer)) is None:
         chunk = await stream.read(1 << 16)
         if not chunk:
             if buffer:
@@ -446,3 +483,10 @@ async def _read_message(stream: BridgedStream, buffer: bytearray) -> bytes | Non
     body = bytes(buffer[used : used + length])
     del buffer[: used + length]
     return body
+
+
+def _length(buffer: bytearray) -> tuple[int, int] | None:
+    try:
+        return decode_uvarint(bytes(buffer[:10]))
+    except MalformedFrame:
+        raise Cut("malformed message length") from None
