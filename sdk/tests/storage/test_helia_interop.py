@@ -1,6 +1,7 @@
-"""Bitswap against another implementation: helia (js-libp2p, from npm) on 127.0.0.1, driven
-through `devtools/js/helia_peer.mjs`. Our engine fetches raw blocks helia holds, BLAKE3 and
-sha2-256, each checked by its hash."""
+"""Bitswap against another implementation, both ways: helia (js-libp2p, from npm) on
+127.0.0.1, driven through `devtools/js/helia_peer.mjs`. Our engine fetches raw blocks helia
+holds (BLAKE3 and sha2-256, each checked by its hash), and helia fetches the blocks our node
+published, whoever dialed, and gets nothing it did not publish."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 
 from fabstir_sdk.p2p import P2PHost
 from fabstir_sdk.storage.bitswap import Bitswap
-from fabstir_sdk.storage.blobs import blake3_256, multibase_decode
+from fabstir_sdk.storage.blobs import blake3_256, cid_of, multibase_decode
 from fabstir_sdk.storage.tree import Store
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -93,6 +94,37 @@ def test_we_fetch_blake3_and_sha256_blocks_from_helia(helia: Helia, tmp_path: Pa
             assert await bitswap.get(helia.peer_id, multibase_decode(sha_cid)) == (
                 b"a sha2-256 block"
             )
+        finally:
+            await host.stop()
+            store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("who_dials", ["we", "helia"])
+def test_helia_fetches_blocks_we_publish(helia: Helia, tmp_path: Path, who_dials: str) -> None:
+    async def main() -> None:
+        store = Store(tmp_path / "s")
+        host = P2PHost(secrets.token_bytes(32))
+        Bitswap(host, store.blocks, served=lambda h: store.blocks.refs(h) > 0)
+        await host.start()
+        try:
+            published = store.put("/x", os.urandom(200_000), compress=None)
+            secret = store.blocks.put(b"stored, never published")
+            if who_dials == "we":
+                await host.connect(helia.peer_id, helia.addrs)
+            else:
+                addr = host.addrs[0]
+                if "/p2p/" not in addr:
+                    addr += f"/p2p/{host.peer_id}"
+                await asyncio.to_thread(helia.ask, dial=addr)
+            # helia's answers block: ask from a thread, so our host keeps serving meanwhile.
+            got = await asyncio.to_thread(
+                helia.ask, get=cid_of(published.ref.content.root), timeout_ms=30_000
+            )
+            assert bytes.fromhex(got["hex"]) == store.get("/x")
+            with pytest.raises(AssertionError, match=r"(?i)fail|abort|timeout"):
+                await asyncio.to_thread(helia.ask, get=cid_of(secret), timeout_ms=3_000)
         finally:
             await host.stop()
             store.close()
