@@ -69,9 +69,14 @@ def test_a_failed_settlement_is_retried_while_the_node_runs(devnet: Devnet) -> N
 
             RpcDownAtSettlement.rpc_down = False  # the RPC is back: the next retry settles
             await asyncio.to_thread(assert_settled_for, client.contracts, session.id, vouched)
+
+            def journaled_settled() -> bool:  # the journal follows the receipt a moment later
+                journaled = journal.get(session.id)
+                return journaled is not None and journaled.state == "settled"
+
+            await asyncio.to_thread(wait_until, journaled_settled, 30, "the journal to say so")
             journaled = journal.get(session.id)
-            assert journaled is not None and journaled.state == "settled"
-            assert journaled.last_error is None
+            assert journaled is not None and journaled.last_error is None
         finally:
             await client.close()
             await node.stop()
