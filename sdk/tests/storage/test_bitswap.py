@@ -23,6 +23,7 @@ from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
 from fabstir_sdk.protocol import encode_uvarint
 from fabstir_sdk.storage import content
 from fabstir_sdk.storage.bitswap import (
+    MAX_CID_BYTES,
     MAX_MESSAGE,
     MAX_WANTS,
     PROTOCOLS,
@@ -381,6 +382,22 @@ def test_a_peer_that_wants_more_than_max_wants_is_cut_off(tmp_path: Path) -> Non
             assert victim.bitswap.banned(greedy.peer_id)
             assert victim.bitswap.counters.peers_cut == 1
             await ignored_after_cut(victim, greedy, hash)
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_wants_an_overlong_cid_is_cut_off(tmp_path: Path) -> None:
+    """Injected fault: wantlist entries naming CIDs of up to a whole message each would make
+    us hold (and echo in DONT_HAVE) MAX_WANTS times that; one over MAX_CID_BYTES is refused."""
+
+    async def main() -> None:
+        async with nodes(tmp_path, Bitswap, Probe) as (victim, hoarder):
+            _, (hash,) = victim.publish(b"worth wanting")
+            overlong = b"\x01\x55\x1e" + os.urandom(MAX_CID_BYTES)
+            await send_raw(hoarder, victim, framed(wants([overlong], send_dont_have=True)))
+            assert victim.bitswap.banned(hoarder.peer_id)
+            assert probe_of(hoarder).presences(PbMessage.DontHave) == []  # nothing echoed
+            await ignored_after_cut(victim, hoarder, hash)
 
     asyncio.run(main())
 

@@ -13,10 +13,12 @@ and keeps blocks nobody asked for (DESIGN §8). Here, as in go and js Bitswap:
   are its proof; a block nobody wanted is a lie or abuse.
 
 Bounds: a message is at most :data:`MAX_MESSAGE` bytes each way; a peer's wantlist holds at most
-:data:`MAX_WANTS` entries; we build one message per peer at a time and stop reading its wants
-while our stream to it is full (Yamux flow control), so a greedy peer costs a bounded queue.
-A peer that sends an oversized message, wants more than :data:`MAX_WANTS` blocks, or sends a
-block nobody asked for is **cut off**: its streams are reset, its wants and blocks ignored for
+:data:`MAX_WANTS` entries of at most :data:`MAX_CID_BYTES` each (what we keep for a peer is a
+few dozen KiB, however it asks); we serve it one message at a time (at most one message of
+blocks read from disk per peer, written under Yamux flow control before the next is built), so
+a greedy peer costs a bounded queue. A peer that sends an oversized message, wants more than
+:data:`MAX_WANTS` blocks or a CID longer than :data:`MAX_CID_BYTES`, or sends a block nobody
+asked for is **cut off**: its streams are reset, its wants and blocks ignored for
 :data:`BAN_S` seconds, and every want we had out to it goes to another provider.
 """
 
@@ -48,6 +50,9 @@ MAX_MESSAGE = 4 << 20
 #: Room left in a message for everything but block data.
 _MESSAGE_SLACK = 64 << 10
 MAX_WANTS = 1024
+#: Longest CID a wantlist entry may name: ours are 36 bytes, a sha2-512 one 68; a longer one
+#: (an identity CID is never fetched) would only make us hold and echo a peer's garbage.
+MAX_CID_BYTES = 128
 BAN_S = 300.0
 #: Wants we keep out to one provider at a time while fetching.
 WINDOW = 16
@@ -247,6 +252,8 @@ class Bitswap:
             state.wants.clear()
         for entry in wantlist.entries:
             key = bytes(entry.block)
+            if len(key) > MAX_CID_BYTES:
+                raise Cut(f"wants a {len(key)}-byte CID (at most {MAX_CID_BYTES})")
             if entry.cancel:
                 state.wants.pop(key, None)
                 continue

@@ -1,8 +1,10 @@
 """Content and trees between peers: provider records, signed roots, paths read over Bitswap.
 
 Any peer fetches content by its root block from any providers (Kademlia provider records are
-keyed by the root's CID), block by block over :mod:`.bitswap`, each block checked by its hash
-as it arrives and the whole content by its BLAKE3 (and sha256) before it is used.
+keyed by the root's CID string, :func:`content_key`), block by block over :mod:`.bitswap`, each
+block checked by its hash as it arrives and the whole content by its BLAKE3 (and sha256) before
+it is used. A provider that serves a block under a wrong hash is cut off by Bitswap, and the
+blocks asked of it are asked of the others.
 
 A peer's *tree* is read the same way: its signed root (``/fabstir/storage/root/1.0.0``, checked
 by :class:`~.registry.RootResolver`: the peer's own key, no older than seen), then the directory
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import multihash
@@ -34,6 +36,7 @@ from fabstir_sdk.protocol import (
 )
 from fabstir_sdk.storage import content, dirv1
 from fabstir_sdk.storage.bitswap import Bitswap
+from fabstir_sdk.storage.blobs import cid_of
 from fabstir_sdk.storage.blockstore import BlockStore
 from fabstir_sdk.storage.content import ContentRef
 from fabstir_sdk.storage.dirv1 import DirRef, Entry, FileRef
@@ -49,6 +52,12 @@ def model_key(sha256: bytes) -> str:
     return str(make_cid(1, "raw", multihash.encode(sha256, "sha2-256")).encode("base32").decode())
 
 
+def content_key(root: bytes) -> str:
+    """The DHT key of "who provides this content": its root block's CID (CIDv1, raw, BLAKE3,
+    base32), the name IPFS tools print for the block."""
+    return cid_of(root)
+
+
 class Exchange:
     def __init__(self, host: P2PHost, store: BlockStore, bitswap: Bitswap) -> None:
         self.host = host
@@ -58,8 +67,10 @@ class Exchange:
 
     # ----------------------------------------------------------------- providers
 
-    async def provide(self, key: str) -> None:
-        await self.host.provide(key)
+    async def provide(self, what: ContentRef | str) -> None:
+        """Announce in the DHT that we provide ``what``: content (keyed by its root's CID) or
+        any other key (a model's :func:`model_key`)."""
+        await self.host.provide(content_key(what.root) if isinstance(what, ContentRef) else what)
 
     async def providers(self, key: str) -> list[PeerAddress]:
         return await self.host.find_providers(key)
@@ -75,13 +86,68 @@ class Exchange:
 
     # ----------------------------------------------------------------- content
 
-    async def fetch(self, ref: ContentRef | bytes, providers: Sequence[PeerAddress]) -> None:
-        """Bring the blocks of ``ref`` (a ContentRef, or a bare root) into the local store."""
-        peers = await self._reach(providers)
-        if not peers:
-            raise NotFound("no provider is reachable")
+    async def fetch(
+        self,
+        ref: ContentRef | bytes,
+        providers: Sequence[PeerAddress] | None = None,
+        *,
+        verify: bool = True,
+    ) -> ContentRef:
+        """Bring the blocks of ``ref`` (a ContentRef, or a bare root hash) into the local store
+        from ``providers`` (found in the DHT by :func:`content_key` when None), every block
+        checked as it arrives; with ``verify``, the content is then read back and checked end
+        to end (its BLAKE3 and size, and its sha256 when the manifest has one; raises
+        :class:`CorruptBlock`). Returns the content's ContentRef (for a bare root: from its
+        manifest, or the raw block itself)."""
+        await self._fetch_blocks(ref, providers)
+        return await asyncio.to_thread(self._checked, ref, verify)
+
+    def _checked(self, ref: ContentRef | bytes, verify: bool) -> ContentRef:
+        """The ContentRef of ``ref``'s blocks in our store, which must agree with ``ref``; with
+        ``verify``, the content read back and checked end to end."""
         root = ref.root if isinstance(ref, ContentRef) else ref
-        await self.bitswap.fetch_blocks(peers, [root])
+        first = self.store.get(root)
+        manifest = None
+        if not isinstance(ref, ContentRef) or ref.is_manifest:
+            try:
+                manifest = content.load_manifest(first)
+            except StorageError:
+                if isinstance(ref, ContentRef):
+                    raise CorruptBlock("the entry names a manifest, the block is not one") from None
+        if manifest is None:  # a raw block: its hash (checked by get) is the content's
+            found = ContentRef(root, root, len(first))
+        else:
+            found = ContentRef(
+                root, manifest.content_hash, manifest.size, manifest.compression, manifest.sha256
+            )
+            if verify:
+                _drain(content.iter_content(self.store, root, manifest))
+        if isinstance(ref, ContentRef) and (
+            (found.content_hash, found.size, found.compression)
+            != (ref.content_hash, ref.size, ref.compression)
+            or (ref.sha256 is not None and ref.sha256 != found.sha256)
+        ):
+            raise CorruptBlock("the content is not the one the entry describes")
+        return ref if isinstance(ref, ContentRef) else found
+
+    async def _fetch_blocks(
+        self, ref: ContentRef | bytes, providers: Sequence[PeerAddress] | None
+    ) -> None:
+        """The blocks of ``ref`` we lack, from the providers (asked only when we lack some)."""
+        root = ref.root if isinstance(ref, ContentRef) else ref
+        peers: list[str] = []
+
+        async def fetch(hashes: list[bytes]) -> None:
+            nonlocal peers
+            if not peers:
+                found = await self.providers(content_key(root)) if providers is None else providers
+                peers = await self._reach(found)
+                if not peers:
+                    raise NotFound(f"no provider of {content_key(root)} is reachable")
+            await self.bitswap.fetch_blocks(peers, hashes)
+
+        if not self.store.has(root):
+            await fetch([root])
         first = await asyncio.to_thread(self.store.get, root)
         manifest = None
         if not isinstance(ref, ContentRef) or ref.is_manifest:
@@ -90,24 +156,29 @@ class Exchange:
             if isinstance(ref, ContentRef) and manifest is None:
                 raise CorruptBlock("the entry names a manifest, the block is not one")
         if manifest is not None:
-            await self.bitswap.fetch_blocks(peers, list(manifest.blocks))
+            missing = [h for h in manifest.blocks if not self.store.has(h)]
+            if missing:
+                await fetch(missing)
 
     async def read(
-        self, ref: ContentRef, providers: Sequence[PeerAddress], max_size: int = 64 << 20
+        self,
+        ref: ContentRef,
+        providers: Sequence[PeerAddress] | None = None,
+        max_size: int = 64 << 20,
     ) -> bytes:
-        await self.fetch(ref, providers)
+        await self._fetch_blocks(ref, providers)  # read_bytes checks it end to end
         return await asyncio.to_thread(content.read_bytes, self.store, ref, max_size)
 
     async def read_to_file(
         self,
         ref: ContentRef,
-        providers: Sequence[PeerAddress],
+        providers: Sequence[PeerAddress] | None,
         dest: Path,
         sha256: bytes | None = None,
     ) -> None:
         """Fetch ``ref`` into ``dest`` (atomically); with ``sha256``, the file must hash to it
         or nothing is written."""
-        await self.fetch(ref, providers)
+        await self._fetch_blocks(ref, providers)  # read_to_file checks it end to end
 
         def write() -> None:
             tmp = dest.with_name(f".{dest.name}.fetched")
@@ -205,6 +276,12 @@ class Exchange:
         if not isinstance(entry, FileRef):
             raise NotFound(f"{path}: no such file at {peer.peer_id}")
         return await self.read(entry.content, [peer], max_size)
+
+
+def _drain(pieces: Iterator[bytes]) -> None:
+    """Consume ``pieces`` (its end-to-end check runs after the last one), keeping none."""
+    for _ in pieces:
+        pass
 
 
 def _sha256_file(path: Path) -> bytes:
