@@ -21,6 +21,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fabstir_node.cache.keys import RequestKey, Sampling, request_key
+from fabstir_node.cache.semantic import CachePolicy, Hit, SemanticCache
 from fabstir_node.chain import HostChain, ServedModel, SessionRefused
 from fabstir_node.inference import CreditGate, Engine, EngineError, Finished, SamplingParams
 from fabstir_node.journal import ABANDONED, OPEN, SETTLED, SETTLING, Journal
@@ -29,6 +31,7 @@ from fabstir_sdk.contracts import Voucher, recover_signer
 from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.protocol import (
     MAX_FRAME,
+    CacheHit,
     Cancel,
     Done,
     Error,
@@ -44,6 +47,7 @@ from fabstir_sdk.protocol import (
     Token,
     UnexpectedMessage,
     VoucherMsg,
+    cached_tokens,
 )
 from fabstir_sdk.storage.layout import result_path
 from fabstir_sdk.transcripts import (
@@ -52,6 +56,7 @@ from fabstir_sdk.transcripts import (
     TranscriptRecord,
     sampling_of,
     seal_result,
+    served_from_cache,
     with_answer,
 )
 
@@ -83,6 +88,7 @@ class SessionPolicy:
     open_rate: float = 2.0  # `open` requests a peer may make per second (each costs a chain RPC)
     open_burst: int = 8  # ... at once
     open_global_rate: float = 50.0  # ... all peers together, per second
+    cache_rate_bps: int = 2500  # an answer from the cache bills 25% of its fresh count
 
 
 @dataclass
@@ -91,6 +97,7 @@ class _Live:
 
     id: int
     signer: str
+    client: str  # the session's client: whose cached answers it may see
     max_tokens: int
     billed: int
     best: int
@@ -131,9 +138,11 @@ class SessionService:
         served: ServedModel,
         policy: SessionPolicy | None = None,
         results: ResultSink | None = None,
+        cache: SemanticCache | None = None,
     ) -> None:
         self.engine = engine
         self.results = results
+        self.cache = cache
         self.chain = chain
         self.journal = journal
         self.served = served
@@ -250,6 +259,7 @@ class SessionService:
         live = _Live(
             onchain.id,
             onchain.signer,
+            onchain.client.lower(),
             onchain.max_tokens,
             vouched,
             vouched,
@@ -270,6 +280,7 @@ class SessionService:
                 vouched,
                 best.transcript_hash if best else None,
                 best.signature if best else None,
+                self.policy.cache_rate_bps if self.cache is not None else 0,
             ),
         )
         reader = asyncio.ensure_future(self._read(framed, live))
@@ -392,6 +403,15 @@ class SessionService:
             )
             return
         wanted = prompt.max_tokens or self.policy.max_tokens_default
+        key = self._cache_key(prompt)
+        if key is not None:
+            assert self.cache is not None
+            hit = await self.cache.lookup(
+                key, live.client, _policy(prompt), prompt.temperature > 0, min(wanted, room)
+            )
+            if hit is not None:
+                await self._answer_cached(framed, live, prompt, tokens, hit)
+                return
         params = SamplingParams(
             min(wanted, room), prompt.temperature, prompt.top_p, prompt.seed, tuple(prompt.stop)
         )
@@ -442,10 +462,57 @@ class SessionService:
                 live.unsaved = with_answer(record, ids_sent, "".join(text_sent), None)
         if finish == "length" and sent >= room:
             finish = "deposit"
+        if finish == "stop" and key is not None and self.cache is not None:
+            self._spawn(self._keep(key, live.client, prompt, ids_sent, "".join(text_sent)))
         live.unsaved = with_answer(record, ids_sent, "".join(text_sent), finish)
         if live.best >= live.unsaved.billed:
             self._save_result(live)  # the voucher for the last token came before `done`
         await self._send(framed, Done(finish, len(tokens), sent, live.billed))
+
+    def _cache_key(self, prompt: Prompt) -> RequestKey | None:
+        """The prompt's cache key when it opted in (a continuation of another host's answer
+        never hits: its prefix is not a question)."""
+        if self.cache is None or prompt.cache == "off" or prompt.prefix_ids:
+            return None
+        sampling = Sampling(prompt.temperature, prompt.top_p, prompt.seed, tuple(prompt.stop))
+        return request_key(self.served.sha256, prompt.messages, sampling)
+
+    async def _answer_cached(
+        self, framed: FramedStream, live: _Live, prompt: Prompt, tokens: list[int], hit: Hit
+    ) -> None:
+        """Serve a cached answer: ``cache_hit``, its tokens in one frame, ``done``; billed by
+        :func:`cached_tokens` at our cache rate, which the client checks."""
+        base, rate = live.billed, self.policy.cache_rate_bps
+        announced = CacheHit(hit.entry.id, round(hit.similarity, 4), rate)
+        ids, text = hit.entry.completion_ids, hit.entry.text
+        billed = cached_tokens(len(tokens), len(ids), rate)
+        record = TranscriptRecord(
+            live.id,
+            base,
+            live.transcript,
+            self.served.sha256,
+            tuple(tokens),
+            (),
+            "",
+            served_from_cache(sampling_of(prompt), announced),
+        )
+        await self._send(framed, announced)
+        await self._send(framed, Token(text, base + billed, list(ids)))
+        live.billed = base + billed
+        self.journal.add_billed(live.id, billed)
+        live.unsaved = with_answer(record, ids, text, "stop")
+        if live.best >= live.unsaved.billed:
+            self._save_result(live)
+        await self._send(framed, Done("stop", len(tokens), len(ids), live.billed))
+
+    async def _keep(
+        self, key: RequestKey, client: str, prompt: Prompt, ids: list[int], text: str
+    ) -> None:
+        assert self.cache is not None
+        try:
+            await self.cache.insert(key, self.served.sha256, client, _policy(prompt), ids, text)
+        except Exception as exc:  # the answer was delivered; only the cached copy is lost
+            log.warning("could not cache an answer: %s", _reason(exc))
 
     async def _send(self, framed: FramedStream, message: Message) -> None:
         """Every frame of an answer leaves here (a fault-injecting test host overrides it)."""
@@ -594,6 +661,12 @@ class SessionService:
             self._watcher = None
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _policy(prompt: Prompt) -> CachePolicy:
+    return CachePolicy(
+        prompt.cache, prompt.cache_min_similarity, prompt.cache_sampled, prompt.cache_share
+    )
 
 
 def _reason(exc: BaseException) -> str:

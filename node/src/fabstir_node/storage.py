@@ -140,6 +140,37 @@ class NodeStorage:
         self.store.put(path, data, compress=compress)
         self._sign_root()
 
+    async def put_many(self, files: dict[str, bytes]) -> None:
+        """Store several files in one root update (all or nothing)."""
+        async with self._write:
+            await asyncio.to_thread(self._put_many, files)
+
+    def _put_many(self, files: dict[str, bytes]) -> None:
+        with self.store.batch():
+            for path, data in files.items():
+                self.store.put(path, data)
+        self._sign_root()
+
+    async def delete_many(self, paths: list[str]) -> None:
+        async with self._write:
+            await asyncio.to_thread(self._delete_many, paths)
+
+    def _delete_many(self, paths: list[str]) -> None:
+        with self.store.batch():
+            for path in paths:
+                self.store.delete(path)
+        self._sign_root()
+
+    def read(self, path: str) -> bytes:
+        """A file's content, verified (blocking: readers run in threads)."""
+        return self.store.get(path)
+
+    def files(self, path: str) -> list[str]:
+        """Every file below ``path`` (none when it does not exist)."""
+        if not self.store.exists(path):
+            return []
+        return [name for name, _ in self.store.walk(path)]
+
     async def store_result(self, path: str, sealed: bytes) -> None:
         """A sealed answer (see :mod:`fabstir_sdk.transcripts`; it does not compress)."""
         try:

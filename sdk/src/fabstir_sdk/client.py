@@ -441,6 +441,7 @@ class FabstirClient:
             contracts=self.contracts,
             tokenizer=tokenizer,
             voucher_every=voucher_every,
+            cache_rate_bps=ready.cache_rate_bps,
         )
         session.resume_from(resumed)
         return session
@@ -461,10 +462,15 @@ class FabstirClient:
         stop: Sequence[str] = (),
         max_failovers: int = 2,
         stall_timeout: float = STALL_TIMEOUT_S,
+        cache: str = "off",
+        cache_min_similarity: float | None = None,
+        cache_sampled: bool = False,
+        cache_share: bool = False,
     ) -> FailoverChat:
         """An answer that fails over to the next host mid-stream (see :mod:`failover`).
 
-        Reuses ``session`` when given (the answer's ``session`` is the one to reuse next)."""
+        Reuses ``session`` when given (the answer's ``session`` is the one to reuse next).
+        ``cache*`` opt in to the host's answer cache (:meth:`Session.chat`)."""
         return FailoverChat(
             self,
             model,
@@ -472,7 +478,16 @@ class FabstirClient:
             max_tokens=max_tokens,
             session=session,
             open_kwargs={"deposit": deposit, "max_price": max_price, "token": token},
-            params={"temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop},
+            params={
+                "temperature": temperature,
+                "top_p": top_p,
+                "seed": seed,
+                "stop": stop,
+                "cache": cache,
+                "cache_min_similarity": cache_min_similarity,
+                "cache_sampled": cache_sampled,
+                "cache_share": cache_share,
+            },
             max_failovers=max_failovers,
             stall_timeout=stall_timeout,
         )

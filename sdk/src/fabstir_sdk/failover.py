@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fabstir_sdk.errors import HostError
-from fabstir_sdk.protocol import Usage
+from fabstir_sdk.protocol import CacheHit, Usage
 from fabstir_sdk.session import Session
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class FailoverChat:
         self.text = ""
         self.token_ids: list[int] = []
         self.usage: Usage | None = None
+        self.cache_hit: CacheHit | None = None  # the last host served it from its cache
         self.finish_reason: str | None = None
         self.hosts: list[str] = []
         self.gaps_s: list[float] = []  # time without text across each failover
@@ -123,4 +124,5 @@ class FailoverChat:
                 completion_tokens + answer.usage.completion_tokens,
             )
             self.finish_reason = answer.finish_reason
+            self.cache_hit = answer.cache_hit
             return

@@ -130,6 +130,18 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+#: What a client may ask of a host's answer cache, per prompt.
+CACHE_MODES = ("off", "own", "shared")
+BPS = 10_000
+
+
+def cached_tokens(prompt_tokens: int, completion_tokens: int, rate_bps: int) -> int:
+    """Billable tokens of an answer served from the host's cache: the fresh count scaled by
+    the cache rate the host announced in ``ready`` (basis points), rounded up. Both sides
+    count the tokens themselves, so the client checks every claim."""
+    return -(-(prompt_tokens + completion_tokens) * rate_bps // BPS)
+
+
 _TYPES: dict[str, type[Message]] = {}
 
 
@@ -242,6 +254,12 @@ class Ready(Message):
     billed_tokens: int = 0
     transcript_hash: bytes | None = None
     signature: bytes | None = None
+    # What an answer from the host's cache bills, in basis points of the fresh count
+    # (:func:`cached_tokens`); 0 = the host has no cache.
+    cache_rate_bps: int = 0
+
+    def validate(self) -> None:
+        _check(self.cache_rate_bps <= BPS, "ready.cache_rate_bps is at most 10000")
 
 
 @dataclass(frozen=True)
@@ -257,8 +275,20 @@ class Prompt(Message):
     stop: list[str] = field(default_factory=list)
     # Continue an answer another host began: its token ids, appended after the prompt.
     prefix_ids: list[int] = field(default_factory=list)
+    # The host's answer cache: "own" serves this client's earlier answers, "shared" also
+    # those other clients shared; ``cache_sampled`` lets a temperature > 0 prompt hit;
+    # ``cache_share`` lets this answer serve other clients.
+    cache: str = "off"
+    cache_min_similarity: float | None = None
+    cache_sampled: bool = False
+    cache_share: bool = False
 
     def validate(self) -> None:
+        _check(self.cache in CACHE_MODES, f"prompt.cache must be one of {CACHE_MODES}")
+        _check(
+            self.cache_min_similarity is None or 0.0 <= self.cache_min_similarity <= 1.0,
+            "prompt.cache_min_similarity must be in [0, 1]",
+        )
         _check(0 < len(self.messages) <= 512, "prompt.messages must hold 1 to 512 messages")
         _check(
             len(self.prefix_ids) <= 65536
@@ -291,6 +321,21 @@ class Token(Message):
     text: str
     tokens: int
     ids: list[int] = field(default_factory=list)  # the model's token ids behind ``text``
+
+
+@dataclass(frozen=True)
+class CacheHit(Message):
+    """Host -> client, before the tokens of an answer served from its cache: the entry, how
+    similar its question is (1.0 for an exact repeat), and the rate it bills at."""
+
+    TYPE: ClassVar[str] = "cache_hit"
+    entry: int
+    similarity: float
+    rate_bps: int
+
+    def validate(self) -> None:
+        _check(0.0 <= self.similarity <= 1.0, "cache_hit.similarity must be in [0, 1]")
+        _check(self.rate_bps <= BPS, "cache_hit.rate_bps is at most 10000")
 
 
 @dataclass(frozen=True)

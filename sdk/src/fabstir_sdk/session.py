@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, NoReturn
@@ -30,6 +31,7 @@ from fabstir_sdk.contracts.client import Contracts, SessionStatus, Settlement
 from fabstir_sdk.errors import HostError, UsageError, mapped
 from fabstir_sdk.p2p import P2PError
 from fabstir_sdk.protocol import (
+    CacheHit,
     Cancel,
     Done,
     Error,
@@ -40,9 +42,16 @@ from fabstir_sdk.protocol import (
     Token,
     Usage,
     VoucherMsg,
+    cached_tokens,
 )
 from fabstir_sdk.tokenizer import Tokenizer, TokenizerError
-from fabstir_sdk.transcripts import ZERO_HASH, TranscriptRecord, sampling_of, with_answer
+from fabstir_sdk.transcripts import (
+    ZERO_HASH,
+    TranscriptRecord,
+    sampling_of,
+    served_from_cache,
+    with_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ class ChatStream:
         self.token_ids: list[int] = []  # behind ``text``: lets another host continue it
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
+        self.cache_hit: CacheHit | None = None  # set when the host served it from its cache
+        self.billed_tokens: int | None = None  # what the answer cost, once it is complete
         self._gen: AsyncGenerator[str, None] | None = None
         self._reader: asyncio.Task[Any] | None = None  # the task reading it
 
@@ -106,6 +117,7 @@ class Session:
         contracts: Contracts,
         tokenizer: Tokenizer,
         voucher_every: int = 8,
+        cache_rate_bps: int = 0,
     ) -> None:
         self.id = session_id
         self.host = host
@@ -121,6 +133,7 @@ class Session:
         self.contracts = contracts
         self.tokenizer = tokenizer
         self.voucher_every = max(1, min(voucher_every, credit_window // 2 or 1))
+        self.cache_rate_bps = cache_rate_bps  # the host's terms for cached answers (``ready``)
         self._framed = framed
         self.billed = 0  # cumulative billable tokens, as we count them
         self.vouched = 0
@@ -150,8 +163,16 @@ class Session:
         seed: int | None = None,
         stop: Sequence[str] = (),
         prefix_ids: Sequence[int] = (),
+        cache: str = "off",
+        cache_min_similarity: float | None = None,
+        cache_sampled: bool = False,
+        cache_share: bool = False,
     ) -> ChatStream:
-        """Ask for an answer; ``prefix_ids`` continues one another host began."""
+        """Ask for an answer; ``prefix_ids`` continues one another host began.
+
+        ``cache`` lets the host answer from its cache (``own``: our earlier answers only;
+        ``shared``: also those other clients shared), billed at its cache rate; a hit sets
+        the stream's ``cache_hit``. ``cache_share`` lets this answer serve other clients."""
         prompt = Prompt(
             [dict(m) for m in messages],
             max_tokens,
@@ -160,6 +181,10 @@ class Session:
             seed,
             list(stop),
             list(prefix_ids),
+            cache,
+            cache_min_similarity,
+            cache_sampled,
+            cache_share,
         )
         try:
             prompt.validate()
@@ -208,6 +233,9 @@ class Session:
                     ended = True
                     await self._vouch(answer)
                     raise HostError(message.code, message.message, message.retryable)
+                if isinstance(message, CacheHit):
+                    await self._on_cache_hit(answer, prompt, message)
+                    continue
                 piece = await self._on_token(answer, message)
                 if piece:
                     yield piece
@@ -244,6 +272,27 @@ class Session:
             await self._vouch(answer)  # (after a cancel only ``done`` is paid: no credit to run on)
         return str(message.text)
 
+    async def _on_cache_hit(self, answer: _Answer, prompt: Prompt, hit: CacheHit) -> None:
+        """The host answers from its cache: only if we asked, before any token, at the rate
+        it announced; the rest of the answer is then billed by :func:`cached_tokens`."""
+        refused = (
+            "host served a cached answer we did not ask for"
+            if prompt.cache == "off" or (prompt.temperature > 0 and not prompt.cache_sampled)
+            else "host announced a cache hit in the middle of an answer"
+            if answer.out.token_ids or answer.rate is not None
+            else f"host bills its cache at {hit.rate_bps} bps, not the {self.cache_rate_bps} "
+            "it offered"
+            if hit.rate_bps != self.cache_rate_bps
+            else None
+        )
+        if refused is not None:
+            await self._bad_accounting(answer, refused)
+        answer.rate = hit.rate_bps
+        answer.record = dataclasses.replace(
+            answer.record, sampling=served_from_cache(answer.record.sampling, hit)
+        )
+        answer.out.cache_hit = hit
+
     async def _finish(self, answer: _Answer, done: Done) -> None:
         out = answer.out
         answer.check(done.tokens)
@@ -258,6 +307,7 @@ class Session:
             await self._bad_accounting(answer, answer.over)
         self.billed = answer.expected
         out.usage = Usage(out.prompt_tokens, len(out.token_ids))
+        out.billed_tokens = answer.expected - answer.start
         out.finish_reason = done.finish_reason
         await self._vouch(answer, done.finish_reason)
 
@@ -386,10 +436,14 @@ class _Answer:
         self.claimed = start
         self.over: str | None = None
         self.cancelled_at: int | None = None  # ids received when we sent ``cancel``
+        self.rate: int | None = None  # the cache rate, for an answer from the host's cache
 
     @property
     def expected(self) -> int:
-        return self.start + self.out.prompt_tokens + len(self.out.token_ids)
+        prompt, completion = self.out.prompt_tokens, len(self.out.token_ids)
+        if self.rate is not None:
+            return self.start + cached_tokens(prompt, completion, self.rate)
+        return self.start + prompt + completion
 
     def check(self, claimed: int) -> None:
         self.claimed = claimed

@@ -26,7 +26,7 @@ import blake3
 from eth_utils.crypto import keccak
 
 from fabstir_sdk.contracts import Voucher, VoucherDomain, recover_signer
-from fabstir_sdk.protocol import Prompt
+from fabstir_sdk.protocol import CacheHit, Prompt, cached_tokens
 from fabstir_sdk.storage import cbor
 from fabstir_sdk.storage.errors import StorageError
 from fabstir_sdk.storage.sealed import open_sealed, seal
@@ -47,6 +47,13 @@ def sampling_of(prompt: Prompt) -> dict[str, Any]:
         "seed": prompt.seed,
         "stop": list(prompt.stop),
     }
+
+
+def served_from_cache(sampling: dict[str, Any], hit: CacheHit) -> dict[str, Any]:
+    """The record's parameters for an answer the host served from its cache: the hit goes
+    into the record (and so under the client's voucher)."""
+    cache = {"entry": hit.entry, "similarity": float(hit.similarity), "rate_bps": hit.rate_bps}
+    return sampling | {"cache": cache}
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,10 @@ class TranscriptRecord:
     @property
     def billed(self) -> int:
         """The session's billable tokens once this answer is paid."""
+        cache = self.sampling.get("cache")
+        if cache is not None:
+            n = cached_tokens(len(self.prompt_ids), len(self.completion_ids), cache["rate_bps"])
+            return self.start + n
         return self.start + len(self.prompt_ids) + len(self.completion_ids)
 
     @classmethod
