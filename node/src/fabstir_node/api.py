@@ -1,19 +1,31 @@
 """OpenAI-compatible HTTP API over the engine: chat and text completions (JSON or SSE),
-models, health and Prometheus metrics.
+embeddings, models, health and Prometheus metrics.
 
 Requests and errors follow OpenAI's shapes so that stock OpenAI clients work unchanged: an
 error is ``{"error": {"message", "type", "param", "code"}}`` with the matching status code.
+
+The answer cache is an extension: a chat request may carry ``"fabstir": {"cache": "own" |
+"shared", "min_similarity": 0.9, "sampled": false, "share": false}`` (OpenAI clients send it
+through ``extra_body``), and an answer served from the cache carries ``"fabstir": {"cached":
+true, "similarity": ..., "entry": ...}``. All callers of this (unpaid, operator's own) API are
+one cache client, :data:`HTTP_CLIENT`.
 """
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
+import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fabstir_node.cache.keys import Sampling, request_key
+from fabstir_node.cache.semantic import CachePolicy, Hit, SemanticCache
+from fabstir_node.embeddings import MAX_TOKENS as EMBED_MAX_TOKENS
+from fabstir_node.embeddings import Embedder, EmbeddingError
 from fabstir_node.inference import (
     Engine,
     EngineError,
@@ -30,6 +42,9 @@ from fabstir_node.metrics import CONTENT_TYPE, NodeMetrics
 from fabstir_sdk import openai_format as oai
 
 MAX_BODY = 4 * 1024 * 1024
+#: The cache client every caller of the HTTP API is (it has no sessions to tell them apart).
+HTTP_CLIENT = "http-api"
+MAX_EMBED_INPUTS = 256
 STATUS = {
     QueueFull: (503, "server_overloaded"),
     PromptTooLong: (400, "invalid_request_error"),
@@ -97,9 +112,21 @@ class Message(_Strict):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
+class CacheOptions(_Strict):
+    cache: Literal["off", "own", "shared"] = "off"
+    min_similarity: float | None = Field(default=None, ge=0.0, le=1.0)
+    sampled: bool = False
+    share: bool = False
+
+    @property
+    def policy(self) -> CachePolicy:
+        return CachePolicy(self.cache, self.min_similarity, self.sampled, self.share)
+
+
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, gt=0)
+    fabstir: CacheOptions | None = None
 
     def sampling(self, max_tokens_default: int) -> SamplingParams:
         params = super().sampling(max_tokens_default)
@@ -116,6 +143,18 @@ class ChatRequest(_Common):
 
 class CompletionRequest(_Common):
     prompt: str
+
+
+class EmbeddingRequest(_Strict):
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
 class ApiError(Exception):
@@ -145,6 +184,15 @@ def _usage(usage: Usage) -> dict[str, int]:
     return oai.usage(usage.prompt_tokens, usage.completion_tokens)
 
 
+Keep = Callable[[str, list[int]], Awaitable[None]]
+
+
+def _encode_vector(vector: Any, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+    return [float(x) for x in vector]
+
+
 def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
@@ -160,10 +208,16 @@ class Api:
         max_tokens_default: int = 512,
         metrics: NodeMetrics | None = None,
         inference: bool = True,
+        embedder: Embedder | None = None,
+        cache: SemanticCache | None = None,
+        model_sha256: bytes = b"",
     ) -> None:
         """``inference=False`` serves only /health and /metrics: the unpaid OpenAI-compatible
         endpoints are off (``fabstir-node run`` without ``--http``)."""
         self.engine = engine
+        self.embedder = embedder
+        self.cache = cache
+        self.model_sha256 = model_sha256
         self.model_name = model_name
         self.max_tokens_default = max_tokens_default
         self.metrics = metrics or NodeMetrics(lambda: engine.queue_depth)
@@ -178,6 +232,8 @@ class Api:
                     web.get("/v1/models", self.models),
                 ]
             )
+            if embedder is not None:
+                self.app.add_routes([web.post("/v1/embeddings", self.embeddings)])
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -198,16 +254,13 @@ class Api:
     # ----------------------------------------------------------------- routes
 
     async def models(self, _request: web.Request) -> web.Response:
+        names = [self.model_name] + ([self.embedder.name] if self.embedder else [])
         return web.json_response(
             {
                 "object": "list",
                 "data": [
-                    {
-                        "id": self.model_name,
-                        "object": "model",
-                        "created": self.created,
-                        "owned_by": "fabstir",
-                    }
+                    {"id": name, "object": "model", "created": self.created, "owned_by": "fabstir"}
+                    for name in names
                 ],
             }
         )
@@ -225,10 +278,114 @@ class Api:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._parse(request, ChatRequest)
         assert isinstance(body, ChatRequest)
-        prompt = self._run(
-            lambda: self.engine.chat_prompt([m.as_template_input() for m in body.messages])
+        messages = [m.as_template_input() for m in body.messages]
+        prompt = self._run(lambda: self.engine.chat_prompt(messages))
+        options = body.fabstir or CacheOptions()
+        params = body.sampling(self.max_tokens_default)
+        key = None
+        if self.cache is not None and options.cache != "off":
+            sampling = Sampling(params.temperature, params.top_p, params.seed, params.stop)
+            key = request_key(self.model_sha256, messages, sampling)
+        if key is not None:
+            assert self.cache is not None
+            hit = await self.cache.lookup(
+                key,
+                HTTP_CLIENT,
+                options.policy,
+                params.temperature > 0,
+                params.max_tokens or self.max_tokens_default,
+            )
+            if hit is not None:
+                return await self._cached(request, body, len(prompt), hit)
+
+        async def keep(text: str, ids: list[int]) -> None:
+            if key is not None and self.cache is not None:
+                await self.cache.insert(
+                    key, self.model_sha256, HTTP_CLIENT, options.policy, ids, text
+                )
+
+        return await self._serve(request, body, prompt, chat=True, keep=keep)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """``POST /v1/embeddings`` in OpenAI's format (floats or base64 little-endian f32)."""
+        assert self.embedder is not None
+        body = await self._parse(request, EmbeddingRequest, model=self.embedder.name)
+        assert isinstance(body, EmbeddingRequest)
+        texts = body.texts
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise ApiError(
+                400, f"at most {MAX_EMBED_INPUTS} inputs", "invalid_request_error", param="input"
+            )
+        if body.dimensions is not None and body.dimensions != self.embedder.dimensions:
+            raise ApiError(
+                400,
+                f"{self.embedder.name} has {self.embedder.dimensions} dimensions",
+                "invalid_request_error",
+                param="dimensions",
+            )
+        counts = [self.embedder.count_tokens(t) for t in texts]
+        for i, (text, n) in enumerate(zip(texts, counts, strict=True)):
+            if not text.strip() or n > EMBED_MAX_TOKENS:
+                reason = "is empty" if not text.strip() else f"has {n} tokens"
+                raise ApiError(
+                    400,
+                    f"input[{i}] {reason}; each input needs 1 to {EMBED_MAX_TOKENS} tokens",
+                    "invalid_request_error",
+                    param="input",
+                )
+        try:
+            vectors = await self.embedder.embed(texts)
+        except EmbeddingError as exc:
+            raise ApiError(400, str(exc), "invalid_request_error", param="input") from None
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _encode_vector(v, body.encoding_format),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        tokens = sum(counts)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.embedder.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
         )
-        return await self._serve(request, body, prompt, chat=True)
+
+    async def _cached(
+        self, request: web.Request, body: ChatRequest, prompt_tokens: int, hit: Hit
+    ) -> web.StreamResponse:
+        """An answer from the cache, in the shape a fresh one has, marked ``fabstir.cached``."""
+        ident = oai.completion_id(True)
+        entry = hit.entry
+        usage = oai.usage(prompt_tokens, len(entry.completion_ids))
+        mark = {"cached": True, "similarity": round(hit.similarity, 4), "entry": entry.id}
+        if not body.stream:
+            answer = oai.response(ident, self.model_name, entry.text, "stop", usage, chat=True)
+            return web.json_response(answer | {"fabstir": mark})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        created = int(time.time())
+
+        def chunk(**kw: Any) -> dict[str, Any]:
+            data = oai.chunk(
+                ident, self.model_name, created, with_usage=body.include_usage, chat=True, **kw
+            )
+            return data | {"fabstir": mark}
+
+        await response.write(oai.sse(chunk(text="", role=True)))
+        await response.write(oai.sse(chunk(text=entry.text)))
+        await response.write(oai.sse(chunk(text=None, reason="stop")))
+        if body.include_usage:
+            usage_chunk = oai.usage_chunk(ident, self.model_name, created, usage, chat=True)
+            await response.write(oai.sse(usage_chunk))
+        await response.write(oai.sse("[DONE]"))
+        return response
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._parse(request, CompletionRequest)
@@ -238,7 +395,9 @@ class Api:
 
     # ----------------------------------------------------------------- helpers
 
-    async def _parse(self, request: web.Request, kind: type[_Common]) -> _Common:
+    async def _parse(
+        self, request: web.Request, kind: type[BaseModel], model: str | None = None
+    ) -> BaseModel:
         try:
             raw = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -251,10 +410,11 @@ class Api:
             raise ApiError(
                 400, f"{param}: {first['msg']}", "invalid_request_error", "invalid_value", param
             ) from None
-        if body.model != self.model_name:
+        served = model or self.model_name
+        if getattr(body, "model", None) != served:
             raise ApiError(
                 404,
-                f"model {body.model!r} is not served here (try {self.model_name!r})",
+                f"model {getattr(body, 'model', None)!r} is not served here (try {served!r})",
                 "invalid_request_error",
                 "model_not_found",
                 "model",
@@ -269,22 +429,36 @@ class Api:
             raise _engine_error(exc) from None
 
     async def _events(
-        self, prompt: list[int], params: SamplingParams
+        self, prompt: list[int], params: SamplingParams, keep: Keep | None = None
     ) -> AsyncIterator[TokenChunk | Finished]:
+        text: list[str] = []
+        ids: list[int] = []
         try:
             async for event in self.engine.generate(prompt, params):
                 if isinstance(event, Finished):
                     self.metrics.observe(event)
+                    if keep is not None and event.finish_reason == "stop":
+                        await keep("".join(text), ids)
+                else:
+                    text.append(event.text)
+                    ids.extend(event.token_ids)
                 yield event
         except EngineError as exc:
             raise _engine_error(exc) from None
 
     async def _serve(
-        self, request: web.Request, body: _Common, prompt: list[int], *, chat: bool
+        self,
+        request: web.Request,
+        body: _Common,
+        prompt: list[int],
+        *,
+        chat: bool,
+        keep: Keep | None = None,
     ) -> web.StreamResponse:
+        """Generate and answer; ``keep`` gets an answer that ended by itself (the cache)."""
         params = body.sampling(self.max_tokens_default)
         ident = oai.completion_id(chat)
-        events = self._events(prompt, params)
+        events = self._events(prompt, params, keep)
         # Pull the first event before answering, so queue-full and context errors still get
         # a proper status code rather than a broken stream.
         first = await anext(events)

@@ -80,6 +80,16 @@ class NodeConfig:
     checkpoint_every: int = 2000
     idle_timeout: float = 120.0
     voucher_timeout: float = 30.0
+    # The answer cache (README "Answer cache"): clients opt in per prompt; a cached answer
+    # bills cache_rate_bps / 10000 of its fresh token count.
+    cache: bool = True
+    cache_rate_bps: int = 2500
+    cache_ttl: float = 7 * 24 * 3600.0
+    # MCP server (`run --mcp`): cache and document search for the operator's LLM tools.
+    mcp: bool = False
+    mcp_host: str = "127.0.0.1"
+    mcp_port: int = 7531
+    mcp_token: str | None = None  # required when mcp_host is not a loopback address
 
     @property
     def bootstrap_peers(self) -> list[str]:
@@ -119,6 +129,10 @@ class NodeConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535 (0 picks a free port), got {self.port}")
         _ = self.token_price_map  # raises ConfigError when malformed
+        if not 0 <= self.cache_rate_bps <= 10_000:
+            raise ConfigError(f"cache_rate_bps must be 0..10000, got {self.cache_rate_bps}")
+        if self.cache_ttl <= 0:
+            raise ConfigError(f"cache_ttl must be positive, got {self.cache_ttl}")
         return self
 
 

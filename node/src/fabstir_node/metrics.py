@@ -11,14 +11,22 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from fabstir_node.inference import Finished
 
 if TYPE_CHECKING:
+    from fabstir_node.cache.semantic import SemanticCache
     from fabstir_node.storage import NodeStorage
 
+LOOKUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25)
+#: The near-miss guard's rules (:mod:`fabstir_node.cache.guard`), each counted apart.
+GUARD_RULES = ("numbers", "negation", "units", "entities", "direction", "opposites")
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def _as_float(read: Callable[[], float]) -> Callable[[], float]:
     return lambda: float(read())
+
+
+def _rejections(counts: dict[str, int], rule: str) -> Callable[[], float]:
+    return lambda: float(counts.get(rule, 0))
 
 
 class NodeMetrics:
@@ -87,6 +95,40 @@ class NodeMetrics:
         }
         for name, (help_text, read) in figures.items():
             Gauge(name, help_text, registry=r).set_function(_as_float(read))
+
+    def watch_cache(self, cache: SemanticCache) -> None:
+        """The answer cache's counters, and its lookup latency as a histogram."""
+        r = self.registry
+        c = cache.counters
+        figures: dict[str, tuple[str, Callable[[], float]]] = {
+            "fabstir_cache_lookups": ("Cache lookups", lambda: c.lookups),
+            "fabstir_cache_exact_hits": ("Hits on an exact repeat", lambda: c.exact_hits),
+            "fabstir_cache_semantic_hits": ("Hits on a paraphrase", lambda: c.semantic_hits),
+            "fabstir_cache_misses": ("Lookups that found nothing to serve", lambda: c.misses),
+            "fabstir_cache_ambiguous": (
+                "Misses because two cached questions matched about as well",
+                lambda: c.ambiguous,
+            ),
+            "fabstir_cache_inserts": ("Answers kept", lambda: c.inserts),
+            "fabstir_cache_entries": ("Entries in the cache", lambda: len(cache.entries)),
+        }
+        for name, (help_text, read) in figures.items():
+            Gauge(name, help_text, registry=r).set_function(_as_float(read))
+        rejections = Gauge(
+            "fabstir_cache_guard_rejections",
+            "Near misses the guard refused, by rule",
+            ["rule"],
+            registry=r,
+        )
+        for rule in GUARD_RULES:
+            rejections.labels(rule).set_function(_rejections(c.guard_rejections, rule))
+        latency = Histogram(
+            "fabstir_cache_lookup_seconds",
+            "Time a cache lookup adds before the answer starts (embedding and search)",
+            buckets=LOOKUP_BUCKETS,
+            registry=r,
+        )
+        cache.observe = latency.observe
 
     def observe(self, finished: Finished) -> None:
         usage = finished.usage

@@ -13,13 +13,21 @@ from pathlib import Path
 from web3 import Web3
 
 from fabstir_node.api import Api
+from fabstir_node.cache.semantic import SemanticCache
 from fabstir_node.chain import HostChain, ServedModel
 from fabstir_node.config import NodeConfig
+from fabstir_node.embeddings import Embedder
 from fabstir_node.errors import ConfigError
 from fabstir_node.journal import Journal
 from fabstir_node.keys import NodeKeys
 from fabstir_node.p2p import NodeNetwork
-from fabstir_node.server import HttpServer, PreparedModel, build_engine, prepare_model
+from fabstir_node.server import (
+    HttpServer,
+    PreparedModel,
+    build_engine,
+    load_embedder,
+    prepare_model,
+)
 from fabstir_node.sessions import SessionPolicy, SessionService
 from fabstir_node.storage import NodeStorage
 from fabstir_sdk.contracts import ETH, Deployment
@@ -89,6 +97,8 @@ class HostNode:
         self.http: HttpServer | None = None
         self.journal: Journal | None = None
         self.storage: NodeStorage | None = None
+        self.embedder: Embedder | None = None
+        self.cache: SemanticCache | None = None
         self._resume: asyncio.Task[None] | None = None
 
     async def start(self, progress: Callable[[int], None] | None = None) -> NodeStatus:
@@ -113,6 +123,7 @@ class HostNode:
             idle_timeout=config.idle_timeout,
             voucher_timeout=config.voucher_timeout,
             max_tokens_default=config.max_tokens,
+            cache_rate_bps=config.cache_rate_bps,
         )
         host = P2PHost(self.keys.p2p_seed, [config.p2p_listen])
         self.storage = NodeStorage(config.data_dir / "store", host, self.keys.p2p_seed)
@@ -123,16 +134,23 @@ class HostNode:
             prepared.model.path if config.share_model else None,
             engine.tokenizer_file,
         )
+        if config.cache:
+            await self._start_cache(self.storage)
         self.sessions = self._service(
-            engine, chain, self.journal, served, policy, results=self.storage
+            engine, chain, self.journal, served, policy, results=self.storage, cache=self.cache
         )
         api = Api(
             engine,
             prepared.model.name,
             max_tokens_default=config.max_tokens,
             inference=config.http_api,  # the unpaid API only when the operator asks
+            embedder=self.embedder,
+            cache=self.cache,
+            model_sha256=served.sha256,
         )
         api.metrics.watch_storage(self.storage)
+        if self.cache is not None:
+            api.metrics.watch_cache(self.cache)
         self.http = HttpServer(api, config.host, config.port)
         await self.http.start()
         self.network = NodeNetwork(host, self.sessions, self.keys.account, storage=self.storage)
@@ -140,6 +158,16 @@ class HostNode:
         await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
         return self.status()
+
+    async def _start_cache(self, storage: NodeStorage) -> None:
+        """The embedding model and the answer cache, read back from the store. Without the
+        embedding model's package the node serves on, with no cache (and says why)."""
+        embedder = await asyncio.to_thread(load_embedder, self.config)
+        if embedder is None:
+            return
+        self.embedder = embedder
+        self.cache = SemanticCache(storage, embedder, ttl=self.config.cache_ttl)
+        await self.cache.start()
 
     def _refresh_endpoint(self, chain: HostChain) -> None:
         """Keep the registry's peer id and addresses equal to where we listen now."""
@@ -179,5 +207,10 @@ class HostNode:
                 await self.http.stop()
         if self.journal is not None:
             self.journal.close()
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                await self.cache.close()  # snapshots the index into the store
+        if self.embedder is not None:
+            self.embedder.close()
         if self.storage is not None:
             self.storage.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,12 @@ from aiohttp import web
 
 from fabstir_node.api import Api
 from fabstir_node.config import NodeConfig
+from fabstir_node.embeddings import Embedder
+from fabstir_node.errors import ModelError
 from fabstir_node.inference import Engine
 from fabstir_node.models import GGUFInfo, HashCache, ModelFile, probe, resolve, verify
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ async def serve_http(
 ) -> None:
     """Load the engine and serve until cancelled."""
     engine = build_engine(config, prepared.model.path)
-    api = Api(engine, prepared.model.name, max_tokens_default=config.max_tokens)
+    embedder = await asyncio.to_thread(load_embedder, config)
+    api = Api(engine, prepared.model.name, max_tokens_default=config.max_tokens, embedder=embedder)
     server = HttpServer(api, config.host, config.port)
     await server.start()  # /health answers "loading" while the model loads
     try:
@@ -88,3 +94,16 @@ async def serve_http(
         with contextlib.suppress(Exception):
             await server.stop()
         engine.close()
+        if embedder is not None:
+            embedder.close()
+
+
+def load_embedder(config: NodeConfig) -> Embedder | None:
+    """The embedding model for ``/v1/embeddings``, or None (logged) when it is not installed."""
+    try:
+        embedder = Embedder.in_dir(config.data_dir / "models")
+        embedder.load()
+    except ModelError as exc:
+        log.warning("/v1/embeddings is off: %s", exc)
+        return None
+    return embedder

@@ -59,6 +59,7 @@ DEFAULT_TTL = 7 * 24 * 3600.0
 ENTRIES = "/cache/entries"
 INDEX = "/cache/index"
 SAVE_EVERY = 64  # inserts between index snapshots (and at shutdown)
+SWEEP_EVERY = 3600.0  # seconds between deletions of expired entries
 
 
 class CacheStorage(Protocol):
@@ -188,6 +189,7 @@ class SemanticCache:
         self._unsaved = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._migrating: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- start, stop
 
@@ -195,6 +197,15 @@ class SemanticCache:
         """Read the entries and the index back from the store (re-embedding nothing unless the
         embedding model changed)."""
         await asyncio.to_thread(self._load)
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the store hiccuped: next round
+                log.warning("cache sweep failed: %s", exc)
 
     def _load(self) -> None:
         for path in self.storage.files(ENTRIES):
@@ -254,6 +265,8 @@ class SemanticCache:
         self._unsaved = 0
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         with contextlib.suppress(Exception):
