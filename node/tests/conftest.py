@@ -11,6 +11,7 @@ import pytest
 
 from fabstir_devtools.tiny_gguf import write_tiny_gguf
 from fabstir_node.api import Api
+from fabstir_node.embeddings import Embedder
 from fabstir_node.inference import Engine
 from fabstir_node.server import HttpServer
 
@@ -76,3 +77,12 @@ def live_long(long_engine: Engine) -> Iterator[LiveServer]:
     server = LiveServer(Api(long_engine, "tiny"))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedder]:
+    """The real embedding model (all-MiniLM-L6-v2), converted once for the whole run."""
+    model = Embedder.in_dir(tmp_path_factory.mktemp("embedding-model"))
+    model.load()
+    yield model
+    model.close()

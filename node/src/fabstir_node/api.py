@@ -147,7 +147,7 @@ class CompletionRequest(_Common):
 
 class EmbeddingRequest(_Strict):
     model: str
-    input: str | list[str] = Field(min_length=1)
+    input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -184,7 +184,8 @@ def _usage(usage: Usage) -> dict[str, int]:
     return oai.usage(usage.prompt_tokens, usage.completion_tokens)
 
 
-Keep = Callable[[str, list[int]], Awaitable[None]]
+#: Takes a finished answer for the cache: its text, token ids and the limit that cut it.
+Keep = Callable[[str, list[int], int | None], Awaitable[None]]
 
 
 def _encode_vector(vector: Any, encoding: str) -> list[float] | str:
@@ -298,10 +299,10 @@ class Api:
             if hit is not None:
                 return await self._cached(request, body, len(prompt), hit)
 
-        async def keep(text: str, ids: list[int]) -> None:
+        async def keep(text: str, ids: list[int], limit: int | None) -> None:
             if key is not None and self.cache is not None:
                 await self.cache.insert(
-                    key, self.model_sha256, HTTP_CLIENT, options.policy, ids, text
+                    key, self.model_sha256, HTTP_CLIENT, options.policy, ids, text, limit
                 )
 
         return await self._serve(request, body, prompt, chat=True, keep=keep)
@@ -312,9 +313,12 @@ class Api:
         body = await self._parse(request, EmbeddingRequest, model=self.embedder.name)
         assert isinstance(body, EmbeddingRequest)
         texts = body.texts
-        if len(texts) > MAX_EMBED_INPUTS:
+        if not 0 < len(texts) <= MAX_EMBED_INPUTS:
             raise ApiError(
-                400, f"at most {MAX_EMBED_INPUTS} inputs", "invalid_request_error", param="input"
+                400,
+                f"input holds 1 to {MAX_EMBED_INPUTS} texts",
+                "invalid_request_error",
+                param="input",
             )
         if body.dimensions is not None and body.dimensions != self.embedder.dimensions:
             raise ApiError(
@@ -364,7 +368,9 @@ class Api:
         usage = oai.usage(prompt_tokens, len(entry.completion_ids))
         mark = {"cached": True, "similarity": round(hit.similarity, 4), "entry": entry.id}
         if not body.stream:
-            answer = oai.response(ident, self.model_name, entry.text, "stop", usage, chat=True)
+            answer = oai.response(
+                ident, self.model_name, entry.text, entry.finish, usage, chat=True
+            )
             return web.json_response(answer | {"fabstir": mark})
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -380,7 +386,7 @@ class Api:
 
         await response.write(oai.sse(chunk(text="", role=True)))
         await response.write(oai.sse(chunk(text=entry.text)))
-        await response.write(oai.sse(chunk(text=None, reason="stop")))
+        await response.write(oai.sse(chunk(text=None, reason=entry.finish)))
         if body.include_usage:
             usage_chunk = oai.usage_chunk(ident, self.model_name, created, usage, chat=True)
             await response.write(oai.sse(usage_chunk))
@@ -437,8 +443,9 @@ class Api:
             async for event in self.engine.generate(prompt, params):
                 if isinstance(event, Finished):
                     self.metrics.observe(event)
-                    if keep is not None and event.finish_reason == "stop":
-                        await keep("".join(text), ids)
+                    reason, limit = event.finish_reason, params.max_tokens
+                    if keep is not None and (reason == "stop" or len(ids) == limit):
+                        await keep("".join(text), ids, None if reason == "stop" else limit)
                 else:
                     text.append(event.text)
                     ids.extend(event.token_ids)

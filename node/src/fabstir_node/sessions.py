@@ -462,8 +462,10 @@ class SessionService:
                 live.unsaved = with_answer(record, ids_sent, "".join(text_sent), None)
         if finish == "length" and sent >= room:
             finish = "deposit"
-        if finish == "stop" and key is not None and self.cache is not None:
-            self._spawn(self._keep(key, live.client, prompt, ids_sent, "".join(text_sent)))
+        if key is not None and (finish == "stop" or (finish == "length" and sent == wanted)):
+            limit = None if finish == "stop" else wanted
+            text = "".join(text_sent)
+            self._spawn(self._keep(key, live.client, prompt, ids_sent, text, limit))
         live.unsaved = with_answer(record, ids_sent, "".join(text_sent), finish)
         if live.best >= live.unsaved.billed:
             self._save_result(live)  # the voucher for the last token came before `done`
@@ -484,6 +486,7 @@ class SessionService:
         :func:`cached_tokens` at our cache rate, which the client checks."""
         base, rate = live.billed, self.policy.cache_rate_bps
         announced = CacheHit(hit.entry.id, round(hit.similarity, 4), rate)
+        finish = hit.entry.finish
         ids, text = hit.entry.completion_ids, hit.entry.text
         billed = cached_tokens(len(tokens), len(ids), rate)
         record = TranscriptRecord(
@@ -500,17 +503,24 @@ class SessionService:
         await self._send(framed, Token(text, base + billed, list(ids)))
         live.billed = base + billed
         self.journal.add_billed(live.id, billed)
-        live.unsaved = with_answer(record, ids, text, "stop")
+        live.unsaved = with_answer(record, ids, text, finish)
         if live.best >= live.unsaved.billed:
             self._save_result(live)
-        await self._send(framed, Done("stop", len(tokens), len(ids), live.billed))
+        await self._send(framed, Done(finish, len(tokens), len(ids), live.billed))
 
     async def _keep(
-        self, key: RequestKey, client: str, prompt: Prompt, ids: list[int], text: str
+        self,
+        key: RequestKey,
+        client: str,
+        prompt: Prompt,
+        ids: list[int],
+        text: str,
+        limit: int | None,
     ) -> None:
         assert self.cache is not None
+        model, policy = self.served.sha256, _policy(prompt)
         try:
-            await self.cache.insert(key, self.served.sha256, client, _policy(prompt), ids, text)
+            await self.cache.insert(key, model, client, policy, ids, text, limit)
         except Exception as exc:  # the answer was delivered; only the cached copy is lost
             log.warning("could not cache an answer: %s", _reason(exc))
 

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.p2p import BridgedStream, P2PHost, PeerAddress, peer_id_from_bytes
@@ -59,6 +60,7 @@ class StorageCounters:
 class NodeStorage:
     def __init__(self, path: Path, host: P2PHost, seed: bytes) -> None:
         self.store = Store(path)
+        self._files = StoreFiles(self.store)
         self.host = host
         self._seed = seed
         self.bitswap = Bitswap(host, self.store.blocks, served=self._published)
@@ -143,33 +145,23 @@ class NodeStorage:
     async def put_many(self, files: dict[str, bytes]) -> None:
         """Store several files in one root update (all or nothing)."""
         async with self._write:
-            await asyncio.to_thread(self._put_many, files)
-
-    def _put_many(self, files: dict[str, bytes]) -> None:
-        with self.store.batch():
-            for path, data in files.items():
-                self.store.put(path, data)
-        self._sign_root()
+            await asyncio.to_thread(self._signed, self._files._put_many, files)
 
     async def delete_many(self, paths: list[str]) -> None:
         async with self._write:
-            await asyncio.to_thread(self._delete_many, paths)
+            await asyncio.to_thread(self._signed, self._files._delete_many, paths)
 
-    def _delete_many(self, paths: list[str]) -> None:
-        with self.store.batch():
-            for path in paths:
-                self.store.delete(path)
+    def _signed(self, change: Callable[[Any], None], arg: Any) -> None:
+        change(arg)
         self._sign_root()
 
     def read(self, path: str) -> bytes:
         """A file's content, verified (blocking: readers run in threads)."""
-        return self.store.get(path)
+        return self._files.read(path)
 
     def files(self, path: str) -> list[str]:
         """Every file below ``path`` (none when it does not exist)."""
-        if not self.store.exists(path):
-            return []
-        return [name for name, _ in self.store.walk(path)]
+        return self._files.files(path)
 
     async def store_result(self, path: str, sealed: bytes) -> None:
         """A sealed answer (see :mod:`fabstir_sdk.transcripts`; it does not compress)."""
@@ -202,6 +194,41 @@ class NodeStorage:
         if self._collector is not None:
             self._collector.cancel()
         self.store.close()
+
+
+class StoreFiles:
+    """Files of a store opened without the network (``fabstir-node mcp``, tests): what the
+    cache and the document index need, like :class:`NodeStorage` offers them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._write = asyncio.Lock()
+
+    async def put_many(self, files: dict[str, bytes]) -> None:
+        async with self._write:
+            await asyncio.to_thread(self._put_many, files)
+
+    def _put_many(self, files: dict[str, bytes]) -> None:
+        with self.store.batch():
+            for path, data in files.items():
+                self.store.put(path, data)
+
+    async def delete_many(self, paths: list[str]) -> None:
+        async with self._write:
+            await asyncio.to_thread(self._delete_many, paths)
+
+    def _delete_many(self, paths: list[str]) -> None:
+        with self.store.batch():
+            for path in paths:
+                self.store.delete(path)
+
+    def read(self, path: str) -> bytes:
+        return self.store.get(path)
+
+    def files(self, path: str) -> list[str]:
+        if not self.store.exists(path):
+            return []
+        return [name for name, _ in self.store.walk(path)]
 
 
 # --------------------------------------------------------------------------- fetching models

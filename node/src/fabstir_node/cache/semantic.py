@@ -102,6 +102,10 @@ class Entry:
     created: float
     expires: float
     vector: bytes = b""
+    # An answer cut at its token limit ("length") serves only requests with that same limit;
+    # one that ended by itself ("stop", limit None) serves any limit it fits in.
+    finish: str = "stop"
+    limit: int | None = None
 
     @property
     def path(self) -> str:
@@ -125,6 +129,8 @@ class Entry:
                 "created": self.created,
                 "expires": self.expires,
                 "vector": self.vector,
+                "finish": self.finish,
+                "limit": self.limit,
             }
         )
 
@@ -144,6 +150,8 @@ class Entry:
             d["created"],
             d["expires"],
             d["vector"],
+            d["finish"],
+            d["limit"],
         )
 
 
@@ -301,11 +309,11 @@ class SemanticCache:
         return hit
 
     def _usable(self, entry: Entry, client: str, mode: str, max_tokens: int) -> bool:
-        return (
-            entry.visible_to(client, mode)
-            and entry.expires > self.clock()
-            and len(entry.completion_ids) <= max_tokens
-        )
+        fits = (
+            len(entry.completion_ids) <= max_tokens if entry.limit is None
+            else entry.limit == max_tokens
+        )  # fmt: skip
+        return fits and entry.visible_to(client, mode) and entry.expires > self.clock()
 
     async def _lookup(
         self, key: RequestKey, client: str, policy: CachePolicy, max_tokens: int
@@ -362,9 +370,11 @@ class SemanticCache:
         policy: CachePolicy,
         completion_ids: list[int],
         text: str,
+        limit: int | None = None,
     ) -> Entry | None:
-        """Keep a fresh answer (one that ended by itself) for later requests; an exact repeat
-        of a question this client already has cached changes nothing."""
+        """Keep a fresh answer for later requests: one that ended by itself, or (``limit``)
+        one cut at that many tokens. An exact repeat of a question this client already has
+        cached changes nothing."""
         if not policy.on or not completion_ids:
             return None
         for entry_id in self._exact.get(key.exact, ()):
@@ -390,6 +400,8 @@ class SemanticCache:
             now,
             now + self.ttl,
             vector.astype(np.float32).tobytes(),
+            "stop" if limit is None else "length",
+            limit,
         )
         self._next_id += 1
         await self.storage.put_many({entry.path: entry.encode()})
