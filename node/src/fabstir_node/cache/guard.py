@@ -127,6 +127,8 @@ _OPPOSITES = [
     ("lend", "borrow"), ("import", "export"), ("inhale", "exhale"), ("up", "down"),
     ("forward", "backward"), ("forwards", "backwards"), ("internal", "external"),
     ("min", "max"), ("early", "late"), ("fast", "slow"), ("faster", "slower"),
+    ("closer", "farther"), ("closer", "further"), ("near", "far"), ("nearest", "farthest"),
+    ("inside", "outside"), ("top", "bottom"), ("begin", "end"), ("under", "over"),
     ("cheap", "expensive"), ("cheapest", "most expensive"), ("light", "dark"),
 ]  # fmt: skip
 
