@@ -50,6 +50,20 @@ def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None
             sessions = await asyncio.to_thread(fabstir, devnet, "session", "list", "--json")
             assert [s["status"] for s in json.loads(sessions.stdout)] == ["settled"]
 
+            # The same question twice with --cache own: the second answer is the host's cached
+            # one (same wallet, new session), billed at its cache rate.
+            ask = ("chat", "--model", MODEL, "-p", "hello", "--max-tokens", "12")
+            ask += ("--temperature", "0", "--cache", "own")
+            first = await asyncio.to_thread(fabstir, devnet, *ask)
+            assert first.returncode == 0 and "from the host's cache" not in first.stderr
+            assert node.cache is not None
+            cache = node.cache
+            await asyncio.to_thread(wait_until, lambda: cache.counters.inserts == 1, 60, "a cache")
+            second = await asyncio.to_thread(fabstir, devnet, *ask)
+            assert second.returncode == 0, second.stderr
+            assert "from the host's cache: similarity 1.0" in second.stderr
+            assert second.stdout == first.stdout
+
             none = await asyncio.to_thread(
                 fabstir, devnet, "hosts", "--model", "org/none.gguf", "--json"
             )
@@ -65,10 +79,13 @@ def test_fabstir_cli_hosts_chat_sessions_and_node_status(devnet: Devnet) -> None
             await node.stop()
 
         report = await asyncio.to_thread(node_status, devnet, node.config.data_dir)
-        assert report["registered"] and report["sessions_settled"] == 1
+        assert report["registered"] and report["sessions_settled"] == 3
         assert report["pending_settlements"] == 0 and report["earnings_wei"] > 0
 
     run(main())
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_openai_client_through_the_paying_proxy(devnet: Devnet) -> None:
@@ -154,6 +171,21 @@ def test_openai_client_through_the_paying_proxy(devnet: Devnet) -> None:
                 temperature=0,
             )
             assert again.usage is not None and again.usage.completion_tokens == 5
+
+            # The cache extension passes through the proxy, both ways.
+            own = {"fabstir": {"cache": "own"}}
+            fresh = await client.chat.completions.create(
+                model=MODEL, messages=QUESTION, max_tokens=6, temperature=0, extra_body=own
+            )
+            assert not (fresh.model_extra or {}).get("fabstir")
+            cache = node.cache
+            assert cache is not None
+            await asyncio.to_thread(wait_until, lambda: cache.counters.inserts == 1, 60, "a cache")
+            hit = await client.chat.completions.create(
+                model=MODEL, messages=QUESTION, max_tokens=6, temperature=0, extra_body=own
+            )
+            assert (hit.model_extra or {})["fabstir"]["cached"] is True
+            assert hit.choices[0].message.content == fresh.choices[0].message.content
 
             # The last voucher leaves the proxy before its HTTP response does, but may reach
             # the host's journal just after it: wait for it.

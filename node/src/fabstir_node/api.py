@@ -366,12 +366,12 @@ class Api:
         ident = oai.completion_id(True)
         entry = hit.entry
         usage = oai.usage(prompt_tokens, len(entry.completion_ids))
-        mark = {"cached": True, "similarity": round(hit.similarity, 4), "entry": entry.id}
+        mark = oai.cache_mark(round(hit.similarity, 4), entry.id)
         if not body.stream:
             answer = oai.response(
                 ident, self.model_name, entry.text, entry.finish, usage, chat=True
             )
-            return web.json_response(answer | {"fabstir": mark})
+            return web.json_response(answer | mark)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -382,7 +382,7 @@ class Api:
             data = oai.chunk(
                 ident, self.model_name, created, with_usage=body.include_usage, chat=True, **kw
             )
-            return data | {"fabstir": mark}
+            return data | mark
 
         await response.write(oai.sse(chunk(text="", role=True)))
         await response.write(oai.sse(chunk(text=entry.text)))

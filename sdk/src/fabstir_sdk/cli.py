@@ -201,6 +201,20 @@ def hosts(settings: Settings, model: str, as_json: bool) -> None:
 @click.option("-p", "--prompt", help="one-shot question (otherwise interactive)")
 @click.option("--max-tokens", type=int, default=256, show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option(
+    "--cache",
+    type=click.Choice(["off", "own", "shared"]),
+    default="off",
+    show_default=True,
+    help="let the host answer from its cache, at its cache rate: own = your earlier answers "
+    "only, shared = also answers other clients shared",
+)
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(0, 1),
+    help="how close a cached question must be (cosine; the host's default otherwise)",
+)
+@click.option("--share", is_flag=True, help="let your answers serve other clients' questions")
 @click.pass_obj
 def chat(
     settings: Settings,
@@ -212,6 +226,9 @@ def chat(
     prompt: str | None,
     max_tokens: int,
     temperature: float,
+    cache: str,
+    min_similarity: float | None,
+    share: bool,
 ) -> None:
     """Chat through a paid session; the session closes (and the host settles) on exit."""
     from fabstir_sdk.contracts import ETH
@@ -236,10 +253,24 @@ def chat(
             try:
                 for question in _questions(prompt):
                     history.append({"role": "user", "content": question})
-                    answer = session.chat(history, max_tokens=max_tokens, temperature=temperature)
+                    answer = session.chat(
+                        history,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        cache=cache,
+                        cache_min_similarity=min_similarity,
+                        cache_sampled=cache != "off",  # asking for the cache is allowing it
+                        cache_share=share,
+                    )
                     async for piece in answer:
                         click.echo(piece, nl=False)
                     click.echo()
+                    if answer.cache_hit is not None:
+                        click.echo(
+                            f"[from the host's cache: similarity {answer.cache_hit.similarity}, "
+                            f"{answer.billed_tokens} tokens billed]",
+                            err=True,
+                        )
                     history.append({"role": "assistant", "content": answer.text})
                     cost = session.billed * session.price // 1000
                     click.echo(f"[{session.billed} tokens so far, {cost} {unit}]", err=True)

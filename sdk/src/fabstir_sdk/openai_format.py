@@ -8,6 +8,34 @@ import time
 import uuid
 from typing import Any
 
+#: The request and response field of Fabstir's extensions (the answer cache): in a request
+#: ``{"cache": "off"|"own"|"shared", "min_similarity": float, "sampled": bool, "share": bool}``
+#: (OpenAI clients send it with ``extra_body``); in an answer from a cache ``{"cached": true,
+#: "similarity": float, "entry": int}``.
+EXTENSION = "fabstir"
+_CACHE_FIELDS = {"cache": "cache", "min_similarity": "cache_min_similarity"}
+_CACHE_FIELDS |= {"sampled": "cache_sampled", "share": "cache_share"}
+
+
+def cache_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``chat`` keyword arguments of a request's cache extension (ValueError when it is
+    malformed)."""
+    options = body.get(EXTENSION) or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{EXTENSION} must be an object")
+    unknown = set(options) - set(_CACHE_FIELDS)
+    if unknown:
+        raise ValueError(f"{EXTENSION}: unknown fields {sorted(unknown)}")
+    kwargs = {_CACHE_FIELDS[k]: v for k, v in options.items()}
+    if kwargs.get("cache", "off") not in ("off", "own", "shared"):
+        raise ValueError(f"{EXTENSION}.cache must be off, own or shared")
+    return kwargs
+
+
+def cache_mark(similarity: float, entry: int) -> dict[str, Any]:
+    """What an answer from a cache carries in :data:`EXTENSION`."""
+    return {EXTENSION: {"cached": True, "similarity": similarity, "entry": entry}}
+
 
 def completion_id(chat: bool = True) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex

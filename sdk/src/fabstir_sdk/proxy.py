@@ -95,12 +95,14 @@ class PayingProxy:
                 "top_p": float(body.get("top_p", 1.0)),
                 "seed": body.get("seed"),
                 "stop": [stop] if isinstance(stop, str) else list(stop or []),
+                **oai.cache_options(body),
             }
             max_tokens = int(
                 body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
             )
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "the body needs model and messages", "invalid_request_error")
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = str(exc) if oai.EXTENSION in str(exc) else "the body needs model and messages"
+            return _error(400, reason, "invalid_request_error")
         slot = self._slot(model)
         if slot is None:
             return _error(
@@ -141,6 +143,7 @@ class PayingProxy:
                         answer.finish_reason or "stop",
                         _usage(answer),
                     )
+                    | _mark(answer)
                 )
             slot.session = answer.session
             return response
@@ -162,9 +165,8 @@ class PayingProxy:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def send(**kw: Any) -> None:
-            await response.write(
-                oai.sse(oai.chunk(ident, model, created, with_usage=include_usage, **kw))
-            )
+            data = oai.chunk(ident, model, created, with_usage=include_usage, **kw)
+            await response.write(oai.sse(data | _mark(answer)))
 
         await send(text="", role=True)
         try:
@@ -191,6 +193,11 @@ class PayingProxy:
 async def _close_quietly(session: Session) -> None:
     with contextlib.suppress(Exception):
         await session.close()
+
+
+def _mark(answer: FailoverChat) -> dict[str, Any]:
+    hit = answer.cache_hit
+    return oai.cache_mark(hit.similarity, hit.entry) if hit is not None else {}
 
 
 def _usage(answer: FailoverChat) -> dict[str, int]:
