@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("off", "own", "shared")
 #: Cosine similarity a paraphrase needs when the client names no minimum.
-DEFAULT_THRESHOLD = 0.80
+DEFAULT_THRESHOLD = 0.85
 #: Lead the best candidate needs over any other cached question (see the module docstring).
 MARGIN = 0.03
 #: Weight of word overlap (Jaccard of content words) in the ranking score.
