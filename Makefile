@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench bench-storage bench-cache demo devnet lint clean
+        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -103,6 +103,9 @@ bench: setup ## Benchmarks: llama-cpp-python vs the node API and a paid P2P sess
 
 bench-cache: setup ## Answer cache: GPTCache's benchmark, near misses, a replayed workload, latency
 	$(BIN)/python bench/cache.py
+
+bench-vectors: setup ## Vector index: 1M clustered vectors, build, memory, p50/p99, recall@10 vs exact
+	$(BIN)/python bench/vectors.py
 
 bench-storage: setup ## Storage: put/get vs plain files, a 1M-entry HAMT, Bitswap vs a plain stream
 	$(BIN)/python bench/storage.py

@@ -508,6 +508,16 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     help="also serve the unpaid OpenAI-compatible API (/v1/...) on --host:--port "
     "[off; config http_api]; /health and /metrics are always served",
 )
+@click.option(
+    "--mcp/--no-mcp",
+    "mcp",
+    default=None,
+    help="also serve MCP (cache and document search for LLM tools) on "
+    "--mcp-host:--mcp-port/mcp [off; 127.0.0.1:7531; a token (FABSTIR_MCP_TOKEN) is "
+    "required off loopback]",
+)
+@click.option("--mcp-host", help="MCP interface [127.0.0.1]")
+@click.option("--mcp-port", type=int, help="MCP port [7531]")
 @click.pass_context
 def run(ctx: click.Context, /, **flags: Any) -> None:
     """Serve paid sessions over libp2p, settling on-chain.
@@ -548,6 +558,7 @@ def run(ctx: click.Context, /, **flags: Any) -> None:
                 f"metrics {status.http}/metrics",
             ),
             ("journal", str(config.data_dir / "journal.sqlite")),
+            *([("mcp", f"http://{config.mcp_host}:{config.mcp_port}/mcp")] if config.mcp else []),
         ):
             click.echo(f"{key:<10} {value}", err=True)
         click.echo("ready", err=True)
@@ -834,3 +845,110 @@ def storage_gc(ctx: click.Context, data_dir: Path | None, as_json: bool, grace: 
         },
         as_json,
     )
+
+
+# --------------------------------------------------------------------------- mcp
+
+
+@main.command("mcp")
+@click.option("--host", help="interface to listen on [127.0.0.1]; any other needs a token")
+@click.option("--port", "-p", type=int, help="port [7531]")
+@click.option(
+    "--token",
+    help="bearer token clients must send (Authorization: Bearer ...); required off "
+    "loopback [env FABSTIR_MCP_TOKEN]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="the node's data directory (its store/ and models/) [~/.local/share/fabstir-node]",
+)
+@click.pass_context
+def mcp(
+    ctx: click.Context, host: str | None, port: int | None, token: str | None, data_dir: Path | None
+) -> None:
+    """Serve the node's cache and documents to LLM tools over MCP (streamable HTTP at
+    http://HOST:PORT/mcp), from the node's store, while the node itself is stopped
+    (a running node holds the store: use `run --mcp` there).
+
+    \b
+    Tools:
+      search_cache(query, k=5)      cached answers close in meaning to the query, among
+                                    those their clients shared (never a private answer)
+      search_documents(query, k=5)  the host's own documents, by meaning
+      add_document(text, title)     add a document (kept under /documents/ in the store)
+      read_result(path)             a file of the store, e.g. /results/<session>/<start>:
+                                    its size, CID and content (UTF-8 text, else base64)
+
+    Bound to anything but a loopback address it requires --token (exit 4 otherwise).
+    """
+    import logging
+
+    from fabstir_node.cache.semantic import SemanticCache
+    from fabstir_node.config import make_private_dir
+    from fabstir_node.documents import DocumentIndex, LocalFiles
+    from fabstir_node.embeddings import Embedder
+    from fabstir_node.mcp_server import build_mcp_server, is_loopback, serve_mcp
+    from fabstir_sdk.storage.errors import StorageError
+    from fabstir_sdk.storage.tree import Store
+
+    config = _config(ctx, mcp_host=host, mcp_port=port, mcp_token=token, data_dir=data_dir)
+    host, port, token = config.mcp_host, config.mcp_port, config.mcp_token
+    if not 0 < port <= 65535:
+        raise ConfigError(f"mcp_port must be 1..65535, got {port}")
+    if not token and not is_loopback(host):
+        raise ConfigError(
+            f"MCP on {host} (not a loopback address) needs a token: --token or FABSTIR_MCP_TOKEN"
+        )
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("uvicorn", "mcp"):  # a line per session and per start/stop step
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    make_private_dir(config.data_dir)
+    try:
+        store = Store(config.data_dir / "store")
+    except StorageError as exc:
+        raise StorageError(f"{exc} (a running node serves MCP itself: run --mcp)") from exc
+    embedder = Embedder.in_dir(config.data_dir / "models")
+    try:
+        embedder.load()
+        files = LocalFiles(store)
+        cache = SemanticCache(files, embedder, ttl=config.cache_ttl)
+        documents = DocumentIndex(files, embedder)
+        server = build_mcp_server(cache=cache, documents=documents, storage=files, token=token)
+
+        async def runner() -> None:
+            await cache.start()
+            await documents.start()
+            task = asyncio.ensure_future(serve_mcp(server, host, port, token))
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, task.cancel)
+            await asyncio.sleep(0)  # the task validates and binds before its first await
+            if task.done():
+                await task  # raises why it could not start
+            shown = f"[{host}]" if ":" in host else host
+            click.echo(
+                f"mcp      http://{shown}:{port}/mcp  ({len(cache.entries)} cached answers, "
+                f"{len(documents)} documents{', bearer token required' if token else ''})",
+                err=True,
+            )
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            finally:
+                await documents.close()
+                await cache.close()
+
+        try:
+            asyncio.run(runner())
+        except OSError as exc:  # the port is taken, the address is not ours
+            raise ConfigError(f"cannot serve MCP on {host}:{port}: {exc.strerror or exc}") from exc
+    finally:
+        embedder.close()
+        store.close()
+    click.echo("stopped", err=True)

@@ -131,6 +131,14 @@ class NodeConfig:
         _ = self.token_price_map  # raises ConfigError when malformed
         if not 0 <= self.cache_rate_bps <= 10_000:
             raise ConfigError(f"cache_rate_bps must be 0..10000, got {self.cache_rate_bps}")
+        loopback = self.mcp_host in ("localhost", "::1") or self.mcp_host.startswith("127.")
+        if self.mcp and not loopback and not self.mcp_token:
+            raise ConfigError(
+                f"mcp_host {self.mcp_host} is not a loopback address: set mcp_token "
+                "(FABSTIR_MCP_TOKEN) so that only its holders can use the MCP server"
+            )
+        if self.mcp and not self.cache:
+            raise ConfigError("mcp needs the answer cache's embedding model: set cache = true")
         if self.cache_ttl <= 0:
             raise ConfigError(f"cache_ttl must be positive, got {self.cache_ttl}")
         return self

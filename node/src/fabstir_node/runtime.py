@@ -16,6 +16,7 @@ from fabstir_node.api import Api
 from fabstir_node.cache.semantic import SemanticCache
 from fabstir_node.chain import HostChain, ServedModel
 from fabstir_node.config import NodeConfig
+from fabstir_node.documents import DocumentIndex
 from fabstir_node.embeddings import Embedder
 from fabstir_node.errors import ConfigError
 from fabstir_node.journal import Journal
@@ -99,6 +100,8 @@ class HostNode:
         self.storage: NodeStorage | None = None
         self.embedder: Embedder | None = None
         self.cache: SemanticCache | None = None
+        self.documents: DocumentIndex | None = None
+        self._mcp: asyncio.Task[None] | None = None
         self._resume: asyncio.Task[None] | None = None
 
     async def start(self, progress: Callable[[int], None] | None = None) -> NodeStatus:
@@ -154,6 +157,8 @@ class HostNode:
         self.http = HttpServer(api, config.host, config.port)
         await self.http.start()
         self.network = NodeNetwork(host, self.sessions, self.keys.account, storage=self.storage)
+        if config.mcp:
+            await self._start_mcp(self.storage)
         await self.network.start(config.bootstrap_peers)  # provides the model and the store's
         await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
@@ -168,6 +173,23 @@ class HostNode:
         self.embedder = embedder
         self.cache = SemanticCache(storage, embedder, ttl=self.config.cache_ttl)
         await self.cache.start()
+
+    async def _start_mcp(self, storage: NodeStorage) -> None:
+        """The MCP server (``run --mcp``): the cache's shared answers, the host's documents,
+        its store."""
+        from fabstir_node.mcp_server import build_mcp_server, serve_mcp
+
+        if self.embedder is None:
+            raise ConfigError("mcp needs the answer cache's embedding model (cache = true)")
+        self.documents = DocumentIndex(storage, self.embedder)
+        await self.documents.start()
+        config = self.config
+        server = build_mcp_server(
+            cache=self.cache, documents=self.documents, storage=storage, token=config.mcp_token
+        )
+        self._mcp = asyncio.ensure_future(
+            serve_mcp(server, config.mcp_host, config.mcp_port, config.mcp_token)
+        )
 
     def _refresh_endpoint(self, chain: HostChain) -> None:
         """Keep the registry's peer id and addresses equal to where we listen now."""
@@ -195,6 +217,13 @@ class HostNode:
     async def stop(self) -> None:
         if self._resume is not None:
             self._resume.cancel()
+        if self._mcp is not None:
+            self._mcp.cancel()
+            with contextlib.suppress(BaseException):
+                await self._mcp
+        if self.documents is not None:
+            with contextlib.suppress(Exception):
+                await self.documents.close()
         if self.network is not None:
             with contextlib.suppress(Exception):
                 await self.network.stop()
