@@ -417,16 +417,7 @@ class SessionService:
         )
         live.base = base + len(tokens)
         live.gate = CreditGate(self._credit(live), self.policy.voucher_timeout)
-        record = TranscriptRecord(
-            live.id,
-            base,
-            live.transcript,
-            self.served.sha256,
-            tuple(tokens),
-            (),
-            "",
-            sampling_of(prompt),
-        )
+        record = self._record(live, base, tokens, sampling_of(prompt))
         ids_sent: list[int] = []
         text_sent: list[str] = []
         sent = 0  # completion token ids delivered: all this answer bills beyond its prompt
@@ -471,6 +462,14 @@ class SessionService:
             self._save_result(live)  # the voucher for the last token came before `done`
         await self._send(framed, Done(finish, len(tokens), sent, live.billed))
 
+    def _record(
+        self, live: _Live, base: int, tokens: list[int], sampling: dict[str, Any]
+    ) -> TranscriptRecord:
+        """An answer's transcript record before its first token (see :mod:`transcripts`)."""
+        return TranscriptRecord(
+            live.id, base, live.transcript, self.served.sha256, tuple(tokens), (), "", sampling
+        )
+
     def _cache_key(self, prompt: Prompt) -> RequestKey | None:
         """The prompt's cache key when it opted in (a continuation of another host's answer
         never hits: its prefix is not a question)."""
@@ -489,16 +488,7 @@ class SessionService:
         finish = hit.entry.finish
         ids, text = hit.entry.completion_ids, hit.entry.text
         billed = cached_tokens(len(tokens), len(ids), rate)
-        record = TranscriptRecord(
-            live.id,
-            base,
-            live.transcript,
-            self.served.sha256,
-            tuple(tokens),
-            (),
-            "",
-            served_from_cache(sampling_of(prompt), announced),
-        )
+        record = self._record(live, base, tokens, served_from_cache(sampling_of(prompt), announced))
         await self._send(framed, announced)
         await self._send(framed, Token(text, base + billed, list(ids)))
         live.billed = base + billed

@@ -28,45 +28,29 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"\S+", text))
+
+
 _WORD = re.compile("[A-Za-z][A-Za-z0-9_.'\u2019-]*[A-Za-z0-9_]|[A-Za-z]")
 _TOKEN = re.compile(r"\d[\d,]*(?:\.\d+)*[kKmMbB]?\b|[A-Za-z][A-Za-z0-9_'" "\u2019" r"-]*|[$€£¥%°]")
 _QUOTED = re.compile(r"`([^`]+)`|\"([^\"]+)\"|“([^”]+)”")
 
-_NUMBER_WORDS = {
+_NUMBER_WORDS: dict[str, int] = {
     w: i
     for i, w in enumerate(
-        [
-            "zero",
-            "_",
-            "two",
-            "three",
-            "four",
-            "five",
-            "six",
-            "seven",
-            "eight",
-            "nine",
-            "ten",
-            "eleven",
-            "twelve",
-            "thirteen",
-            "fourteen",
-            "fifteen",
-            "sixteen",
-            "seventeen",
-            "eighteen",
-            "nineteen",
-            "twenty",
-        ]
+        _words(
+            "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+            "fifteen sixteen seventeen eighteen nineteen twenty"
+        )
     )
 } | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80}
 _NUMBER_WORDS |= {"ninety": 90, "hundred": 100, "thousand": 1000, "million": 10**6}
 _NUMBER_WORDS |= {"billion": 10**9, "dozen": 12, "twice": 2, "double": 2}
 _ORDINALS = {
     w: i + 1
-    for i, w in enumerate(
-        ["_", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
-    )
+    for i, w in enumerate(_words("_ second third fourth fifth sixth seventh eighth ninth tenth"))
 }
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9}
 
@@ -132,85 +116,13 @@ _OPPOSITES = [
     ("cheap", "expensive"), ("cheapest", "most expensive"), ("light", "dark"),
 ]  # fmt: skip
 
-_STOP = set(
-    [
-        "a",
-        "an",
-        "the",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "do",
-        "does",
-        "did",
-        "of",
-        "in",
-        "on",
-        "at",
-        "for",
-        "with",
-        "by",
-        "and",
-        "or",
-        "as",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "i",
-        "you",
-        "your",
-        "we",
-        "our",
-        "my",
-        "me",
-        "he",
-        "she",
-        "they",
-        "them",
-        "his",
-        "her",
-        "their",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "how",
-        "why",
-        "when",
-        "where",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "please",
-        "tell",
-        "explain",
-        "give",
-        "show",
-        "me",
-        "some",
-        "any",
-        "there",
-        "here",
-        "about",
-        "than",
-        "then",
-        "so",
-        "if",
-    ]
+_STOP = frozenset(
+    _words(
+        "a an the is are was were be been being am do does did of in on at for with by and or as "
+        "it its this that these those i you your we our my me he she they them his her their "
+        "what which who whom how why when where can could should would will shall may might must "
+        "please tell explain give show me some any there here about than then so if"
+    )
 )
 
 
@@ -358,3 +270,10 @@ def _stem(word: str) -> str:
         if len(word) > len(suffix) + 3 and word.endswith(suffix):
             return word[: -len(suffix)]
     return word
+
+
+def overlap(a: str, b: str) -> float:
+    """Jaccard similarity of two texts' content words (stemmed as the guard stems them): the
+    cache's tie-breaker between candidates the embedding scores alike."""
+    wa, wb = set(Details.of(a).words), set(Details.of(b).words)
+    return len(wa & wb) / len(wa | wb) if wa or wb else 1.0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fabstir_node.cache.guard import check
+from fabstir_node.cache.guard import check, overlap
 from fabstir_node.cache.keys import RequestKey
 from fabstir_node.embeddings import Embedder, EmbeddingError
 from fabstir_node.vectors import VectorIndex
@@ -445,65 +444,3 @@ class SemanticCache:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-
-_CONTENT = re.compile(r"[a-z0-9_]+")
-_COMMON = set(
-    [
-        "a",
-        "an",
-        "the",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "to",
-        "of",
-        "in",
-        "on",
-        "for",
-        "with",
-        "by",
-        "and",
-        "or",
-        "as",
-        "at",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "you",
-        "your",
-        "can",
-        "from",
-        "which",
-        "what",
-        "how",
-        "do",
-        "does",
-        "into",
-    ]
-)
-
-
-def overlap(a: str, b: str) -> float:
-    """Jaccard similarity of the content words (roughly stemmed) of two texts."""
-    wa, wb = _content_words(a), _content_words(b)
-    return len(wa & wb) / len(wa | wb) if wa or wb else 1.0
-
-
-def _content_words(text: str) -> set[str]:
-    out = set()
-    for word in _CONTENT.findall(text.lower()):
-        if word in _COMMON:
-            continue
-        for suffix in ("ing", "ed", "es", "s"):
-            if len(word) > 4 and word.endswith(suffix):
-                word = word[: -len(suffix)]
-                break
-        out.add(word)
-    return out
