@@ -20,7 +20,7 @@ from fabstir_sdk.models import model_id
 from fabstir_sdk.protocol import CacheHit, FramedStream, Message, Token, cached_tokens
 from fabstir_sdk.session import Session
 
-from conftest import PRICE, SETTLE_TIMEOUT, Devnet, assert_settled_for, run
+from conftest import PRICE, SETTLE_TIMEOUT, Devnet, assert_settled_for, free_port, run
 
 DEPOSIT = 10**15
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -199,6 +199,45 @@ def test_a_host_that_overbills_a_cached_answer_is_caught(
             await asyncio.to_thread(
                 assert_settled_for, client.contracts, session.id, session.vouched
             )
+        finally:
+            await client.close()
+            await node.stop()
+
+    run(main())
+
+
+def test_run_mcp_serves_the_nodes_shared_answers(devnet: Devnet) -> None:
+    """``run --mcp``: an LLM tool finds a client's shared answer through the MCP client."""
+    import httpx2
+    from mcp.client import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    port = free_port()
+
+    async def main() -> None:
+        node = await devnet.start_node(8, mcp=True, mcp_port=port)
+        client = devnet.client(4)
+        try:
+            session = await open_session(devnet, client, node)
+            await session.chat(
+                QUESTION, max_tokens=6, temperature=0, cache="own", cache_share=True
+            ).collect()
+            await kept(node, 1)
+            async with (
+                httpx2.AsyncClient(timeout=30) as http,
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http) as (
+                    read,
+                    write,
+                ),
+                ClientSession(read, write) as mcp,
+            ):
+                await mcp.initialize()
+                result = await mcp.call_tool("search_cache", {"query": "France's capital city"})
+                assert not result.is_error, result.content
+                assert result.structured_content is not None
+                [found] = result.structured_content["results"]
+                assert found["question"] == QUESTION[0]["content"]
+            await session.close()
         finally:
             await client.close()
             await node.stop()

@@ -537,7 +537,8 @@ def run(ctx: click.Context, /, **flags: Any) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    for noisy in ("libp2p", "uvicorn", "mcp"):  # a line per connection or MCP session
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     node = HostNode(config, _keys(config))
 
     async def main_task() -> None:
@@ -886,14 +887,15 @@ def mcp(
 
     from fabstir_node.cache.semantic import SemanticCache
     from fabstir_node.config import make_private_dir
-    from fabstir_node.documents import DocumentIndex, LocalFiles
+    from fabstir_node.documents import DocumentIndex
     from fabstir_node.embeddings import Embedder
     from fabstir_node.mcp_server import build_mcp_server, is_loopback, serve_mcp
+    from fabstir_node.storage import StoreFiles
     from fabstir_sdk.storage.errors import StorageError
     from fabstir_sdk.storage.tree import Store
 
     config = _config(ctx, mcp_host=host, mcp_port=port, mcp_token=token, data_dir=data_dir)
-    host, port, token = config.mcp_host, config.mcp_port, config.mcp_token
+    host, port, token = config.mcp_host, config.mcp_port, config.mcp_token or None
     if not 0 < port <= 65535:
         raise ConfigError(f"mcp_port must be 1..65535, got {port}")
     if not token and not is_loopback(host):
@@ -915,7 +917,7 @@ def mcp(
     embedder = Embedder.in_dir(config.data_dir / "models")
     try:
         embedder.load()
-        files = LocalFiles(store)
+        files = StoreFiles(store)
         cache = SemanticCache(files, embedder, ttl=config.cache_ttl)
         documents = DocumentIndex(files, embedder)
         server = build_mcp_server(cache=cache, documents=documents, storage=files, token=token)

@@ -185,11 +185,17 @@ class HostNode:
         await self.documents.start()
         config = self.config
         server = build_mcp_server(
-            cache=self.cache, documents=self.documents, storage=storage, token=config.mcp_token
+            cache=self.cache,
+            documents=self.documents,
+            storage=storage,
+            token=config.mcp_token or None,
         )
         self._mcp = asyncio.ensure_future(
-            serve_mcp(server, config.mcp_host, config.mcp_port, config.mcp_token)
+            serve_mcp(server, config.mcp_host, config.mcp_port, config.mcp_token or None)
         )
+        await asyncio.sleep(0)  # it binds its socket (or fails: port taken) before it awaits
+        if self._mcp.done():
+            self._mcp.result()
 
     def _refresh_endpoint(self, chain: HostChain) -> None:
         """Keep the registry's peer id and addresses equal to where we listen now."""
