@@ -8,7 +8,8 @@ is first built and whenever it has grown eightfold since, so its lists stay bala
 
 While a migration runs, searches see the vectors being moved in both places and keep the best
 score per id; an id deleted from the HNSW graph (which cannot delete) is a tombstone, skipped
-in results and dropped at the next migration.
+in results and dropped at the next migration (an id deleted and added again is its new vector:
+the old one stays in the graph without an id).
 
 Vectors must be L2-normalised: scores are inner products, i.e. cosine similarities.
 :meth:`snapshot` and :meth:`restore` persist the whole index, so a restarted node has it
@@ -17,6 +18,7 @@ back without computing an embedding.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass
@@ -54,6 +56,8 @@ class VectorIndex:
         self._migrating = threading.Lock()
         self.recent: Any = self._new_hnsw()
         self._moving: Any = None  # the HNSW graph being moved into the IVF
+        self._pending: tuple[Array, Array] | None = None  # its rows not in the IVF yet
+        self._removed: set[int] | None = None  # ids deleted while a migration runs
         self.bulk: Any = None
         self._trained_on = 0
         self._tombstones: set[int] = set()  # deleted ids still in an HNSW graph
@@ -66,12 +70,21 @@ class VectorIndex:
         vectors = self._rows(vectors)
         if len(ids) != len(vectors):
             raise ValueError("one id per vector")
+        listed = ids.tolist()
+        if len(set(listed)) != len(listed) or (len(ids) and ids.min() < 0):
+            raise ValueError("ids must be distinct and >= 0")
         with self._lock:
-            known = self._ids.intersection(ids.tolist())
+            known = self._ids.intersection(listed)
             if known:
                 raise ValueError(f"ids already in the index: {sorted(known)[:5]}")
+            revived = self._tombstones.intersection(listed)
+            if revived:  # deleted ids added again: their old vectors must not answer for them
+                for graph in (self.recent, self._moving):
+                    if graph is not None:
+                        _forget(graph, revived)
+                self._tombstones = self._tombstones - revived
             self.recent.add_with_ids(vectors, ids)
-            self._ids.update(ids.tolist())
+            self._ids.update(listed)
 
     def remove(self, ids: Array | list[int]) -> int:
         """Delete ``ids`` (unknown ones are ignored); returns how many were there."""
@@ -82,7 +95,10 @@ class VectorIndex:
             self._ids -= present
             if self.bulk is not None:
                 self.bulk.remove_ids(np.fromiter(present, dtype=np.int64))
-            self._tombstones |= present  # harmless for ids that were in the IVF
+            if self._removed is not None:
+                self._removed |= present
+            # A new set, not changed in place: a search filters with the one it read.
+            self._tombstones = self._tombstones | present  # harmless for ids in the IVF
             return len(present)
 
     @property
@@ -95,35 +111,42 @@ class VectorIndex:
         with self._migrating:
             with self._lock:
                 if self.recent.ntotal == 0:
+                    self._tombstones = set()  # only ids deleted from the IVF: nothing to skip
                     return
                 moving, self._moving = self.recent, self.recent
                 self.recent = self._new_hnsw()
-            ids, vectors = _contents(moving)
-            with self._lock:
+                ids, vectors = _contents(moving)
                 keep = np.fromiter(
-                    (i not in self._tombstones for i in ids.tolist()), bool, len(ids)
+                    (i >= 0 and i not in self._tombstones for i in ids.tolist()), bool, len(ids)
                 )
-            ids, vectors = ids[keep], vectors[keep]
+                ids, vectors = ids[keep], vectors[keep]
+                removed: set[int] = set()
+                self._pending, self._removed = (ids, vectors), removed
             total = len(ids) + (self.bulk.ntotal if self.bulk is not None else 0)
             if self.bulk is None or total > 8 * self._trained_on:
-                self._rebuild(ids, vectors)
+                if total:
+                    self._rebuild(ids, vectors)
             else:
                 for at in range(0, len(ids), _CHUNK):
                     with self._lock:
-                        self.bulk.add_with_ids(vectors[at : at + _CHUNK], ids[at : at + _CHUNK])
+                        rows = slice(at, at + _CHUNK)
+                        live = _absent(ids[rows], removed)
+                        self.bulk.add_with_ids(vectors[rows][live], ids[rows][live])
+                        self._pending = (ids[at + _CHUNK :], vectors[at + _CHUNK :])
             with self._lock:
-                self._moving = None
-                self._tombstones &= set(_contents(self.recent)[0].tolist())
+                self._moving = self._pending = self._removed = None
+                alive = faiss.vector_to_array(self.recent.id_map).tolist()
+                self._tombstones = self._tombstones.intersection(alive)
 
     def _rebuild(self, ids: Array, vectors: Array) -> None:
         """A new IVF trained on everything (outside the lock), swapped in at the end."""
         with self._lock:
             old = self.bulk
         if old is not None:
-            old_ids, old_vectors = _contents(old)
+            old_ids, old_vectors = _contents(old, self._lock)  # remove() may run meanwhile
             ids = np.concatenate([old_ids, ids])
             vectors = np.concatenate([old_vectors, vectors])
-        nlist = max(16, min(65536, int(4 * math.sqrt(len(ids)))))
+        nlist = min(len(ids), max(16, min(65536, int(4 * math.sqrt(len(ids))))))
         quantizer = faiss.IndexFlatIP(self.d)
         bulk: Any = faiss.IndexIVFFlat(quantizer, self.d, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(0).permutation(len(ids))[: 64 * nlist]
@@ -132,12 +155,11 @@ class VectorIndex:
         bulk.nprobe = self.params.nprobe
         bulk.add_with_ids(vectors, ids)
         with self._lock:
-            if old is not None and old.ntotal != len(old_ids):
-                # Deleted from the old IVF while we built: delete from the new one too.
-                gone = set(old_ids.tolist()) - self._ids
-                bulk.remove_ids(np.fromiter(gone, dtype=np.int64))
+            if self._removed:  # deleted while we built: delete from the new one too
+                bulk.remove_ids(np.fromiter(self._removed, dtype=np.int64))
             self.bulk = bulk
             self._trained_on = len(ids)
+            self._pending = None
 
     # ----------------------------------------------------------------- reads
 
@@ -174,11 +196,12 @@ class VectorIndex:
         """The index as files: ``meta`` (CBOR), ``recent`` and ``bulk`` (faiss's format)."""
         with self._lock:
             recent = self.recent
-            if self._moving is not None:  # saved mid-migration: both graphs, as one
+            if self._moving is not None:  # saved mid-migration: all not in the IVF, as one graph
                 recent = self._new_hnsw()
-                for graph in (self._moving, self.recent):
-                    ids, vectors = _contents(graph)
-                    recent.add_with_ids(vectors, ids)
+                removed = self._removed or set()
+                for ids, vectors in (self._pending or _empty(self.d), _contents(self.recent)):
+                    live = (ids >= 0) & _absent(ids, removed)
+                    recent.add_with_ids(vectors[live], ids[live])
             meta = {
                 "format": _FORMAT,
                 "d": self.d,
@@ -207,7 +230,8 @@ class VectorIndex:
             index._ids.update(_contents(index.bulk)[0].tolist())
         index._trained_on = int(meta["trained_on"])
         index._tombstones = set(meta["tombstones"])
-        index._ids.update(_contents(index.recent)[0].tolist())
+        recent = faiss.vector_to_array(index.recent.id_map)
+        index._ids.update(recent[recent >= 0].tolist())
         index._ids -= index._tombstones
         return index
 
@@ -230,23 +254,43 @@ def _serialize(index: Any) -> bytes:
     return bytes(faiss.serialize_index(index))
 
 
-def _contents(index: Any) -> tuple[Array, Array]:
-    """(ids, vectors) of an IDMap2-wrapped HNSW graph or of an IVF index."""
+def _empty(d: int) -> tuple[Array, Array]:
+    return np.zeros(0, np.int64), np.zeros((0, d), np.float32)
+
+
+def _absent(ids: Array, gone: set[int]) -> Array:
+    """Which of ``ids`` are not in ``gone`` (a boolean mask)."""
+    return np.fromiter((i not in gone for i in ids.tolist()), bool, len(ids))
+
+
+def _forget(graph: Any, ids: set[int]) -> None:
+    """Make ``ids``' vectors in an IDMap2-wrapped graph anonymous (id -1: never a result)."""
+    labels = faiss.rev_swig_ptr(graph.id_map.data(), graph.ntotal)
+    labels[np.isin(labels, np.fromiter(ids, np.int64, len(ids)))] = -1
+    graph.construct_rev_map()
+
+
+def _contents(index: Any, lock: Any = None) -> tuple[Array, Array]:
+    """(ids, vectors) of an IDMap2-wrapped HNSW graph or of an IVF index (read list by list
+    under ``lock``, if given, so that each list is read whole)."""
     n = index.ntotal
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros((0, index.d), np.float32)
+        return _empty(index.d)
     if isinstance(index, faiss.IndexIDMap2):
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         return ids, index.index.reconstruct_n(0, n)
     invlists = index.invlists
     ids_parts, vector_parts = [], []
     for list_no in range(index.nlist):
-        size = invlists.list_size(list_no)
-        if not size:
-            continue
-        ids_parts.append(
-            faiss.rev_swig_ptr(invlists.get_ids(list_no), size).astype(np.int64).copy()
-        )
-        codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * index.code_size)
-        vector_parts.append(np.frombuffer(bytes(codes), np.float32).reshape(size, index.d))
+        with lock or contextlib.nullcontext():
+            size = invlists.list_size(list_no)
+            if not size:
+                continue
+            ids_parts.append(
+                faiss.rev_swig_ptr(invlists.get_ids(list_no), size).astype(np.int64).copy()
+            )
+            codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * index.code_size)
+            vector_parts.append(np.frombuffer(bytes(codes), np.float32).reshape(size, index.d))
+    if not ids_parts:
+        return _empty(index.d)
     return np.concatenate(ids_parts), np.concatenate(vector_parts)
