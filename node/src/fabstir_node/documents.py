@@ -155,6 +155,8 @@ class DocumentIndex:
             await self.storage.put_many({doc.path: encoded})
             self.documents[doc.id] = doc
             self.index.add(np.array([doc.id], np.int64), vector[None, :])
+            if self.index.needs_migration:  # into the IVF, as the cache's index does
+                await asyncio.to_thread(self.index.migrate)
         return doc
 
     async def remove(self, ident: int) -> bool:
