@@ -8,7 +8,6 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from fabstir_devtools.chain import free_port
 from fabstir_node.cache.keys import Sampling, request_key
 from fabstir_node.cache.semantic import CachePolicy, SemanticCache
 from fabstir_node.documents import DocumentIndex
@@ -34,21 +34,6 @@ from fabstir_sdk.storage.tree import Store
 
 MODEL = bytes(32)
 TOKEN = "s3cret-token-for-tests"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedder]:
-    embedder = Embedder.in_dir(tmp_path_factory.mktemp("embedding-model"))
-    embedder.load()
-    yield embedder
-    embedder.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -136,9 +121,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield opened
 
 
-def test_the_tools_are_listed(store: Store, model: Embedder) -> None:
+def test_the_tools_are_listed(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
-        async with running(store, model) as node, session(node.url) as client:
+        async with running(store, embedder) as node, session(node.url) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             assert set(tools) == {"search_cache", "search_documents", "add_document", "read_result"}
             k = tools["search_cache"].input_schema["properties"]["k"]
@@ -148,9 +133,9 @@ def test_the_tools_are_listed(store: Store, model: Embedder) -> None:
     asyncio.run(scenario())
 
 
-def test_a_document_is_found_by_a_paraphrase(store: Store, model: Embedder) -> None:
+def test_a_document_is_found_by_a_paraphrase(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
-        async with running(store, model) as node, session(node.url) as client:
+        async with running(store, embedder) as node, session(node.url) as client:
             texts = {
                 "oven": "Preheat the oven to 200 degrees before baking the bread.",
                 "rent": "The rent is due on the first day of every month.",
@@ -171,17 +156,17 @@ def test_a_document_is_found_by_a_paraphrase(store: Store, model: Embedder) -> N
             assert store.exists(f"/documents/entries/{ids['rent']}")
             await node.documents.save()
 
-        again = DocumentIndex(StoreFiles(store), model)  # a restart: nothing re-embedded
-        before = model.embedded
+        again = DocumentIndex(StoreFiles(store), embedder)  # a restart: nothing re-embedded
+        before = embedder.embedded
         await again.start()
-        assert model.embedded == before and len(again) == 3 and len(again.index) == 3
+        assert embedder.embedded == before and len(again) == 3 and len(again.index) == 3
 
     asyncio.run(scenario())
 
 
-def test_search_cache_returns_shared_answers_only(store: Store, model: Embedder) -> None:
+def test_search_cache_returns_shared_answers_only(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
-        async with running(store, model) as node, session(node.url) as client:
+        async with running(store, embedder) as node, session(node.url) as client:
             await node.remember("How do I boil an egg?", "Boil it 8 minutes.", "0xa", True)
             await node.remember("How long should I boil an egg?", "PRIVATE", "0xb", False)
             await node.remember("What is the capital of Peru?", "Lima.", "0xa", True)
@@ -200,12 +185,12 @@ def test_search_cache_returns_shared_answers_only(store: Store, model: Embedder)
     asyncio.run(scenario())
 
 
-def test_read_result_returns_a_stored_file(store: Store, model: Embedder) -> None:
+def test_read_result_returns_a_stored_file(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
         sealed = bytes(range(256)) * 3
         store.put("/results/7/000000000000", sealed, compress=None)
         store.put("/results/7/note.txt", "héllo".encode())
-        async with running(store, model) as node, session(node.url) as client:
+        async with running(store, embedder) as node, session(node.url) as client:
             got = await call(client, "read_result", path="/results/7/000000000000")
             assert got["encoding"] == "base64" and got["size"] == len(sealed)
             assert got["cid"] == cid_of(blake3_256(sealed))
@@ -218,9 +203,9 @@ def test_read_result_returns_a_stored_file(store: Store, model: Embedder) -> Non
     asyncio.run(scenario())
 
 
-def test_bad_input_is_a_tool_error(store: Store, model: Embedder) -> None:
+def test_bad_input_is_a_tool_error(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
-        async with running(store, model) as node, session(node.url) as client:
+        async with running(store, embedder) as node, session(node.url) as client:
             too_few = await error_of(client, "search_documents", query="x", k=0)
             assert "greater than or equal to 1" in too_few
             too_many = await error_of(client, "search_cache", query="x", k=51)
@@ -234,9 +219,9 @@ def test_bad_input_is_a_tool_error(store: Store, model: Embedder) -> None:
     asyncio.run(scenario())
 
 
-def test_a_token_is_required_when_set(store: Store, model: Embedder) -> None:
+def test_a_token_is_required_when_set(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
-        async with running(store, model, TOKEN) as node:
+        async with running(store, embedder, TOKEN) as node:
             hello = {
                 "jsonrpc": "2.0",
                 "id": 1,
@@ -265,9 +250,9 @@ def test_a_token_is_required_when_set(store: Store, model: Embedder) -> None:
     asyncio.run(scenario())
 
 
-def test_off_loopback_a_token_is_required(store: Store, model: Embedder) -> None:
+def test_off_loopback_a_token_is_required(store: Store, embedder: Embedder) -> None:
     async def scenario() -> None:
-        node = Node(store, model, None)
+        node = Node(store, embedder, None)
         with pytest.raises(ConfigError, match="needs a token"):
             await serve_mcp(node.server, "0.0.0.0", node.port)
         with pytest.raises(ConfigError):  # a token the server was not built with
@@ -276,7 +261,9 @@ def test_off_loopback_a_token_is_required(store: Store, model: Embedder) -> None
     asyncio.run(scenario())
     files = StoreFiles(store)
     with pytest.raises(ConfigError, match="token"):
-        build_mcp_server(cache=None, documents=DocumentIndex(files, model), storage=files, token="")
+        build_mcp_server(
+            cache=None, documents=DocumentIndex(files, embedder), storage=files, token=""
+        )
 
 
 def mcp_command(data_dir: Path, *args: str, token: str | None = None) -> subprocess.Popen[str]:
@@ -287,9 +274,9 @@ def mcp_command(data_dir: Path, *args: str, token: str | None = None) -> subproc
     return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
 
 
-def test_the_mcp_command(tmp_path: Path, model: Embedder) -> None:
+def test_the_mcp_command(tmp_path: Path, embedder: Embedder) -> None:
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / model.path.name).symlink_to(model.path)  # no second conversion
+    (tmp_path / "models" / embedder.path.name).symlink_to(embedder.path)  # no second conversion
     refused = mcp_command(tmp_path, "--host", "0.0.0.0")
     _, complaint = refused.communicate(timeout=60)
     assert refused.returncode == 4 and "needs a token" in complaint

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from fabstir_node.cache.keys import RequestKey, Sampling, request_key
-from fabstir_node.cache.semantic import ENTRIES, CachePolicy, Hit, SemanticCache
+from fabstir_node.cache.semantic import ENTRIES, CachePolicy, Entry, Hit, SemanticCache
 from fabstir_node.embeddings import Embedder
 from fabstir_node.storage import StoreFiles
+from fabstir_sdk.storage import cbor
 from fabstir_sdk.storage.tree import Store
 
 MODEL = bytes(32)
@@ -205,3 +206,30 @@ def test_a_restarted_cache_has_its_entries_and_index_without_re_embedding(
             await cache.close()
 
     asyncio.run(reopen())
+
+
+def test_a_snapshot_of_another_embedding_model_is_rebuilt(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    """Vectors of another model are not comparable: every entry is embedded again."""
+
+    async def main() -> None:
+        with Store(tmp_path / "store") as store:
+            cache = SemanticCache(StoreFiles(store), embedder)
+            await cache.start()
+            await remember(cache, "Who wrote Hamlet?")
+            await cache.close()
+            store.put("/cache/index/model", cbor.dumps({"sha256": "another model"}))
+            for entry in store.walk(ENTRIES):  # and its stored vector is that model's
+                stale = Entry.decode(store.get(entry[0]))
+                stale.vector = bytes(len(stale.vector))
+                store.put(entry[0], stale.encode())
+            before = embedder.embedded
+            cache = SemanticCache(StoreFiles(store), embedder)
+            await cache.start()
+            assert embedder.embedded == before + 1
+            hit = await ask(cache, "Who is the author of Hamlet?")
+            assert hit is not None and hit.entry.question == "Who wrote Hamlet?"
+            await cache.close()
+
+    asyncio.run(main())

@@ -4,8 +4,8 @@
 A document is kept at ``/documents/entries/<id hex>`` in the node's store (CBOR, with its
 vector, so a restart re-embeds nothing) and the vector index is snapshotted under
 ``/documents/index/`` by :meth:`DocumentIndex.save`; :meth:`DocumentIndex.start` reads both
-back. A long text is embedded from its first :data:`EMBED_TOKENS` tokens (all-MiniLM was
-trained on 256 word pieces); the whole text is kept and returned.
+back (:mod:`.stored_index`). A long text is embedded from its first
+:data:`~.embeddings.SEARCH_TOKENS` tokens; the whole text is kept and returned.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from fabstir_node.cache.semantic import CacheStorage
 from fabstir_node.embeddings import Embedder
+from fabstir_node.stored_index import load_index, save_index
 from fabstir_node.vectors import VectorIndex
 from fabstir_sdk.storage import cbor
 from fabstir_sdk.storage.errors import StorageError
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 ENTRIES = "/documents/entries"
 INDEX = "/documents/index"
-EMBED_TOKENS = 256
 #: The largest stored document (text, title, metadata and vector, as CBOR).
 MAX_DOCUMENT = cbor.MAX_CBOR
 
@@ -98,39 +98,14 @@ class DocumentIndex:
                 log.warning("document %s is unreadable, skipped: %s", path, exc)
                 continue
             self.documents[doc.id] = doc
-        try:
-            meta = cbor.loads(self.storage.read(f"{INDEX}/model"))
-            if meta.get("sha256") == self.embedder.sha256:
-                files = {n: self.storage.read(f"{INDEX}/{n}") for n in ("meta", "recent", "bulk")}
-                self.index = VectorIndex.restore(files)
-            else:  # another embedding model: the stored vectors are stale too
-                log.info("documents: the embedding model changed; re-embedding them")
-                self._reembed()
-        except (StorageError, KeyError, ValueError) as exc:
-            log.info("documents: no usable index snapshot (%s); built from the documents", exc)
-        self.index.remove([i for i in list(self.index._ids) if i not in self.documents])
-        missing = [d for d in self.documents.values() if d.id not in self.index]
-        if missing:
-            vectors = np.stack([np.frombuffer(d.vector, np.float32) for d in missing])
-            self.index.add(np.array([d.id for d in missing], np.int64), vectors)
-        log.info("documents: %d, %d vectors", len(self.documents), len(self.index))
-
-    def _reembed(self) -> None:
         docs = list(self.documents.values())
-        for at in range(0, len(docs), 256):
-            chunk = docs[at : at + 256]
-            texts = [self.embedder.truncate(d.text, EMBED_TOKENS) for d in chunk]
-            for doc, vector in zip(chunk, self.embedder.embed_now(texts), strict=True):
-                doc.vector = vector.tobytes()
+        self.index = load_index(self.storage, INDEX, self.embedder, docs, _text)
+        log.info("documents: %d, %d vectors", len(self.documents), len(self.index))
 
     async def save(self) -> None:
         """Snapshot the index into the store (a restart then adds nothing to it)."""
         async with self._lock:
-            files = await asyncio.to_thread(self.index.snapshot)
-            model = cbor.dumps({"sha256": self.embedder.sha256})
-            await self.storage.put_many(
-                {f"{INDEX}/{n}": data for n, data in files.items()} | {f"{INDEX}/model": model}
-            )
+            await save_index(self.storage, INDEX, self.index, self.embedder)
 
     async def close(self) -> None:
         await self.save()
@@ -190,6 +165,9 @@ class DocumentIndex:
         return found
 
     async def _embed(self, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
-        short = await asyncio.to_thread(self.embedder.truncate, text, EMBED_TOKENS)
-        vector: np.ndarray[Any, np.dtype[np.float32]] = (await self.embedder.embed([short]))[0]
+        vector: np.ndarray[Any, np.dtype[np.float32]] = await self.embedder.embed_for_search(text)
         return vector.astype(np.float32)
+
+
+def _text(doc: Document) -> str:
+    return doc.text

@@ -27,6 +27,9 @@ from fabstir_node.errors import NodeError
 BATCH = 16
 #: Longest input in tokens ([CLS] and [SEP] included): the model's position table.
 MAX_TOKENS = 512
+#: Tokens of a text that search embeds (all-MiniLM was trained on 256 word pieces): cached
+#: questions, documents and queries alike.
+SEARCH_TOKENS = 256
 
 Array = npt.NDArray[Any]
 
@@ -122,6 +125,18 @@ class Embedder:
         request = _Request(list(texts), loop, loop.create_future())
         self._requests.put(request)
         return await request.future
+
+    async def embed_for_search(self, text: str) -> Array:
+        """One text's vector as search compares it: from its first :data:`SEARCH_TOKENS`
+        tokens."""
+        short = await asyncio.to_thread(self.truncate, text, SEARCH_TOKENS)
+        vectors: Array = await self.embed([short])
+        row: Array = vectors[0]
+        return row
+
+    def embed_for_search_now(self, texts: Sequence[str]) -> Array:
+        """:meth:`embed_for_search` of several texts, blocking (index rebuilds)."""
+        return self.embed_now([self.truncate(t, SEARCH_TOKENS) for t in texts])
 
     def embed_now(self, texts: Sequence[str]) -> Array:
         """:meth:`embed` for threads without an event loop (benchmarks, index rebuilds)."""

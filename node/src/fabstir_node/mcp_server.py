@@ -40,7 +40,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl, BaseModel, Field
 
-from fabstir_node.cache.semantic import EMBED_TOKENS, SemanticCache
+from fabstir_node.cache.semantic import SemanticCache
 from fabstir_node.documents import Document, DocumentIndex
 from fabstir_node.embeddings import Embedder, EmbeddingError
 from fabstir_node.errors import ConfigError
@@ -297,8 +297,7 @@ def _tool_errors() -> Iterator[None]:
 
 async def _embed(embedder: Embedder, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
     with _tool_errors():
-        short = await asyncio.to_thread(embedder.truncate, text, EMBED_TOKENS)
-        vector: np.ndarray[Any, np.dtype[np.float32]] = (await embedder.embed([short]))[0]
+        vector: np.ndarray[Any, np.dtype[np.float32]] = await embedder.embed_for_search(text)
     return vector
 
 

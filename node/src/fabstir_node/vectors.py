@@ -169,6 +169,11 @@ class VectorIndex:
     def __contains__(self, ident: int) -> bool:
         return ident in self._ids
 
+    def ids(self) -> frozenset[int]:
+        """Every id in the index."""
+        with self._lock:
+            return frozenset(self._ids)
+
     def search(self, queries: Array, k: int) -> tuple[Array, Array]:
         """The ``k`` best (scores, ids) per query row, best first; id -1 where fewer exist."""
         queries = self._rows(queries)

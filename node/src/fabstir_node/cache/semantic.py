@@ -37,6 +37,7 @@ import numpy as np
 from fabstir_node.cache.guard import check, overlap
 from fabstir_node.cache.keys import RequestKey
 from fabstir_node.embeddings import Embedder, EmbeddingError
+from fabstir_node.stored_index import load_index, save_index
 from fabstir_node.vectors import VectorIndex
 from fabstir_sdk.storage import cbor
 from fabstir_sdk.storage.errors import StorageError
@@ -52,8 +53,6 @@ MARGIN = 0.03
 OVERLAP_WEIGHT = 0.1
 #: Neighbours fetched from the index per lookup, before filtering by scope and context.
 NEIGHBOURS = 32
-#: Tokens of the question that are embedded (all-MiniLM was trained on 256 word pieces).
-EMBED_TOKENS = 256
 DEFAULT_TTL = 7 * 24 * 3600.0
 ENTRIES = "/cache/entries"
 INDEX = "/cache/index"
@@ -223,52 +222,13 @@ class SemanticCache:
                 continue
             self._remember(entry)
         self._next_id = max(self.entries, default=0) + 1
-        index = self._restore_index()
-        if index is not None:
-            self.index = index
-        stale = [i for i in self._index_ids() if i not in self.entries]
-        self.index.remove(stale)
-        missing = [e for e in self.entries.values() if e.id not in self.index]
-        if missing:
-            vectors = np.stack([np.frombuffer(e.vector, np.float32) for e in missing])
-            self.index.add(np.array([e.id for e in missing], np.int64), vectors)
-        if self.index.needs_migration:
-            self.index.migrate()
-        log.info("cache: %d entries, %d vectors", len(self.entries), len(self.index))
-
-    def _restore_index(self) -> VectorIndex | None:
-        try:
-            meta = cbor.loads(self.storage.read(f"{INDEX}/model"))
-            if meta.get("sha256") != self.embedder.sha256:
-                log.info("cache: the embedding model changed; the index is rebuilt")
-                return self._reembedded()
-            files = {n: self.storage.read(f"{INDEX}/{n}") for n in ("meta", "recent", "bulk")}
-            return VectorIndex.restore(files)
-        except (StorageError, KeyError, ValueError) as exc:
-            log.info("cache: no usable index snapshot (%s); built from the entries", exc)
-            return None
-
-    def _reembedded(self) -> VectorIndex:
-        index = VectorIndex(self.embedder.dimensions)
         entries = list(self.entries.values())
-        for at in range(0, len(entries), 256):
-            chunk = entries[at : at + 256]
-            vectors = self.embedder.embed_now([e.question for e in chunk])
-            for entry, vector in zip(chunk, vectors, strict=True):
-                entry.vector = vector.tobytes()
-            index.add(np.array([e.id for e in chunk], np.int64), vectors)
-        return index
-
-    def _index_ids(self) -> list[int]:
-        return list(self.index._ids)
+        self.index = load_index(self.storage, INDEX, self.embedder, entries, _question)
+        log.info("cache: %d entries, %d vectors", len(self.entries), len(self.index))
 
     async def save(self) -> None:
         """Snapshot the index into the store (every :data:`SAVE_EVERY` inserts and at stop)."""
-        files = await asyncio.to_thread(self.index.snapshot)
-        model = cbor.dumps({"sha256": self.embedder.sha256})
-        await self.storage.put_many(
-            {f"{INDEX}/{name}": data for name, data in files.items()} | {f"{INDEX}/model": model}
-        )
+        await save_index(self.storage, INDEX, self.index, self.embedder)
         self._unsaved = 0
 
     async def close(self) -> None:
@@ -324,8 +284,7 @@ class SemanticCache:
         if not len(self.index):
             return None
         try:
-            question = await asyncio.to_thread(self.embedder.truncate, key.question, EMBED_TOKENS)
-            vector = (await self.embedder.embed([question]))[0]
+            vector = await self.embedder.embed_for_search(key.question)
         except EmbeddingError:
             return None
         scores, ids = self.index.search(vector[None, :], NEIGHBOURS)
@@ -380,8 +339,7 @@ class SemanticCache:
             if self.entries[entry_id].client == client:
                 return None
         try:
-            question = await asyncio.to_thread(self.embedder.truncate, key.question, EMBED_TOKENS)
-            vector = (await self.embedder.embed([question]))[0]
+            vector = await self.embedder.embed_for_search(key.question)
         except EmbeddingError as exc:
             log.info("cache: answer not kept: %s", exc)
             return None
@@ -444,3 +402,7 @@ class SemanticCache:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+
+def _question(entry: Entry) -> str:
+    return entry.question
