@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from libp2p.bitswap.pb.bitswap_pb2 import Message as PbMessage
+from storage_peers import Node, connect, nodes
 
 from fabstir_devtools.wait import wait_until_async
-from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
+from fabstir_sdk.p2p import P2PError
 from fabstir_sdk.protocol import encode_uvarint
 from fabstir_sdk.storage import content
 from fabstir_sdk.storage.bitswap import (
@@ -32,7 +31,6 @@ from fabstir_sdk.storage.bitswap import (
     blake3_cid,
 )
 from fabstir_sdk.storage.blobs import blake3_256
-from fabstir_sdk.storage.blockstore import BlockStore
 from fabstir_sdk.storage.errors import NotFound
 
 WANT, HAVE = PbMessage.Wantlist.Block, PbMessage.Wantlist.Have
@@ -69,53 +67,6 @@ class Probe(Bitswap):
 
     def blocks(self) -> int:
         return sum(len(m.payload) for m in self.messages)
-
-
-@dataclass
-class Node:
-    host: P2PHost
-    store: BlockStore
-    bitswap: Bitswap
-    published: set[bytes] = field(default_factory=set)
-
-    @property
-    def peer_id(self) -> str:
-        return self.host.peer_id
-
-    @property
-    def address(self) -> PeerAddress:
-        return PeerAddress(self.host.peer_id, self.host.addrs)
-
-    def publish(self, data: bytes) -> tuple[content.ContentRef, list[bytes]]:
-        """Store ``data`` (no compression) and serve its blocks: its ref and block hashes."""
-        ref = content.write_bytes(self.store, data, compress=None)
-        hashes = [ref.root, *content.blocks_of(self.store, ref)]
-        self.published.update(hashes)
-        return ref, hashes
-
-
-@contextlib.asynccontextmanager
-async def nodes(tmp_path: Path, *kinds: type[Bitswap]) -> AsyncIterator[list[Node]]:
-    """Started hosts, one per Bitswap class in ``kinds``; each serves what it published."""
-    made: list[Node] = []
-    try:
-        for i, kind in enumerate(kinds):
-            host = P2PHost(secrets.token_bytes(32))
-            store = BlockStore(tmp_path / f"node{i}")
-            published: set[bytes] = set()
-            bitswap = kind(host, store, served=published.__contains__)
-            made.append(Node(host, store, bitswap, published))
-            await host.start()
-        yield made
-    finally:
-        for node in made:
-            await node.host.stop()
-            node.store.close()
-
-
-async def connect(node: Node, *others: Node) -> None:
-    for other in others:
-        await node.host.connect(other.peer_id, other.host.addrs)
 
 
 def probe_of(node: Node) -> Probe:

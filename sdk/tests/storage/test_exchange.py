@@ -6,25 +6,20 @@ not add up to the content it names is refused)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from libp2p.bitswap.pb.bitswap_pb2 import Message as PbMessage
+from storage_peers import connect, nodes
 
 from fabstir_devtools.wait import wait_until_async
-from fabstir_sdk.p2p import P2PHost, PeerAddress
 from fabstir_sdk.storage import content
 from fabstir_sdk.storage.bitswap import Bitswap
 from fabstir_sdk.storage.blobs import blake3_256, cid_of
-from fabstir_sdk.storage.blockstore import BlockStore
 from fabstir_sdk.storage.content import ContentRef, Manifest
 from fabstir_sdk.storage.errors import CorruptBlock, NotFound
-from fabstir_sdk.storage.exchange import Exchange, content_key
+from fabstir_sdk.storage.exchange import content_key
 
 
 class LyingBitswap(Bitswap):
@@ -42,52 +37,6 @@ class LyingBitswap(Bitswap):
         return size
 
 
-@dataclass
-class Node:
-    host: P2PHost
-    store: BlockStore
-    bitswap: Bitswap
-    exchange: Exchange
-    published: set[bytes] = field(default_factory=set)
-
-    @property
-    def peer_id(self) -> str:
-        return self.host.peer_id
-
-    @property
-    def address(self) -> PeerAddress:
-        return PeerAddress(self.host.peer_id, self.host.addrs)
-
-    def publish(self, data: bytes, compress: bool = False, with_sha256: bool = False) -> ContentRef:
-        """Store ``data`` and serve its blocks."""
-        ref = content.write_chunks(self.store, [data], compress=compress, with_sha256=with_sha256)
-        self.published.update([ref.root, *content.blocks_of(self.store, ref)])
-        return ref
-
-
-@contextlib.asynccontextmanager
-async def nodes(tmp_path: Path, *kinds: type[Bitswap]) -> AsyncIterator[list[Node]]:
-    made: list[Node] = []
-    try:
-        for i, kind in enumerate(kinds):
-            host = P2PHost(secrets.token_bytes(32))
-            store = BlockStore(tmp_path / f"node{i}")
-            published: set[bytes] = set()
-            bitswap = kind(host, store, served=published.__contains__)
-            made.append(Node(host, store, bitswap, Exchange(host, store, bitswap), published))
-            await host.start()
-        yield made
-    finally:
-        for node in made:
-            await node.host.stop()
-            node.store.close()
-
-
-async def connect(node: Node, *others: Node) -> None:
-    for other in others:
-        await node.host.connect(other.peer_id, other.host.addrs)
-
-
 def test_content_key_is_the_root_cid() -> None:
     root = blake3_256(b"root")
     assert content_key(root) == cid_of(root)
@@ -101,7 +50,7 @@ def test_content_found_in_the_dht_is_fetched_by_its_root_past_a_lying_provider(
 
     async def main() -> None:
         async with nodes(tmp_path, Bitswap, Bitswap, LyingBitswap) as (reader, honest, liar):
-            refs = [p.publish(data, compress=True, with_sha256=True) for p in (honest, liar)]
+            refs = [p.publish(data, compress=True, with_sha256=True)[0] for p in (honest, liar)]
             ref = refs[0]
             assert refs[1] == ref and ref.is_manifest and ref.sha256 is not None
             await connect(honest, liar)
@@ -132,7 +81,7 @@ def test_content_found_in_the_dht_is_fetched_by_its_root_past_a_lying_provider(
 def test_a_small_raw_root_and_content_already_here(tmp_path: Path) -> None:
     async def main() -> None:
         async with nodes(tmp_path, Bitswap, Bitswap) as (reader, owner):
-            ref = owner.publish(b"one small block", compress=False)
+            ref = owner.publish(b"one small block", compress=False)[0]
             assert not ref.is_manifest
             got = await reader.exchange.fetch(ref.root, [owner.address])
             assert got == ContentRef(ref.root, ref.root, len(b"one small block"))
@@ -166,7 +115,7 @@ def test_content_is_checked_end_to_end(tmp_path: Path) -> None:
                 await reader.exchange.fetch(root, [forger.address])
             assert all(reader.store.has(h) for h in blocks)  # each block itself was fine
 
-            honest = forger.publish(b"x" * 10, compress=False)
+            honest = forger.publish(b"x" * 10, compress=False)[0]
             claimed = ContentRef(honest.root, honest.root, 11)  # one byte more than it holds
             with pytest.raises(CorruptBlock, match="not the one"):
                 await reader.exchange.fetch(claimed, [forger.address])
@@ -181,7 +130,7 @@ def test_a_provider_that_lacks_blocks_is_passed_over(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with nodes(tmp_path, Bitswap, Bitswap, Bitswap) as (reader, full, partial):
-            ref = full.publish(data, compress=False)
+            ref = full.publish(data, compress=False)[0]
             partial.publish(data, compress=False)
             blocks = content.blocks_of(partial.store, ref)
             partial.published.difference_update(blocks[::2])
