@@ -166,9 +166,11 @@ class Details:
         return cls(numbers, negated, tuple(units), _entities(text), words, _flanks(lower))
 
 
-def check(query: str, cached: str) -> Verdict:
-    """Whether ``cached``'s answer may answer ``query`` as far as the details go."""
-    q, c = Details.of(query), Details.of(cached)
+def check(query: str | Details, cached: str | Details) -> Verdict:
+    """Whether ``cached``'s answer may answer ``query`` as far as the details go (each a
+    text, or its :class:`Details` when the caller has them already)."""
+    q = query if isinstance(query, Details) else Details.of(query)
+    c = cached if isinstance(cached, Details) else Details.of(cached)
     if q.numbers != c.numbers:
         return Verdict(False, "numbers")
     if q.negated != c.negated:
@@ -272,8 +274,8 @@ def _stem(word: str) -> str:
     return word
 
 
-def overlap(a: str, b: str) -> float:
+def overlap(a: Details, b: Details) -> float:
     """Jaccard similarity of two texts' content words (stemmed as the guard stems them): the
     cache's tie-breaker between candidates the embedding scores alike."""
-    wa, wb = set(Details.of(a).words), set(Details.of(b).words)
+    wa, wb = set(a.words), set(b.words)
     return len(wa & wb) / len(wa | wb) if wa or wb else 1.0

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fabstir_node.cache.guard import check, overlap
+from fabstir_node.cache.guard import Details, check, overlap
 from fabstir_node.cache.keys import RequestKey
 from fabstir_node.embeddings import Embedder, EmbeddingError
 from fabstir_node.stored_index import load_index, save_index
@@ -288,6 +288,7 @@ class SemanticCache:
         except EmbeddingError:
             return None
         scores, ids = self.index.search(vector[None, :], NEIGHBOURS)
+        asked = Details.of(key.question)  # once, for every candidate
         candidates = []
         for score, entry_id in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
             found = self.entries.get(entry_id)
@@ -296,22 +297,23 @@ class SemanticCache:
                 and found.context == key.context
                 and self._usable(found, client, policy.mode, max_tokens)
             ):
-                ranked = score + OVERLAP_WEIGHT * overlap(key.question, found.question)
-                candidates.append((ranked, score, found))
+                details = Details.of(found.question)
+                ranked = score + OVERLAP_WEIGHT * overlap(asked, details)
+                candidates.append((ranked, score, found, details))
         if not candidates:
             return None
         candidates.sort(key=lambda c: -c[0])
-        ranked, cosine, best = candidates[0]
+        ranked, cosine, best, details = candidates[0]
         threshold = (
-            policy.min_similarity if policy.min_similarity is not None else (DEFAULT_THRESHOLD)
+            policy.min_similarity if policy.min_similarity is not None else DEFAULT_THRESHOLD
         )
         if cosine < threshold:
             return None
-        rivals = [r for r, _, e in candidates[1:] if e.question != best.question]
+        rivals = [r for r, _, e, _ in candidates[1:] if e.question != best.question]
         if rivals and ranked - rivals[0] < MARGIN:
             self.counters.ambiguous += 1
             return None
-        verdict = check(key.question, best.question)
+        verdict = check(asked, details)
         if not verdict.ok:
             rejections = self.counters.guard_rejections
             rejections[verdict.reason] = rejections.get(verdict.reason, 0) + 1
