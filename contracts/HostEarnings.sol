@@ -8,27 +8,28 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
 
 /// @title HostEarnings
-/// @notice Pull-payment ledger: the marketplace credits hosts (and the treasury) as sessions
-/// settle, and each account withdraws per token when it likes. Keeping payouts out of the
-/// settlement path means a host's wallet can never block a session from settling.
+/// @notice Pull-payment ledger: the escrows (the session marketplace and the job board) credit
+/// hosts and the treasury as work settles, and each account withdraws per token when it likes.
+/// Keeping payouts out of the settlement path means a host's wallet can never block a
+/// settlement.
 contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
-    /// @notice The only contract allowed to credit.
-    address public marketplace;
+    /// @notice The contracts allowed to credit (the escrows the owner set).
+    mapping(address account => bool) public creditors;
 
     mapping(address account => mapping(address token => uint256)) private _balances;
     /// @notice Sum of all balances per token; the contract always holds at least this much.
     mapping(address token => uint256) public totalOwed;
 
-    /// @notice Emitted when the marketplace is set.
-    event MarketplaceSet(address marketplace);
+    /// @notice Emitted when `creditor` is allowed (or no longer allowed) to credit.
+    event CreditorSet(address indexed creditor, bool allowed);
     /// @notice Emitted when `account` is credited.
     event Credited(address indexed account, address indexed token, uint256 amount);
     /// @notice Emitted when `account` withdraws.
     event Withdrawn(address indexed account, address indexed token, uint256 amount);
 
-    error NotMarketplace(address caller);
+    error NotCreditor(address caller);
     error WrongValue(uint256 expected, uint256 received);
     error Underfunded(address token);
     error NothingToWithdraw(address token);
@@ -37,16 +38,16 @@ contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
 
     constructor(address initialOwner) Ownable(initialOwner) {}
 
-    /// @notice Sets the marketplace that may credit accounts.
-    function setMarketplace(address marketplace_) external onlyOwner {
-        if (marketplace_ == address(0)) revert ZeroAddress();
-        marketplace = marketplace_;
-        emit MarketplaceSet(marketplace_);
+    /// @notice Allows or forbids `creditor` (an escrow contract) to credit accounts.
+    function setCreditor(address creditor, bool allowed) external onlyOwner {
+        if (creditor == address(0)) revert ZeroAddress();
+        creditors[creditor] = allowed;
+        emit CreditorSet(creditor, allowed);
     }
 
     /// @inheritdoc IHostEarnings
     function credit(address account, address token, uint256 amount) external payable {
-        if (msg.sender != marketplace) revert NotMarketplace(msg.sender);
+        if (!creditors[msg.sender]) revert NotCreditor(msg.sender);
         if (token == address(0)) {
             if (msg.value != amount) revert WrongValue(amount, msg.value);
         } else {

@@ -2,16 +2,13 @@
 pragma solidity ^0.8.24;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
+import {PaymentEscrow} from "./PaymentEscrow.sol";
 
 /// @title JobMarketplace
 /// @notice Inference sessions paid per token. A client deposits ETH or an allow-listed ERC20
@@ -26,23 +23,12 @@ import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
 /// The fee and the dispute window that apply to a session are fixed when it opens. Opening a
 /// session locks the host's stake in the NodeRegistry until the session can no longer settle.
 ///
-/// A token can never block settlement: an ERC20 that turns on a transfer fee after the deposit
-/// (as USDT may) is paid out for what actually arrives, the shortfall emitted as
-/// `TransferShortfall`; a payout the token refuses outright (a paused token, a blocked
-/// address) waits in `pendingPayouts` for its owner to claim, as a refused refund does.
-contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
-    using SafeERC20 for IERC20;
-
+/// A token can never block settlement (see PaymentEscrow): a fee-on-transfer switched on after
+/// the deposit is paid out for what arrives, and a refused payout waits in `pendingPayouts`.
+contract JobMarketplace is PaymentEscrow, EIP712 {
     uint256 public constant PRICE_PRECISION = 1000;
-    uint256 public constant BPS = 10_000;
-    uint16 public constant MAX_FEE_BPS = 2500;
-    /// @notice The largest `maxDeposit` a token may be given: with it, `(deposit + 1) * 1000`
-    /// and `tokens * price` stay far below 2^256, and a deposit always fits its uint128 slot.
-    uint256 public constant MAX_DEPOSIT = 2 ** 112;
     /// @notice The longest dispute window; it is stored per session in 32 bits.
     uint64 public constant MAX_DISPUTE_WINDOW = 30 days;
-    /// @notice Gas forwarded with an ETH refund; a receiver that needs more gets a claimable refund.
-    uint256 public constant REFUND_GAS = 50_000;
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(uint256 sessionId,uint256 cumulativeTokens,bytes32 transcriptHash)");
 
@@ -73,28 +59,14 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         bytes32 checkpointTranscript;
     }
 
-    struct TokenConfig {
-        bool allowed;
-        uint256 minDeposit;
-        uint256 maxDeposit;
-    }
-
     IModelRegistry public immutable modelRegistry;
     INodeRegistry public immutable nodeRegistry;
-    IHostEarnings public immutable hostEarnings;
-
-    address public treasury;
-    uint16 public feeBps;
     uint64 public disputeWindow;
     uint64 public minDuration;
     uint64 public maxDuration;
     uint256 public nextSessionId = 1;
 
     mapping(uint256 sessionId => Session) private _sessions;
-    mapping(address token => TokenConfig) private _tokenConfigs;
-    /// @notice Payouts whose push failed, claimable by their owner with `claimPayout`: refunds
-    /// a client's wallet refused, and any payout an ERC20 refused to transfer.
-    mapping(address account => mapping(address token => uint256)) public pendingPayouts;
 
     /// @notice Emitted when a client opens a session.
     event SessionOpened(
@@ -122,39 +94,12 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         uint256 refund,
         bytes32 transcriptHash
     );
-    /// @notice Emitted when a payout (a refund, or host earnings and fee) could not be pushed
-    /// and waits in `pendingPayouts` for `account`.
-    event PayoutDeferred(
-        uint256 indexed sessionId, address indexed account, address indexed token, uint256 amount
-    );
-    /// @notice Emitted when `account` claims a deferred payout.
-    event PayoutClaimed(address indexed account, address indexed token, uint256 amount);
-    /// @notice Emitted when `token` delivered less to `recipient` than the `expected` amount sent
-    /// (a fee-on-transfer switched on after the deposit); `received` is what was accounted.
-    event TransferShortfall(
-        uint256 indexed sessionId,
-        address indexed token,
-        address indexed recipient,
-        uint256 expected,
-        uint256 received
-    );
-    /// @notice Emitted when a payment token's configuration changes (address(0) = ETH).
-    event TokenConfigured(address indexed token, bool allowed, uint256 minDeposit, uint256 maxDeposit);
-    /// @notice Emitted when the fee for new sessions changes.
-    event FeeSet(uint16 feeBps);
-    /// @notice Emitted when the treasury changes.
-    event TreasurySet(address treasury);
     /// @notice Emitted when the dispute window changes.
     event DisputeWindowSet(uint64 disputeWindow);
     /// @notice Emitted when the allowed session durations change.
     event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
 
-    error TokenNotAllowed(address token);
-    error DepositOutOfRange(uint256 deposit, uint256 minDeposit, uint256 maxDeposit);
-    error WrongValue(uint256 expected, uint256 received);
-    error UnsupportedToken(address token);
     error InvalidDuration(uint64 duration);
-    error ZeroAddress();
     error ModelNotActive(bytes32 modelId);
     error HostNotActive(address host);
     error HostDoesNotServeModel(address host, bytes32 modelId);
@@ -168,11 +113,6 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
     error VoucherNotNewer(uint256 cumulativeTokens, uint256 checkpointTokens);
     error VoucherExceedsDeposit(uint256 cumulativeTokens, uint256 maxTokens);
     error DisputeWindowOpen(uint64 finalizableAt);
-    error NothingToClaim(address token);
-    error EthTransferFailed();
-    error FeeTooHigh(uint16 feeBps);
-    error InvalidDepositRange();
-    error MaxDepositTooHigh(uint256 maxDeposit, uint256 cap);
     error DisputeWindowTooLong(uint64 window);
 
     constructor(
@@ -183,15 +123,10 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         address treasury_,
         uint16 feeBps_,
         uint64 disputeWindow_
-    ) Ownable(initialOwner) EIP712("Fabstir JobMarketplace", "1") {
-        if (treasury_ == address(0)) revert ZeroAddress();
-        if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
+    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_) EIP712("Fabstir JobMarketplace", "1") {
         if (disputeWindow_ > MAX_DISPUTE_WINDOW) revert DisputeWindowTooLong(disputeWindow_);
         modelRegistry = modelRegistry_;
         nodeRegistry = nodeRegistry_;
-        hostEarnings = hostEarnings_;
-        treasury = treasury_;
-        feeBps = feeBps_;
         disputeWindow = disputeWindow_;
         minDuration = 60;
         maxDuration = 7 days;
@@ -252,21 +187,6 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         emit CloseRequested(sessionId, _finalizableAt(s));
     }
 
-    /// @notice Sends the caller what could not be pushed to it at settlement (`pendingPayouts`).
-    /// @param token the token to claim (address(0) = ETH)
-    function claimPayout(address token) external nonReentrant {
-        uint256 amount = pendingPayouts[msg.sender][token];
-        if (amount == 0) revert NothingToClaim(token);
-        pendingPayouts[msg.sender][token] = 0;
-        emit PayoutClaimed(msg.sender, token, amount);
-        if (token == address(0)) {
-            (bool ok,) = msg.sender.call{value: amount}("");
-            if (!ok) revert EthTransferFailed();
-        } else {
-            IERC20(token).safeTransfer(msg.sender, amount);
-        }
-    }
-
     // ----------------------------------------------------------------- host
 
     /// @notice Records the voucher for `cumulativeTokens` on-chain without closing, so that a
@@ -318,32 +238,6 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
 
     // ----------------------------------------------------------------- owner
 
-    /// @notice Allows or forbids `token` (address(0) = ETH) for new sessions, with deposit bounds
-    /// (`maxDeposit` at most MAX_DEPOSIT).
-    function setTokenConfig(address token, bool allowed, uint256 minDeposit, uint256 maxDeposit)
-        external
-        onlyOwner
-    {
-        if (maxDeposit > MAX_DEPOSIT) revert MaxDepositTooHigh(maxDeposit, MAX_DEPOSIT);
-        if (minDeposit > maxDeposit) revert InvalidDepositRange();
-        _tokenConfigs[token] = TokenConfig(allowed, minDeposit, maxDeposit);
-        emit TokenConfigured(token, allowed, minDeposit, maxDeposit);
-    }
-
-    /// @notice Sets the treasury fee for sessions opened from now on.
-    function setFeeBps(uint16 feeBps_) external onlyOwner {
-        if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
-        feeBps = feeBps_;
-        emit FeeSet(feeBps_);
-    }
-
-    /// @notice Sets the account credited with treasury fees.
-    function setTreasury(address treasury_) external onlyOwner {
-        if (treasury_ == address(0)) revert ZeroAddress();
-        treasury = treasury_;
-        emit TreasurySet(treasury_);
-    }
-
     /// @notice Sets how long a host has to settle after a close request or expiry, for sessions
     /// opened from now on (at most MAX_DISPUTE_WINDOW).
     function setDisputeWindow(uint64 window) external onlyOwner {
@@ -360,26 +254,11 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         emit DurationLimitsSet(minDuration_, maxDuration_);
     }
 
-    /// @notice Stops new sessions. Settlement, finalization and claims keep working.
-    function pause() external onlyOwner {
-        _pause();
-    }
-
-    /// @notice Allows new sessions again.
-    function unpause() external onlyOwner {
-        _unpause();
-    }
-
     // ----------------------------------------------------------------- views
 
     /// @notice The session `sessionId` (status None when unknown).
     function getSession(uint256 sessionId) external view returns (Session memory) {
         return _sessions[sessionId];
-    }
-
-    /// @notice The configuration of payment token `token`.
-    function getTokenConfig(address token) external view returns (TokenConfig memory) {
-        return _tokenConfigs[token];
     }
 
     /// @notice The EIP-712 digest the session signer signs for a voucher.
@@ -411,16 +290,6 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
 
     // ----------------------------------------------------------------- internals
 
-    function _checkDeposit(address token, uint256 deposit) private view {
-        TokenConfig storage config = _tokenConfigs[token];
-        if (!config.allowed) revert TokenNotAllowed(token);
-        if (deposit < config.minDeposit || deposit > config.maxDeposit) {
-            revert DepositOutOfRange(deposit, config.minDeposit, config.maxDeposit);
-        }
-        uint256 expectedValue = token == address(0) ? deposit : 0;
-        if (msg.value != expectedValue) revert WrongValue(expectedValue, msg.value);
-    }
-
     function _checkHostTerms(address host, bytes32 modelId, address token, uint256 price) private view {
         if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
         if (!nodeRegistry.isActiveHost(host)) revert HostNotActive(host);
@@ -428,13 +297,6 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         uint256 hostPrice = nodeRegistry.getPrice(host, modelId, token);
         if (hostPrice == 0) revert PriceNotOffered(host, modelId, token);
         if (price < hostPrice) revert PriceBelowHostPrice(price, hostPrice);
-    }
-
-    /// @dev Fee-on-transfer and rebasing tokens would break exact accounting: refuse them.
-    function _pullExactly(IERC20 token, uint256 amount) private {
-        uint256 before = token.balanceOf(address(this));
-        token.safeTransferFrom(msg.sender, address(this), amount);
-        if (token.balanceOf(address(this)) - before != amount) revert UnsupportedToken(address(token));
     }
 
     function _live(uint256 sessionId) private view returns (Session storage s) {
@@ -479,8 +341,7 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
         private
     {
         uint256 payment = tokens * s.price / PRICE_PRECISION;
-        uint256 fee = payment * s.feeBps / BPS;
-        uint256 hostAmount = payment - fee;
+        (uint256 hostAmount, uint256 fee) = _split(payment, s.feeBps);
         uint256 refund = s.deposit - payment;
         s.status = Status.Settled;
         s.checkpointTokens = tokens;
@@ -489,84 +350,5 @@ contract JobMarketplace is Ownable, Pausable, ReentrancyGuard, EIP712 {
 
         _payEarnings(sessionId, s.token, s.host, hostAmount, fee);
         if (refund != 0) _refund(sessionId, s.client, s.token, refund);
-    }
-
-    /// @dev Credits the host and the treasury in HostEarnings. For an ERC20 it first moves the
-    /// tokens there and credits only what arrived (split in proportion, the rounding to the
-    /// host), emitting the shortfall; if the token refuses the transfer, both amounts wait in
-    /// `pendingPayouts`. The token can thus never block a settlement.
-    function _payEarnings(
-        uint256 sessionId,
-        address token,
-        address host,
-        uint256 hostAmount,
-        uint256 fee
-    ) private {
-        if (token == address(0)) {
-            if (hostAmount != 0) hostEarnings.credit{value: hostAmount}(host, token, hostAmount);
-            if (fee != 0) hostEarnings.credit{value: fee}(treasury, token, fee);
-            return;
-        }
-        uint256 total = hostAmount + fee;
-        if (total == 0) return;
-        (bool ok, uint256 received) = _push(IERC20(token), address(hostEarnings), total);
-        if (!ok) {
-            _defer(sessionId, host, token, hostAmount);
-            _defer(sessionId, treasury, token, fee);
-            return;
-        }
-        if (received < total) {
-            emit TransferShortfall(sessionId, token, address(hostEarnings), total, received);
-            fee = fee * received / total;
-            hostAmount = received - fee;
-        }
-        if (hostAmount != 0) hostEarnings.credit(host, token, hostAmount);
-        if (fee != 0) hostEarnings.credit(treasury, token, fee);
-    }
-
-    /// @dev Pushes the refund; if the receiver (or the token) refuses it, it waits in
-    /// `pendingPayouts` so a hostile client can never block the host's settlement. A token that
-    /// delivers less than sent emits the shortfall.
-    function _refund(uint256 sessionId, address client, address token, uint256 amount) private {
-        bool ok;
-        uint256 received = amount;
-        if (token == address(0)) {
-            (ok,) = client.call{value: amount, gas: REFUND_GAS}("");
-        } else {
-            (ok, received) = _push(IERC20(token), client, amount);
-        }
-        if (!ok) {
-            _defer(sessionId, client, token, amount);
-        } else if (received < amount) {
-            emit TransferShortfall(sessionId, token, client, amount, received);
-        }
-    }
-
-    function _defer(uint256 sessionId, address account, address token, uint256 amount) private {
-        if (amount == 0) return;
-        pendingPayouts[account][token] += amount;
-        emit PayoutDeferred(sessionId, account, token, amount);
-    }
-
-    /// @dev Transfers `amount` of `token` to `to` without ever reverting; returns whether the
-    /// transfer succeeded and how much `to`'s balance grew (at most `amount`).
-    function _push(IERC20 token, address to, uint256 amount)
-        private
-        returns (bool ok, uint256 received)
-    {
-        uint256 before = _balanceOf(token, to);
-        ok = token.trySafeTransfer(to, amount);
-        if (!ok) return (false, 0);
-        uint256 balance = _balanceOf(token, to);
-        received = balance > before ? balance - before : 0;
-        if (received > amount) received = amount;
-    }
-
-    function _balanceOf(IERC20 token, address account) private view returns (uint256) {
-        try token.balanceOf(account) returns (uint256 balance) {
-            return balance;
-        } catch {
-            return 0;
-        }
     }
 }

@@ -8,8 +8,10 @@ import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 /// @notice Registry of servable models. A model's id is keccak256(repo + "/" + file) (the
 /// original Fabstir scheme) and it pins the sha256 of the GGUF file, which a node refuses to
 /// serve when the hash differs, and the sha256 of the model's tokenizer file, which a client
-/// checks before counting the tokens it pays for with it. The owner (later: governance)
-/// curates the list.
+/// checks before counting the tokens it pays for with it. A proven model (an ONNX file small
+/// enough to prove with EZKL) pins the ONNX file's sha256 and its circuit: the settings, the
+/// verifying key and the SRS by hash, and the address of the verifier contract EZKL generated
+/// from that key. The owner (later: governance) curates the list.
 contract ModelRegistry is IModelRegistry, Ownable {
     struct ModelInput {
         string repo;
@@ -20,6 +22,7 @@ contract ModelRegistry is IModelRegistry, Ownable {
     }
 
     mapping(bytes32 modelId => Model) private _models;
+    mapping(bytes32 modelId => Circuit) private _circuits;
 
     /// @notice Emitted when a model is added.
     event ModelAdded(
@@ -29,6 +32,16 @@ contract ModelRegistry is IModelRegistry, Ownable {
         bytes32 sha256Hash,
         bytes32 tokenizerHash,
         uint8 tier
+    );
+    /// @notice Emitted when a proven model is added (after its `ModelAdded`).
+    event CircuitPinned(
+        bytes32 indexed modelId,
+        bytes32 settingsHash,
+        bytes32 vkHash,
+        bytes32 srsHash,
+        address verifier,
+        uint32 inputs,
+        uint32 outputs
     );
     /// @notice Emitted when a model is deactivated.
     event ModelDeactivated(bytes32 indexed modelId);
@@ -41,6 +54,8 @@ contract ModelRegistry is IModelRegistry, Ownable {
     error ModelAlreadyActive(bytes32 modelId);
     error EmptyModelName();
     error ZeroHash();
+    error NotProvenModel(bytes32 modelId);
+    error InvalidCircuit();
 
     constructor(address initialOwner) Ownable(initialOwner) {}
 
@@ -63,7 +78,8 @@ contract ModelRegistry is IModelRegistry, Ownable {
         bytes32 tokenizerHash,
         uint8 tier
     ) external onlyOwner returns (bytes32) {
-        return _add(repo, file, sha256Hash, tokenizerHash, tier);
+        if (tokenizerHash == bytes32(0)) revert ZeroHash();
+        return _add(repo, file, sha256Hash, tokenizerHash, tier, Kind.Gguf);
     }
 
     /// @notice Adds several models in one transaction; reverts as a whole if any is invalid.
@@ -71,8 +87,41 @@ contract ModelRegistry is IModelRegistry, Ownable {
         ids = new bytes32[](inputs.length);
         for (uint256 i = 0; i < inputs.length; ++i) {
             ModelInput calldata input = inputs[i];
-            ids[i] = _add(input.repo, input.file, input.sha256Hash, input.tokenizerHash, input.tier);
+            if (input.tokenizerHash == bytes32(0)) revert ZeroHash();
+            ids[i] = _add(input.repo, input.file, input.sha256Hash, input.tokenizerHash, input.tier, Kind.Gguf);
         }
+    }
+
+    /// @notice Adds an active proven model: the ONNX file `file` in `repo`, pinned to
+    /// `onnxHash`, whose jobs are paid only on a proof `circuit.verifier` accepts; returns its id.
+    /// @param repo where the files are published
+    /// @param file the ONNX file's name in `repo`
+    /// @param onnxHash the sha256 of the ONNX file; nonzero
+    /// @param circuit the pinned settings, verifying key and SRS, and the verifier (a contract)
+    function addProvenModel(
+        string calldata repo,
+        string calldata file,
+        bytes32 onnxHash,
+        Circuit calldata circuit
+    ) external onlyOwner returns (bytes32 modelId) {
+        if (
+            circuit.settingsHash == bytes32(0) || circuit.vkHash == bytes32(0)
+                || circuit.srsHash == bytes32(0)
+        ) revert ZeroHash();
+        if (circuit.verifier.code.length == 0 || circuit.inputs == 0 || circuit.outputs == 0) {
+            revert InvalidCircuit();
+        }
+        modelId = _add(repo, file, onnxHash, bytes32(0), 0, Kind.ProvenOnnx);
+        _circuits[modelId] = circuit;
+        emit CircuitPinned(
+            modelId,
+            circuit.settingsHash,
+            circuit.vkHash,
+            circuit.srsHash,
+            circuit.verifier,
+            circuit.inputs,
+            circuit.outputs
+        );
     }
 
     /// @notice Stops new sessions and registrations for `modelId`; running sessions still settle.
@@ -97,6 +146,12 @@ contract ModelRegistry is IModelRegistry, Ownable {
     }
 
     /// @inheritdoc IModelRegistry
+    function getCircuit(bytes32 modelId) external view returns (Circuit memory) {
+        if (_existing(modelId).kind != Kind.ProvenOnnx) revert NotProvenModel(modelId);
+        return _circuits[modelId];
+    }
+
+    /// @inheritdoc IModelRegistry
     function isActive(bytes32 modelId) external view returns (bool) {
         return _models[modelId].active;
     }
@@ -106,10 +161,11 @@ contract ModelRegistry is IModelRegistry, Ownable {
         string calldata file,
         bytes32 sha256Hash,
         bytes32 tokenizerHash,
-        uint8 tier
+        uint8 tier,
+        Kind kind
     ) private returns (bytes32 modelId) {
         if (bytes(repo).length == 0 || bytes(file).length == 0) revert EmptyModelName();
-        if (sha256Hash == bytes32(0) || tokenizerHash == bytes32(0)) revert ZeroHash();
+        if (sha256Hash == bytes32(0)) revert ZeroHash();
         modelId = modelIdOf(repo, file);
         if (_models[modelId].addedAt != 0) revert ModelAlreadyExists(modelId);
         _models[modelId] = Model({
@@ -119,7 +175,8 @@ contract ModelRegistry is IModelRegistry, Ownable {
             tokenizerHash: tokenizerHash,
             tier: tier,
             active: true,
-            addedAt: uint64(block.timestamp)
+            addedAt: uint64(block.timestamp),
+            kind: kind
         });
         emit ModelAdded(modelId, repo, file, sha256Hash, tokenizerHash, tier);
     }

@@ -56,8 +56,9 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     IModelRegistry public immutable modelRegistry;
     uint256 public minStake;
     uint64 public unbondingDelay;
-    /// @notice The marketplace, the only account that may lock a host's stake for its sessions.
-    address public marketplace;
+    /// @notice The escrows (the session marketplace, the job board) that may lock a host's stake
+    /// for the work it has taken on.
+    mapping(address account => bool) public stakeLockers;
 
     mapping(address host => Node) private _nodes;
     mapping(bytes32 peerIdHash => address host) private _hostOfPeerId;
@@ -94,9 +95,9 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     event MinStakeSet(uint256 minStake);
     /// @notice Emitted when the unbonding delay changes.
     event UnbondingDelaySet(uint64 delay);
-    /// @notice Emitted when the marketplace changes.
-    event MarketplaceSet(address marketplace);
-    /// @notice Emitted when a session locks `host`'s stake until `until` (never shortened).
+    /// @notice Emitted when `locker` is allowed (or no longer allowed) to lock stakes.
+    event StakeLockerSet(address indexed locker, bool allowed);
+    /// @notice Emitted when a session or a job locks `host`'s stake until `until` (never shortened).
     event StakeLockedUntil(address indexed host, uint64 until);
 
     error AlreadyRegistered(address host);
@@ -104,7 +105,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     error NotUnbonding(address host);
     error StillUnbonding(uint64 unbondingEnds);
     error StakeLocked(uint64 lockedUntil);
-    error NotMarketplace(address caller);
+    error NotStakeLocker(address caller);
     error StakeTooLow(uint256 stake, uint256 minStake);
     error InvalidPeerId();
     error PeerIdTaken(address host);
@@ -237,14 +238,15 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         stakeToken.safeTransfer(msg.sender, amount);
     }
 
-    // ----------------------------------------------------------------- marketplace
+    // ----------------------------------------------------------------- escrows
 
     /// @notice Keeps `host`'s stake from being withdrawn before `until` (a session's
-    /// `expiresAt + disputeWindow`). Marketplace only; a lock is extended, never shortened.
-    /// @param host the session's host (active: the marketplace checked it)
-    /// @param until the last moment the session can still settle
+    /// `expiresAt + disputeWindow`, a claimed job's last settlement). Stake lockers only; a lock
+    /// is extended, never shortened.
+    /// @param host the session's or job's host (active: the escrow checked it)
+    /// @param until the last moment the work can still settle
     function lockStake(address host, uint64 until) external {
-        if (msg.sender != marketplace) revert NotMarketplace(msg.sender);
+        if (!stakeLockers[msg.sender]) revert NotStakeLocker(msg.sender);
         Node storage node = _nodes[host];
         if (until > node.stakeLockedUntil) {
             node.stakeLockedUntil = until;
@@ -279,11 +281,12 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         emit UnbondingDelaySet(delay);
     }
 
-    /// @notice Sets the marketplace allowed to lock stakes for the sessions it opens.
-    function setMarketplace(address marketplace_) external onlyOwner {
-        if (marketplace_ == address(0)) revert ZeroAddress();
-        marketplace = marketplace_;
-        emit MarketplaceSet(marketplace_);
+    /// @notice Allows or forbids `locker` (an escrow contract) to lock stakes for the work it
+    /// hands to hosts.
+    function setStakeLocker(address locker, bool allowed) external onlyOwner {
+        if (locker == address(0)) revert ZeroAddress();
+        stakeLockers[locker] = allowed;
+        emit StakeLockerSet(locker, allowed);
     }
 
     // ----------------------------------------------------------------- views

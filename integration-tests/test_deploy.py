@@ -45,10 +45,14 @@ def test_manifest_drives_plain_web3(anvil: Anvil, tmp_path: Path) -> None:
     nodes = contract("NodeRegistry")
     assert nodes.functions.minStake().call() == manifest["params"]["minStake"]
     assert nodes.functions.stakeToken().call() == manifest["contracts"]["FabToken"]
-    assert (
-        contract("HostEarnings").functions.marketplace().call()
-        == (manifest["contracts"]["JobMarketplace"])
-    )
+    earnings = contract("HostEarnings")
+    for escrow in ("JobMarketplace", "JobBoard"):
+        assert earnings.functions.creditors(manifest["contracts"][escrow]).call() is True
+        assert nodes.functions.stakeLockers(manifest["contracts"][escrow]).call() is True
+    board = contract("JobBoard")
+    assert board.functions.proofSystem().call() == manifest["contracts"]["ProofSystem"]
+    assert contract("ProofSystem").functions.board().call() == board.address
+    assert board.functions.getTokenConfig(ETH).call()[0] is True
     market = contract("JobMarketplace")
     assert market.functions.feeBps().call() == 1000
     assert market.functions.getTokenConfig(ETH).call()[0] is True

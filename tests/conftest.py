@@ -113,8 +113,8 @@ def market(
     market = owner.deploy(
         project.JobMarketplace, owner, models, nodes, earnings, treasury, FEE_BPS, DISPUTE_WINDOW
     )
-    earnings.setMarketplace(market, sender=owner)
-    nodes.setMarketplace(market, sender=owner)
+    earnings.setCreditor(market, True, sender=owner)
+    nodes.setStakeLocker(market, True, sender=owner)
     market.setTokenConfig(ETH, True, 10**9, 100 * ETHER, sender=owner)
     market.setTokenConfig(usd, True, 10**4, 10**12, sender=owner)
     return market

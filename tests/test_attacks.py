@@ -231,7 +231,7 @@ def test_reentrant_client_cannot_double_refund(
 def test_earnings_refuses_unfunded_credit(
     earnings: Any, owner: Any, stranger: Any, usd: Any
 ) -> None:
-    earnings.setMarketplace(stranger, sender=owner)
+    earnings.setCreditor(stranger, True, sender=owner)
     with ape.reverts(earnings.Underfunded):
         earnings.credit(stranger, usd, 1, sender=stranger)
 

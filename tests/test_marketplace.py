@@ -260,15 +260,20 @@ def test_fee_change_does_not_touch_open_sessions(
 
 
 def test_earnings_errors(earnings: Any, owner: Any, stranger: Any) -> None:
-    with ape.reverts(earnings.NotMarketplace):
+    with ape.reverts(earnings.NotCreditor):
         earnings.credit(stranger, ETH, 1, value=1, sender=stranger)
     with ape.reverts(earnings.NothingToWithdraw):
         earnings.withdraw(ETH, sender=stranger)
     with ape.reverts(earnings.ZeroAddress):
-        earnings.setMarketplace(ETH, sender=owner)
-    assert earnings.setMarketplace(stranger, sender=owner).events.filter(earnings.MarketplaceSet)
+        earnings.setCreditor(ETH, True, sender=owner)
+    with ape.reverts(earnings.OwnableUnauthorizedAccount):
+        earnings.setCreditor(stranger, True, sender=stranger)
+    assert earnings.setCreditor(stranger, True, sender=owner).events.filter(earnings.CreditorSet)
     with ape.reverts(earnings.WrongValue):
         earnings.credit(stranger, ETH, 2, value=1, sender=stranger)
+    earnings.setCreditor(stranger, False, sender=owner)
+    with ape.reverts(earnings.NotCreditor):
+        earnings.credit(stranger, ETH, 1, value=1, sender=stranger)
 
 
 def test_dispute_window_is_fixed_when_the_session_opens(

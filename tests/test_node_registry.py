@@ -228,18 +228,23 @@ def test_stake_stays_locked_while_a_session_can_still_settle(
 def test_only_the_marketplace_locks_stake(
     registered: Any, nodes: Any, market: Any, owner: Any, stranger: Any, open_session: Any
 ) -> None:
-    with ape.reverts(nodes.NotMarketplace):
+    with ape.reverts(nodes.NotStakeLocker):
         nodes.lockStake(registered, 2**63, sender=stranger)
     long_session = open_session(duration=7200)
     until = nodes.getNode(registered).stakeLockedUntil
     open_session(duration=600)  # a shorter session never shortens the lock
     assert nodes.getNode(registered).stakeLockedUntil == until
     assert until == market.finalizableAt(long_session.id)
-    assert nodes.setMarketplace(stranger, sender=owner).events.filter(nodes.MarketplaceSet)
+    assert nodes.setStakeLocker(stranger, True, sender=owner).events.filter(nodes.StakeLockerSet)
+    nodes.lockStake(registered, until + 1, sender=stranger)
+    assert nodes.getNode(registered).stakeLockedUntil == until + 1
+    nodes.setStakeLocker(stranger, False, sender=owner)
+    with ape.reverts(nodes.NotStakeLocker):
+        nodes.lockStake(registered, 2**63, sender=stranger)
     with ape.reverts(nodes.ZeroAddress):
-        nodes.setMarketplace(ETH, sender=owner)
+        nodes.setStakeLocker(ETH, True, sender=owner)
     with ape.reverts(nodes.OwnableUnauthorizedAccount):
-        nodes.setMarketplace(stranger, sender=stranger)
+        nodes.setStakeLocker(stranger, True, sender=stranger)
 
 
 # ------------------------------------------------------------------ prices lapse

@@ -15,6 +15,6 @@ interface INodeRegistry {
     function getPrice(address host, bytes32 modelId, address token) external view returns (uint256);
 
     /// @notice Keeps `host`'s stake from being withdrawn before `until`, the last moment a
-    /// session it serves can settle. Marketplace only; extends, never shortens.
+    /// session or job it serves can settle. Stake lockers only; extends, never shortens.
     function lockStake(address host, uint64 until) external;
 }

@@ -121,6 +121,8 @@ class DeployParams:
     unbonding_delay: int = 24 * 3600
     fee_bps: int = 1000
     dispute_window: int = 600
+    claim_timeout: int = 300
+    challenge_window: int = 600
     eth_min_deposit: int = 10**12
     eth_max_deposit: int = 100 * ETHER
     test_tokens: bool = True
@@ -166,29 +168,51 @@ def deploy_protocol(
         params.dispute_window,
     )
     log(f"JobMarketplace  {market.address}")
-    sender.transact(earnings.functions.setMarketplace(market.address), "setMarketplace")
-    # The marketplace locks a host's stake for as long as its sessions can settle.
-    sender.transact(nodes.functions.setMarketplace(market.address), "setMarketplace (nodes)")
-    sender.transact(
-        market.functions.setTokenConfig(ETH, True, params.eth_min_deposit, params.eth_max_deposit),
-        "allow ETH",
+    proofs = sender.deploy("ProofSystem", owner, models.address)
+    log(f"ProofSystem     {proofs.address}")
+    board = sender.deploy(
+        "JobBoard",
+        owner,
+        models.address,
+        nodes.address,
+        earnings.address,
+        proofs.address,
+        treasury,
+        params.fee_bps,
+        params.claim_timeout,
+        params.challenge_window,
     )
+    log(f"JobBoard        {board.address}")
+    sender.transact(proofs.functions.setBoard(board.address), "setBoard")
+    # Both escrows credit earnings, and lock a host's stake for as long as its work can settle.
+    for escrow in (market, board):
+        sender.transact(earnings.functions.setCreditor(escrow.address, True), "setCreditor")
+        sender.transact(nodes.functions.setStakeLocker(escrow.address, True), "setStakeLocker")
+        sender.transact(
+            escrow.functions.setTokenConfig(
+                ETH, True, params.eth_min_deposit, params.eth_max_deposit
+            ),
+            "allow ETH",
+        )
     contracts: dict[str, str] = {
         "FabToken": fab.address,
         "ModelRegistry": models.address,
         "NodeRegistry": nodes.address,
         "HostEarnings": earnings.address,
         "JobMarketplace": market.address,
+        "ProofSystem": proofs.address,
+        "JobBoard": board.address,
     }
     if params.test_tokens:
         usd = sender.deploy("TestUSD")
         log(f"TestUSD         {usd.address}")
-        sender.transact(
-            market.functions.setTokenConfig(
-                usd.address, True, params.usd_min_deposit, params.usd_max_deposit
-            ),
-            "allow TestUSD",
-        )
+        for escrow in (market, board):
+            sender.transact(
+                escrow.functions.setTokenConfig(
+                    usd.address, True, params.usd_min_deposit, params.usd_max_deposit
+                ),
+                "allow TestUSD",
+            )
         contracts["TestUSD"] = usd.address
     return Deployment(
         chain_id=w3.eth.chain_id,
@@ -200,6 +224,8 @@ def deploy_protocol(
             "unbondingDelay": params.unbonding_delay,
             "feeBps": params.fee_bps,
             "disputeWindow": params.dispute_window,
+            "claimTimeout": params.claim_timeout,
+            "challengeWindow": params.challenge_window,
             "treasury": treasury,
             "owner": owner,
         },

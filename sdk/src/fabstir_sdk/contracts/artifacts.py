@@ -22,6 +22,8 @@ EXPORTED = (
     "NodeRegistry",
     "HostEarnings",
     "JobMarketplace",
+    "ProofSystem",
+    "JobBoard",
 )
 BUILD_FILE = "build.json"
 

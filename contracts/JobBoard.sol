@@ -1,0 +1,385 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
+import {IProofSystem} from "./interfaces/IProofSystem.sol";
+import {PaymentEscrow} from "./PaymentEscrow.sol";
+
+/// @title JobBoard
+/// @notice Work any host may take: a client posts a job (a model, the content hash of its
+/// input in the store, the most it pays, a deadline) with the payment in escrow; the first
+/// active host serving the model to `claim` it has `claimTimeout` to deliver, after which the
+/// job returns to the board. The host stores the result and completes with its content hash
+/// and the payment it asks (at most the maximum).
+///
+/// An unproven job pays after the challenge window, unless the client disputes it in time
+/// (the owner, later governance, then decides). A proven job pays at once when the
+/// ProofSystem accepts its proofs, bound to the job's input commitment; refused proofs pay
+/// nothing and the job returns to the board. A job nobody completed by its deadline refunds
+/// its client in full. Every job settles exactly once, and
+/// deposit == host earnings + treasury fee + refund, to the wei.
+contract JobBoard is PaymentEscrow {
+    enum Status {
+        None,
+        Open,
+        Claimed,
+        Completed,
+        Disputed,
+        Paid,
+        Refunded
+    }
+
+    /// @dev Packed into 9 slots. `feeBps` and `challengeWindow` are fixed when the job is posted.
+    struct Job {
+        address client;
+        uint64 deadline;
+        uint16 feeBps;
+        Status status;
+        bool proofRequired;
+        address host;
+        uint64 claimedUntil;
+        address token;
+        uint64 completedAt;
+        uint32 challengeWindow;
+        bytes32 modelId;
+        bytes32 inputHash;
+        /// @dev keccak256 of the input instances the proofs must carry (proven jobs only).
+        bytes32 inputCommitment;
+        bytes32 resultHash;
+        /// @dev keccak256 of the proven outputs (proven jobs only).
+        bytes32 outputCommitment;
+        uint128 maxPayment;
+        uint128 payment;
+    }
+
+    /// @notice The longest challenge window; it is stored per job in 32 bits.
+    uint64 public constant MAX_CHALLENGE_WINDOW = 30 days;
+
+    IModelRegistry public immutable modelRegistry;
+    INodeRegistry public immutable nodeRegistry;
+    IProofSystem public immutable proofSystem;
+
+    /// @notice How long a claim lasts before the job returns to the board.
+    uint64 public claimTimeout;
+    /// @notice How long a client has to dispute an unproven result before it is paid.
+    uint64 public challengeWindow;
+    uint64 public minDuration;
+    uint64 public maxDuration;
+    uint256 public nextJobId = 1;
+
+    mapping(uint256 jobId => Job) private _jobs;
+
+    /// @notice Emitted when a client posts a job.
+    event JobPosted(
+        uint256 indexed jobId,
+        address indexed client,
+        bytes32 indexed modelId,
+        bytes32 inputHash,
+        bytes32 inputCommitment,
+        address token,
+        uint256 maxPayment,
+        uint64 deadline,
+        bool proofRequired
+    );
+    /// @notice Emitted when `host` claims a job; it returns to the board after `claimedUntil`.
+    event JobClaimed(uint256 indexed jobId, address indexed host, uint64 claimedUntil);
+    /// @notice Emitted when the host completes an unproven job; paid from `releasableAt`.
+    event JobCompleted(
+        uint256 indexed jobId, address indexed host, bytes32 resultHash, uint256 payment, uint64 releasableAt
+    );
+    /// @notice Emitted when a proven job's proofs are accepted (it is paid in the same call).
+    event JobProven(uint256 indexed jobId, address indexed host, bytes32 resultHash, bytes32 outputCommitment);
+    /// @notice Emitted when a host's proofs are refused; the job is back on the board.
+    event ProofRejected(uint256 indexed jobId, address indexed host, IProofSystem.Verdict verdict);
+    /// @notice Emitted when the client disputes an unproven result.
+    event JobDisputed(uint256 indexed jobId);
+    /// @notice Emitted once per job when it settles: paid (`payment` > 0 or a dispute lost by
+    /// the host) or refunded (expired, cancelled).
+    event JobSettled(
+        uint256 indexed jobId, uint256 payment, uint256 hostAmount, uint256 fee, uint256 refund, bool paid
+    );
+    /// @notice Emitted when the claim timeout changes.
+    event ClaimTimeoutSet(uint64 claimTimeout);
+    /// @notice Emitted when the challenge window for new jobs changes.
+    event ChallengeWindowSet(uint64 challengeWindow);
+    /// @notice Emitted when the allowed job durations change.
+    event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
+
+    error InvalidDuration(uint64 duration);
+    error ModelNotActive(bytes32 modelId);
+    error NotProvenModel(bytes32 modelId);
+    error ZeroHash();
+    error HostNotActive(address host);
+    error HostDoesNotServeModel(address host, bytes32 modelId);
+    error NotClaimable(uint256 jobId);
+    error NotJobHost(uint256 jobId);
+    error NotJobClient(uint256 jobId);
+    error ClaimExpired(uint256 jobId, uint64 claimedUntil);
+    error ProofRequired(uint256 jobId);
+    error NoProofRequired(uint256 jobId);
+    error PaymentTooHigh(uint256 payment, uint256 maxPayment);
+    error WrongStatus(uint256 jobId, Status status);
+    error ChallengeWindowOpen(uint64 releasableAt);
+    error ChallengeWindowClosed(uint64 releasableAt);
+    error DeadlineNotReached(uint64 deadline);
+    error ChallengeWindowTooLong(uint64 window);
+
+    constructor(
+        address initialOwner,
+        IModelRegistry modelRegistry_,
+        INodeRegistry nodeRegistry_,
+        IHostEarnings hostEarnings_,
+        IProofSystem proofSystem_,
+        address treasury_,
+        uint16 feeBps_,
+        uint64 claimTimeout_,
+        uint64 challengeWindow_
+    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_) {
+        if (challengeWindow_ > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(challengeWindow_);
+        if (claimTimeout_ == 0) revert InvalidDuration(claimTimeout_);
+        modelRegistry = modelRegistry_;
+        nodeRegistry = nodeRegistry_;
+        proofSystem = proofSystem_;
+        claimTimeout = claimTimeout_;
+        challengeWindow = challengeWindow_;
+        minDuration = 60;
+        maxDuration = 30 days;
+    }
+
+    // ----------------------------------------------------------------- client
+
+    /// @notice Posts a job for `modelId` and escrows `maxPayment` of `token` (address(0) = ETH,
+    /// sent as value; an ERC20 must be approved first).
+    /// @param inputHash the content hash of the job's input in the store; nonzero
+    /// @param inputCommitment for a proven job, keccak256 of the input instances the proofs
+    /// must carry (`ProofSystem`); zero otherwise
+    /// @param duration seconds until the deadline, after which an unfinished job refunds
+    /// @param proofRequired whether the job pays only on a proof (a proven model only)
+    /// @return jobId the new job's id
+    function post(
+        bytes32 modelId,
+        bytes32 inputHash,
+        bytes32 inputCommitment,
+        address token,
+        uint256 maxPayment,
+        uint64 duration,
+        bool proofRequired
+    ) external payable whenNotPaused nonReentrant returns (uint256 jobId) {
+        _checkDeposit(token, maxPayment);
+        if (duration < minDuration || duration > maxDuration) revert InvalidDuration(duration);
+        if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
+        if (inputHash == bytes32(0)) revert ZeroHash();
+        if (proofRequired) {
+            if (modelRegistry.getModel(modelId).kind != IModelRegistry.Kind.ProvenOnnx) {
+                revert NotProvenModel(modelId);
+            }
+            if (inputCommitment == bytes32(0)) revert ZeroHash();
+        }
+        jobId = nextJobId++;
+        uint64 deadline = uint64(block.timestamp) + duration;
+        Job storage j = _jobs[jobId];
+        j.client = msg.sender;
+        j.deadline = deadline;
+        j.feeBps = feeBps;
+        j.status = Status.Open;
+        j.proofRequired = proofRequired;
+        j.token = token;
+        j.challengeWindow = uint32(challengeWindow); // <= MAX_CHALLENGE_WINDOW
+        j.modelId = modelId;
+        j.inputHash = inputHash;
+        j.inputCommitment = inputCommitment;
+        j.maxPayment = SafeCast.toUint128(maxPayment);
+        emit JobPosted(
+            jobId, msg.sender, modelId, inputHash, inputCommitment, token, maxPayment, deadline, proofRequired
+        );
+        if (token != address(0)) _pullExactly(IERC20(token), maxPayment);
+    }
+
+    /// @notice Takes back an unclaimed job (or one whose claim lapsed): the deposit is refunded
+    /// in full. Client only.
+    function cancel(uint256 jobId) external nonReentrant {
+        Job storage j = _jobs[jobId];
+        if (msg.sender != j.client) revert NotJobClient(jobId);
+        if (!_claimable(j)) revert NotClaimable(jobId);
+        _refundAll(jobId, j);
+    }
+
+    /// @notice Disputes an unproven result within the challenge window; the owner decides.
+    /// Client only.
+    function dispute(uint256 jobId) external {
+        Job storage j = _jobs[jobId];
+        if (msg.sender != j.client) revert NotJobClient(jobId);
+        if (j.status != Status.Completed) revert WrongStatus(jobId, j.status);
+        uint64 at = _releasableAt(j);
+        if (block.timestamp >= at) revert ChallengeWindowClosed(at);
+        j.status = Status.Disputed;
+        emit JobDisputed(jobId);
+    }
+
+    // ----------------------------------------------------------------- host
+
+    /// @notice Claims job `jobId` for the caller, an active host serving its model, until
+    /// `claimTimeout` from now (or the deadline, if sooner). First valid claim wins; a lapsed
+    /// claim can be taken over.
+    function claim(uint256 jobId) external {
+        Job storage j = _jobs[jobId];
+        if (!_claimable(j) || block.timestamp >= j.deadline) revert NotClaimable(jobId);
+        if (!nodeRegistry.isActiveHost(msg.sender)) revert HostNotActive(msg.sender);
+        if (!nodeRegistry.servesModel(msg.sender, j.modelId)) {
+            revert HostDoesNotServeModel(msg.sender, j.modelId);
+        }
+        uint64 until = uint64(block.timestamp) + claimTimeout;
+        if (until > j.deadline) until = j.deadline;
+        j.host = msg.sender;
+        j.claimedUntil = until;
+        j.status = Status.Claimed;
+        emit JobClaimed(jobId, msg.sender, until);
+        nodeRegistry.lockStake(msg.sender, j.deadline + uint64(j.challengeWindow));
+    }
+
+    /// @notice Completes an unproven job with the content hash of its stored result, asking
+    /// `payment` (at most the job's maximum); paid after the challenge window. Claimer only,
+    /// while the claim lasts.
+    function complete(uint256 jobId, bytes32 resultHash, uint256 payment) external {
+        Job storage j = _claimed(jobId, payment);
+        if (j.proofRequired) revert ProofRequired(jobId);
+        if (resultHash == bytes32(0)) revert ZeroHash();
+        j.status = Status.Completed;
+        j.completedAt = uint64(block.timestamp);
+        j.resultHash = resultHash;
+        j.payment = uint128(payment); // <= maxPayment
+        emit JobCompleted(jobId, msg.sender, resultHash, payment, _releasableAt(j));
+    }
+
+    /// @notice Completes a proven job: `proofs` (one per input, with their public
+    /// `instances`) are checked by the ProofSystem. Accepted, the job is paid `payment` at
+    /// once; refused, it pays nothing and returns to the board. Claimer only, while the claim
+    /// lasts.
+    function submitProofs(
+        uint256 jobId,
+        bytes32 resultHash,
+        uint256 payment,
+        bytes[] calldata proofs,
+        uint256[][] calldata instances
+    ) external nonReentrant {
+        Job storage j = _claimed(jobId, payment);
+        if (!j.proofRequired) revert NoProofRequired(jobId);
+        if (resultHash == bytes32(0)) revert ZeroHash();
+        (IProofSystem.Verdict verdict, bytes32 outputCommitment) =
+            proofSystem.verifyJob(jobId, j.modelId, j.inputCommitment, proofs, instances);
+        if (verdict != IProofSystem.Verdict.Valid) {
+            j.status = Status.Open;
+            j.host = address(0);
+            j.claimedUntil = 0;
+            emit ProofRejected(jobId, msg.sender, verdict);
+            return;
+        }
+        j.completedAt = uint64(block.timestamp);
+        j.resultHash = resultHash;
+        j.outputCommitment = outputCommitment;
+        emit JobProven(jobId, msg.sender, resultHash, outputCommitment);
+        _settle(jobId, j, payment, true);
+    }
+
+    // ----------------------------------------------------------------- anyone
+
+    /// @notice Pays an unproven job once its challenge window has passed undisputed.
+    function release(uint256 jobId) external nonReentrant {
+        Job storage j = _jobs[jobId];
+        if (j.status != Status.Completed) revert WrongStatus(jobId, j.status);
+        uint64 at = _releasableAt(j);
+        if (block.timestamp < at) revert ChallengeWindowOpen(at);
+        _settle(jobId, j, j.payment, true);
+    }
+
+    /// @notice Refunds in full a job nobody completed by its deadline.
+    function expire(uint256 jobId) external nonReentrant {
+        Job storage j = _jobs[jobId];
+        if (j.status != Status.Open && j.status != Status.Claimed) revert WrongStatus(jobId, j.status);
+        if (block.timestamp < j.deadline) revert DeadlineNotReached(j.deadline);
+        _refundAll(jobId, j);
+    }
+
+    // ----------------------------------------------------------------- owner
+
+    /// @notice Decides a disputed job: pays the host its asked payment, or refunds the client.
+    function resolveDispute(uint256 jobId, bool payHost) external onlyOwner nonReentrant {
+        Job storage j = _jobs[jobId];
+        if (j.status != Status.Disputed) revert WrongStatus(jobId, j.status);
+        if (payHost) _settle(jobId, j, j.payment, true);
+        else _refundAll(jobId, j);
+    }
+
+    /// @notice Sets how long a claim lasts (for claims from now on).
+    function setClaimTimeout(uint64 timeout) external onlyOwner {
+        if (timeout == 0) revert InvalidDuration(timeout);
+        claimTimeout = timeout;
+        emit ClaimTimeoutSet(timeout);
+    }
+
+    /// @notice Sets the challenge window for jobs posted from now on (at most
+    /// MAX_CHALLENGE_WINDOW).
+    function setChallengeWindow(uint64 window) external onlyOwner {
+        if (window > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(window);
+        challengeWindow = window;
+        emit ChallengeWindowSet(window);
+    }
+
+    /// @notice Sets the allowed job durations for new jobs.
+    function setDurationLimits(uint64 minDuration_, uint64 maxDuration_) external onlyOwner {
+        if (minDuration_ == 0 || minDuration_ > maxDuration_) revert InvalidDuration(minDuration_);
+        minDuration = minDuration_;
+        maxDuration = maxDuration_;
+        emit DurationLimitsSet(minDuration_, maxDuration_);
+    }
+
+    // ----------------------------------------------------------------- views
+
+    /// @notice The job `jobId` (status None when unknown).
+    function getJob(uint256 jobId) external view returns (Job memory) {
+        return _jobs[jobId];
+    }
+
+    /// @notice Whether a host may claim job `jobId` now.
+    function isClaimable(uint256 jobId) external view returns (bool) {
+        Job storage j = _jobs[jobId];
+        return _claimable(j) && block.timestamp < j.deadline;
+    }
+
+    // ----------------------------------------------------------------- internals
+
+    /// @dev Open, or claimed by a host whose claim has lapsed.
+    function _claimable(Job storage j) private view returns (bool) {
+        return j.status == Status.Open || (j.status == Status.Claimed && block.timestamp > j.claimedUntil);
+    }
+
+    function _claimed(uint256 jobId, uint256 payment) private view returns (Job storage j) {
+        j = _jobs[jobId];
+        if (j.status != Status.Claimed) revert WrongStatus(jobId, j.status);
+        if (msg.sender != j.host) revert NotJobHost(jobId);
+        if (block.timestamp > j.claimedUntil) revert ClaimExpired(jobId, j.claimedUntil);
+        if (payment > j.maxPayment) revert PaymentTooHigh(payment, j.maxPayment);
+    }
+
+    function _releasableAt(Job storage j) private view returns (uint64) {
+        return j.completedAt + uint64(j.challengeWindow);
+    }
+
+    function _refundAll(uint256 jobId, Job storage j) private {
+        _settle(jobId, j, 0, false);
+    }
+
+    function _settle(uint256 jobId, Job storage j, uint256 payment, bool paid) private {
+        (uint256 hostAmount, uint256 fee) = _split(payment, j.feeBps);
+        uint256 refund = j.maxPayment - payment;
+        j.status = paid ? Status.Paid : Status.Refunded;
+        j.payment = uint128(payment);
+        emit JobSettled(jobId, payment, hostAmount, fee, refund, paid);
+        _payEarnings(jobId, j.token, j.host, hostAmount, fee);
+        if (refund != 0) _refund(jobId, j.client, j.token, refund);
+    }
+}
