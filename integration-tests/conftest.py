@@ -22,6 +22,7 @@ from fabstir_devtools.network import DEFAULT_PRICE, LocalNetwork, ModelSpec
 from fabstir_devtools.tiny_gguf import write_tiny_gguf
 from fabstir_devtools.wait import wait_until
 from fabstir_node.config import NodeConfig
+from fabstir_node.jobs import JobRunner
 from fabstir_node.keys import create_keys, load_keys
 from fabstir_node.runtime import HostNode, served_model
 from fabstir_node.sessions import SessionService
@@ -83,15 +84,16 @@ class Devnet(LocalNetwork):
         *,
         register: bool = True,
         service: type[SessionService] = SessionService,
+        jobs_runner: type[JobRunner] = JobRunner,
         **overrides: Any,
     ) -> HostNode:
         """An in-process host node for Anvil account ``index``, staked and registered;
-        ``service`` injects a deliberately faulty session service."""
+        ``service`` and ``jobs_runner`` inject a deliberately faulty host."""
         config = self.config(f"node{index}", **overrides)
         keys_dir = config.data_dir / "keys"
         if not keys_dir.exists():
             create_keys(config.data_dir, anvil_account(index).key.hex())
-        node = HostNode(config, load_keys(config.data_dir), service)
+        node = HostNode(config, load_keys(config.data_dir), service, jobs_runner)
         await node.start()
         if register:
             await asyncio.to_thread(self.register, node)

@@ -90,10 +90,31 @@ class NodeConfig:
     mcp_host: str = "127.0.0.1"
     mcp_port: int = 7531
     mcp_token: str | None = None  # required when mcp_host is not a loopback address
+    # Jobs from the JobBoard (README "Batch and proven jobs"): batch jobs for the served
+    # model, and proven jobs for the ONNX models listed in proven_models
+    # ("0xMODEL_ID=BUNDLE_DIR,..."), each asking proof_price wei per proof.
+    jobs: bool = True
+    job_poll: float = 2.0
+    proven_models: str = ""
+    proof_price: int = 10**13
 
     @property
     def bootstrap_peers(self) -> list[str]:
         return [a.strip() for a in self.bootstrap.split(",") if a.strip()]
+
+    @property
+    def proven_model_map(self) -> dict[bytes, Path]:
+        """Proven model id -> its proof bundle directory, from ``proven_models``."""
+        models: dict[bytes, Path] = {}
+        for item in (i.strip() for i in self.proven_models.split(",")):
+            if not item:
+                continue
+            model, sep, bundle = item.partition("=")
+            body = model.strip().removeprefix("0x")
+            if not sep or len(body) != 64 or any(c not in "0123456789abcdefABCDEF" for c in body):
+                raise ConfigError(f"proven_models: {item!r} is not 0xMODEL_ID=BUNDLE_DIR")
+            models[bytes.fromhex(body)] = Path(bundle.strip()).expanduser()
+        return models
 
     @property
     def threads_batch(self) -> int:

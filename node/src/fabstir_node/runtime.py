@@ -13,12 +13,15 @@ from pathlib import Path
 from web3 import Web3
 
 from fabstir_node.api import Api
+from fabstir_node.batch_jobs import BatchExecutor
 from fabstir_node.cache.semantic import SemanticCache
 from fabstir_node.chain import HostChain, ServedModel
 from fabstir_node.config import NodeConfig
 from fabstir_node.documents import DocumentIndex
 from fabstir_node.embeddings import Embedder
 from fabstir_node.errors import ConfigError
+from fabstir_node.inference import Engine
+from fabstir_node.jobs import JobExecutor, JobRunner
 from fabstir_node.journal import Journal
 from fabstir_node.keys import NodeKeys
 from fabstir_node.p2p import NodeNetwork
@@ -33,6 +36,7 @@ from fabstir_node.sessions import SessionPolicy, SessionService
 from fabstir_node.storage import NodeStorage
 from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.contracts.client import Contracts
+from fabstir_sdk.contracts.jobs import JobBoard
 from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.p2p import P2PHost, peer_id_bytes
 
@@ -88,10 +92,13 @@ class HostNode:
         config: NodeConfig,
         keys: NodeKeys,
         service: type[SessionService] = SessionService,
+        jobs: type[JobRunner] = JobRunner,
     ) -> None:
         self.config = config
         self.keys = keys
-        self._service = service  # tests inject a deliberately faulty host through it
+        self._service = service  # tests inject a deliberately faulty host through these
+        self._jobs = jobs
+        self.jobs: JobRunner | None = None
         self.prepared: PreparedModel | None = None
         self.sessions: SessionService | None = None
         self.network: NodeNetwork | None = None
@@ -162,7 +169,36 @@ class HostNode:
         await self.network.start(config.bootstrap_peers)  # provides the model and the store's
         await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
+        if config.jobs and "JobBoard" in chain.contracts.deployment.contracts:
+            await self._start_jobs(chain, engine, served)
         return self.status()
+
+    async def _start_jobs(self, chain: HostChain, engine: Engine, served: ServedModel) -> None:
+        """Take jobs from the board: batch jobs for the served model, proven jobs for the
+        configured ONNX models."""
+        assert self.storage is not None and self.prepared is not None
+        config = self.config
+        executors: list[JobExecutor] = [
+            BatchExecutor(
+                served.model_id,
+                self.prepared.model.name,
+                engine,
+                served.prices,
+                max_tokens_default=config.max_tokens,
+            )
+        ]
+        if config.proven_model_map:
+            from fabstir_node.proven_jobs import load_proven_executors
+
+            executors += await asyncio.to_thread(load_proven_executors, chain.contracts, config)
+        deployment = chain.contracts.deployment
+        state = (
+            config.data_dir / f"jobs-{deployment.chain_id}-{deployment.contracts['JobBoard']}.json"
+        )
+        self.jobs = self._jobs(
+            JobBoard(chain.contracts), self.storage, executors, state, poll=config.job_poll
+        )
+        await self.jobs.start()
 
     async def _start_cache(self, storage: NodeStorage) -> None:
         """The embedding model and the answer cache, read back from the store. Without the
@@ -221,6 +257,8 @@ class HostNode:
         )
 
     async def stop(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self._resume is not None:
             self._resume.cancel()
         if self._mcp is not None:

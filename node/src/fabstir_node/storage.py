@@ -34,7 +34,7 @@ from fabstir_sdk.protocol import (
 )
 from fabstir_sdk.storage.bitswap import Bitswap
 from fabstir_sdk.storage.blockstore import BlockStore, StoreStats
-from fabstir_sdk.storage.content import load_manifest
+from fabstir_sdk.storage.content import load_manifest, read_bytes
 from fabstir_sdk.storage.dirv1 import FileRef
 from fabstir_sdk.storage.errors import NotFound, StorageError
 from fabstir_sdk.storage.exchange import Exchange, model_key
@@ -162,6 +162,28 @@ class NodeStorage:
     def files(self, path: str) -> list[str]:
         """Every file below ``path`` (none when it does not exist)."""
         return self._files.files(path)
+
+    async def publish(self, path: str, data: bytes) -> bytes:
+        """Store ``data`` at ``path`` uncompressed (so its root hash is the one any writer of
+        the same bytes gets), announce it in the DHT, and return that root hash."""
+        async with self._write:
+            entry = await asyncio.to_thread(self._publish, path, data)
+        with contextlib.suppress(Exception):  # an empty routing table: fetched by tree instead
+            await self.exchange.provide(entry.ref.content)
+        return entry.ref.content.root
+
+    def _publish(self, path: str, data: bytes) -> FileEntry:
+        entry = self.store.put(path, data, compress=None)
+        self._sign_root()
+        return entry
+
+    async def fetch(self, root: bytes, max_size: int) -> bytes:
+        """Content ``root`` from whoever provides it (the DHT's providers), every block
+        checked as it arrives and the whole read back against its hash."""
+        ref = await self.exchange.fetch(root)
+        if ref.size > max_size:
+            raise StorageError(f"the content has {ref.size} bytes; at most {max_size} allowed")
+        return await asyncio.to_thread(read_bytes, self.store.blocks, ref, max_size)
 
     async def store_result(self, path: str, sealed: bytes) -> None:
         """A sealed answer (see :mod:`fabstir_sdk.transcripts`; it does not compress)."""

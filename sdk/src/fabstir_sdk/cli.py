@@ -422,6 +422,141 @@ def session_result(settings: Settings, session_id: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.group()
+def batch() -> None:
+    """Batch jobs on the JobBoard: OpenAI Batch files run by any host, results from storage."""
+
+
+def _job_row(job: Any) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status.name.lower(),
+        "model_id": "0x" + job.model_id.hex(),
+        "host": None if int(job.host, 16) == 0 else job.host,
+        "claimed_until": job.claimed_until or None,
+        "deadline": job.deadline,
+        "token": job.token,
+        "max_payment": job.max_payment,
+        "payment": job.payment,
+        "input_hash": "0x" + job.input_hash.hex(),
+        "result_hash": "0x" + job.result_hash.hex() if any(job.result_hash) else None,
+        "proof_required": job.proof_required,
+    }
+
+
+@batch.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "-m", required=True, help="catalogue name, repo/file or 0x model id")
+@click.option("--max-payment", type=int, required=True, help="the most you pay (wei or units)")
+@click.option("--token", default="ETH", show_default=True, help="ETH, or an ERC20 address/name")
+@click.option(
+    "--duration",
+    type=int,
+    default=24 * 3600,
+    show_default=True,
+    help="seconds until the deadline; an unfinished job is refundable after it",
+)
+@click.option(
+    "--copies",
+    type=int,
+    default=1,
+    show_default=True,
+    help="wait until this many hosts hold the input (0: return at once, stay online)",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def batch_submit(
+    settings: Settings,
+    file: Path,
+    model: str,
+    max_payment: int,
+    token: str,
+    duration: int,
+    copies: int,
+    as_json: bool,
+) -> None:
+    """Post FILE (OpenAI Batch JSONL: one chat completion request per line) as a job."""
+    from fabstir_sdk.batch import parse_input
+
+    data = file.read_bytes()
+    requests = parse_input(data)  # a bad line is a usage error before anything is paid
+    resolve_model_id(model)
+    client = _client(settings)
+
+    async def main_() -> Any:
+        async with client:
+            if not as_json:
+                click.echo(f"posting {len(requests)} requests; waiting for a host's copy", err=True)
+            return await client.jobs.submit_batch(
+                data, model, max_payment, duration, token=token, copies=copies
+            )
+
+    posted = _run(main_())
+    if as_json:
+        row = {"id": posted.job_id, "input_hash": "0x" + posted.input_hash.hex()}
+        click.echo(json.dumps(row | {"requests": len(requests), "copies": posted.copies}))
+    else:
+        click.echo(f"job {posted.job_id} posted ({posted.copies} host(s) hold the input)")
+
+
+@batch.command("status")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def batch_status(settings: Settings, job_id: int, as_json: bool) -> None:
+    """A job's state on-chain: who claimed it, what it asks, where its result is."""
+    client = _client(settings, wallet=False)
+    row = _job_row(_run(client.jobs.job(job_id)))
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    for key, value in row.items():
+        click.echo(f"{key:<15}{value}")
+
+
+@batch.command("results")
+@click.argument("job_id", type=int)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the output file here (default: stdout)",
+)
+@click.pass_obj
+def batch_results(settings: Settings, job_id: int, output: Path | None) -> None:
+    """The job's output (OpenAI Batch format), fetched from the store and checked against
+    the result hash the host completed with."""
+    from fabstir_sdk.batch import parse_output
+
+    client = _client(settings, wallet=False)
+
+    async def main_() -> bytes:
+        async with client:
+            result: bytes = await client.jobs.result(job_id)
+            return result
+
+    data = _run(main_())
+    parse_output(data)  # a host that stored something else than a batch output is caught here
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        output.write_bytes(data)
+        click.echo(f"wrote {output}", err=True)
+
+
+@batch.command("cancel")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def batch_cancel(settings: Settings, job_id: int) -> None:
+    """Take back an unclaimed job, or one past its deadline: the deposit is refunded."""
+    client = _client(settings)
+    job = _run(client.jobs.job(job_id))
+    now = client.contracts.latest_timestamp()
+    board = client.jobs.board
+    settlement = board.expire(job_id) if now >= job.deadline else board.cancel(job_id)
+    click.echo(f"refunded {settlement.refund} (job {job_id})")
+
+
 @main.command()
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--host", "bind", default="127.0.0.1", show_default=True)

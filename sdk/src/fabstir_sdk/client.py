@@ -32,6 +32,7 @@ from fabstir_sdk.errors import (
     mapped,
 )
 from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
+from fabstir_sdk.jobs import JobClient
 from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes
 from fabstir_sdk.protocol import (
@@ -136,6 +137,9 @@ class FabstirClient:
         self.p2p = P2PHost(secrets.token_bytes(32), [listen])
         self._blocks: BlockStore | None = None  # opened by start(), gone at close()
         self._exchange: Exchange | None = None
+        # Blocks we serve to peers: the inputs of the jobs we post (nothing else we hold).
+        self.published: set[bytes] = set()
+        self._jobs: JobClient | None = None
         self.discovery = Discovery(self.contracts, self.p2p)
         self.p2p.on_gossip(
             HOSTS_TOPIC, self.discovery.on_announcement, validate=self.discovery.validate
@@ -151,7 +155,7 @@ class FabstirClient:
         if not self._started:
             # Where blocks fetched from hosts land (tokenizers, results): a temporary store.
             self._blocks = BlockStore(tempfile.mkdtemp(prefix="fabstir-blocks-"))
-            bitswap = Bitswap(self.p2p, self._blocks, served=lambda _hash: False)
+            bitswap = Bitswap(self.p2p, self._blocks, served=self.published.__contains__)
             self._exchange = Exchange(self.p2p, self._blocks, bitswap)
             await self.p2p.start()
             self._started = True
@@ -168,6 +172,20 @@ class FabstirClient:
             self._blocks.close()
             shutil.rmtree(self._blocks.path, ignore_errors=True)
             self._blocks = self._exchange = None
+
+    @property
+    def blocks(self) -> BlockStore:
+        """Our block store (after :meth:`start`): what we fetched and what we publish."""
+        if self._blocks is None:
+            raise UsageError("the client is not started: use `async with` or await start()")
+        return self._blocks
+
+    @property
+    def jobs(self) -> JobClient:
+        """Post jobs to the JobBoard and fetch their results."""
+        if self._jobs is None:
+            self._jobs = JobClient(self)
+        return self._jobs
 
     @property
     def exchange(self) -> Exchange:

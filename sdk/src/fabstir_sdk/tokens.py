@@ -78,13 +78,16 @@ def resolve_token(contracts: Contracts, token: str | None) -> str:
     )
 
 
-def ensure_allowance(contracts: Contracts, token: str, amount: int) -> None:
-    """Make sure the marketplace may pull ``amount`` of ``token`` from this account: refuse a
-    balance that is too low, and approve exactly ``amount`` when the allowance is short."""
+def ensure_allowance(
+    contracts: Contracts, token: str, amount: int, spender: str | None = None
+) -> None:
+    """Make sure ``spender`` (the marketplace unless named: the job board) may pull ``amount``
+    of ``token`` from this account: refuse a balance that is too low, and approve exactly
+    ``amount`` when the allowance is short."""
     if token == ETH:
         return
     erc20 = _erc20(contracts, token)
-    owner, spender = contracts.address, contracts.market.address
+    owner, spender = contracts.address, spender or contracts.market.address
     balance = int(with_retries(erc20.functions.balanceOf(owner).call, "balanceOf"))
     if balance < amount:
         raise ChainError(

@@ -91,6 +91,14 @@ class TransactionSender:
         return receipt
 
     def _submit(self, tx: dict[str, Any], label: str) -> Any:
+        # Fewer transactions on the chain than we sent: a reorganisation dropped some, and a
+        # nonce above the chain's would wait forever. Go on from the chain's count.
+        pending = int(
+            with_retries(
+                lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"), label
+            )
+        )
+        self._nonce = min(self._nonce, pending)
         tx = {**tx, "from": self.address, "nonce": self._nonce, "chainId": self.chain_id}
         if "gas" not in tx:
             estimate = with_retries(lambda: self.w3.eth.estimate_gas(tx), label)  # type: ignore[arg-type]

@@ -4,12 +4,17 @@
 - ``/models/<sha256>/tokenizer.gguf``: its tokenizer file (pinned too);
 - ``/results/<session>/<start>``: a session's sealed answers (:mod:`fabstir_sdk.transcripts`),
   ``start`` being the billable tokens before the answer, zero-padded so names sort in order;
+- ``/jobs/<job>/input`` and ``/jobs/<job>/result``: a JobBoard job's input (kept by every
+  host serving its model, so the job outlives its client and its claimer) and its result;
 - ``/proofs/`` and ``/cache/``: reserved for proofs and the semantic cache.
+
+Job content is stored uncompressed, so its root hash (the one on the JobBoard) is the same
+whoever writes it.
 """
 
 from __future__ import annotations
 
-MODELS, RESULTS, PROOFS, CACHE = "/models/", "/results/", "/proofs/", "/cache/"
+MODELS, RESULTS, JOBS, PROOFS, CACHE = "/models/", "/results/", "/jobs/", "/proofs/", "/cache/"
 
 
 def model_path(sha256: bytes) -> str:
@@ -26,3 +31,11 @@ def result_dir(session_id: int) -> str:
 
 def result_path(session_id: int, start: int) -> str:
     return f"{result_dir(session_id)}{start:012d}"
+
+
+def job_input_path(job_id: int) -> str:
+    return f"{JOBS}{job_id}/input"
+
+
+def job_result_path(job_id: int) -> str:
+    return f"{JOBS}{job_id}/result"
