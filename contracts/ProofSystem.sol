@@ -22,6 +22,10 @@ interface IHalo2Verifier {
 contract ProofSystem is IProofSystem, Ownable {
     /// @notice The most proofs (inputs) one job may carry.
     uint256 public constant MAX_PROOFS = 16;
+    /// @notice Gas given to each verifier call (the most a pinned verifier may use). A call
+    /// starts only with this much gas at hand: otherwise a refusal could be an out-of-gas
+    /// the submitter chose (gas estimation would even choose it), not a bad proof.
+    uint256 public constant VERIFY_GAS = 1_500_000;
 
     IModelRegistry public immutable modelRegistry;
     /// @notice The job board, the only caller whose accepted proofs are consumed.
@@ -35,6 +39,7 @@ contract ProofSystem is IProofSystem, Ownable {
     event ProofAccepted(uint256 indexed jobId, bytes32 indexed modelId, bytes32 proofHash);
 
     error NotBoard(address caller);
+    error InsufficientGas(uint256 left, uint256 needed);
     error ZeroAddress();
 
     constructor(address initialOwner, IModelRegistry modelRegistry_) Ownable(initialOwner) {
@@ -117,12 +122,15 @@ contract ProofSystem is IProofSystem, Ownable {
         return (Verdict.Valid, hashes);
     }
 
-    /// @dev A verifier reverts on a bad proof (EZKL's do); either way it is a refusal.
+    /// @dev A verifier reverts on a bad proof (EZKL's do); either way it is a refusal. With
+    /// VERIFY_GAS assured, a revert is the verifier's verdict, never a starved call.
     function _verifies(address verifier, bytes calldata proof, uint256[] calldata instances)
         private
         returns (bool)
     {
-        try IHalo2Verifier(verifier).verifyProof(proof, instances) returns (bool ok) {
+        uint256 needed = VERIFY_GAS + VERIFY_GAS / 63 + 10_000; // the 1/64 kept back, and return
+        if (gasleft() < needed) revert InsufficientGas(gasleft(), needed);
+        try IHalo2Verifier(verifier).verifyProof{gas: VERIFY_GAS}(proof, instances) returns (bool ok) {
             return ok;
         } catch {
             return false;

@@ -24,7 +24,7 @@ from fabstir_devtools.wait import wait_until
 from fabstir_node.config import NodeConfig
 from fabstir_node.jobs import JobRunner
 from fabstir_node.keys import create_keys, load_keys
-from fabstir_node.runtime import HostNode, served_model
+from fabstir_node.runtime import HostNode
 from fabstir_node.sessions import SessionService
 from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.contracts.client import SessionStatus
@@ -111,7 +111,7 @@ class Devnet(LocalNetwork):
             peer_id_bytes(node.network.host.peer_id),
             node.network.host.addrs,
             {"test": True},
-            [served_model(node.prepared, node.config)],
+            node.served,
             stake,
         )
 

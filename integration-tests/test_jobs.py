@@ -11,7 +11,7 @@ from typing import Any
 
 from fabstir_devtools.chain import anvil_account
 from fabstir_devtools.wait import wait_until
-from fabstir_node.jobs import JobRunner
+from fabstir_node.jobs import JobRunner, Outcome
 from fabstir_sdk.batch import BatchRequest, parse_output, render_input
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, OnchainJob
@@ -63,11 +63,18 @@ def claims_of(board: JobBoard, job_id: int) -> list[Any]:
     )
 
 
+class Overcharges(JobRunner):
+    """Fault injection: a host that asks the job's whole maximum, whatever its answers used."""
+
+    def _complete(self, job: OnchainJob, root: bytes, outcome: Outcome) -> bool:
+        return super()._complete(job, root, Outcome(outcome.result, job.max_payment))
+
+
 class ClaimsThenDies(JobRunner):
-    """Fault injection: a host that claims jobs and never runs them (it dies after the claim)."""
+    """Fault injection: a host that claims a job and never delivers (it hangs, then dies)."""
 
     async def _run(self, job: OnchainJob, executor: Any, data: bytes) -> None:
-        return None
+        await asyncio.Event().wait()
 
 
 def test_batch_job_posted_by_the_cli_is_run_stored_and_paid(devnet: Devnet, tmp_path: Path) -> None:
@@ -97,6 +104,7 @@ def test_batch_job_posted_by_the_cli_is_run_stored_and_paid(devnet: Devnet, tmp_
                 fabstir, devnet, "batch", "results", str(job_id), "-o", str(out)
             )
             assert got.returncode == 0, got.stderr
+            assert f"asked {job.payment}" in got.stderr and "problem" not in got.stderr
             answers = parse_output(out.read_bytes())
             assert [a.custom_id for a in answers] == ["q0", "q1"]
             assert all(a.body and a.body["object"] == "chat.completion" for a in answers)
@@ -242,3 +250,39 @@ def test_an_expired_job_refunds_to_the_wei(devnet: Devnet) -> None:
     assert settlement.refund == MAX_PAYMENT and settlement.payment == 0 and not settlement.paid
     assert w3.eth.get_balance(client_account.address) == before + MAX_PAYMENT - gas
     assert board.job(job_id).status == JobStatus.REFUNDED
+
+
+def test_an_overcharging_host_is_caught_by_the_count_and_disputed(
+    devnet: Devnet, tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.jsonl"
+    path.write_bytes(batch_file("Tell me a story."))
+    board = board_of(devnet, 5)
+
+    async def main() -> None:
+        node = await devnet.start_node(2, job_poll=0.2, jobs_runner=Overcharges)
+        try:
+            posted = await asyncio.to_thread(
+                fabstir, devnet, "batch", "submit", str(path), "-m", MODEL,
+                "--max-payment", str(MAX_PAYMENT), "--json",
+            )  # fmt: skip
+            assert posted.returncode == 0, posted.stderr
+            job_id = json.loads(posted.stdout)["id"]
+            job = await asyncio.to_thread(wait_for_status, board, job_id, JobStatus.COMPLETED)
+            assert job.payment == MAX_PAYMENT
+            got = await asyncio.to_thread(fabstir, devnet, "batch", "results", str(job_id))
+            assert got.returncode == 1
+            assert f"problem: the host asks {MAX_PAYMENT}" in got.stderr
+            disputed = await asyncio.to_thread(fabstir, devnet, "batch", "dispute", str(job_id))
+            assert disputed.returncode == 0, disputed.stderr
+        finally:
+            await node.stop()
+        assert board.job(job_id).status == JobStatus.DISPUTED
+        devnet.anvil.increase_time(devnet.deployment.params["challengeWindow"] + 1)
+        owner_board = devnet.deployment.contract(devnet.owner.w3, "JobBoard")
+        devnet.owner.transact(owner_board.functions.resolveDispute(job_id, False), "resolve")
+        settlement = board.settlement_of(job_id)
+        assert settlement is not None and not settlement.paid
+        assert settlement.refund == MAX_PAYMENT and settlement.host_amount == settlement.fee == 0
+
+    run(main())

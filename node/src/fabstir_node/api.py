@@ -104,12 +104,10 @@ class Message(_Strict):
     content: str | list[ContentPart] | None = None
 
     def as_template_input(self) -> dict[str, str]:
-        text = (
-            self.content
-            if isinstance(self.content, str)
-            else "".join(p.text for p in self.content or [])
-        )
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        parts = self.content
+        if isinstance(parts, list):
+            return oai.template_message(self.role, [p.model_dump() for p in parts])
+        return oai.template_message(self.role, parts)
 
 
 class CacheOptions(_Strict):

@@ -90,6 +90,7 @@ class BatchExecutor:
         try:
             prompt = self.engine.chat_prompt([m.as_template_input() for m in body.messages])
             text: list[str] = []
+            ids: list[int] = []
             async for event in self.engine.generate(prompt, body.sampling(self.max_tokens_default)):
                 if isinstance(event, Finished):
                     usage = oai.usage(event.usage.prompt_tokens, event.usage.completion_tokens)
@@ -97,8 +98,11 @@ class BatchExecutor:
                     answer = oai.response(
                         ident, self.model_name, "".join(text), event.finish_reason, usage
                     )
+                    # The completion's token ids let the client count what it pays for.
+                    answer[oai.EXTENSION] = {"completion_ids": ids}
                     return BatchAnswer(request.custom_id, answer)
                 text.append(event.text)
+                ids.extend(event.token_ids)
         except EngineError as exc:
             return _error(request, str(exc))
         raise AssertionError("generate ended without Finished")

@@ -466,6 +466,11 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
             f"stake token balance too low: you hold {balance} FAB wei and staking needs "
             f"{config.stake}; get FAB to {chain.address} first"
         )
+    models = [served]
+    if config.proven_model_map:  # each bundle checked against its pin, setup run once
+        from fabstir_node.proven_jobs import proven_models
+
+        models += [model for model, _ in proven_models(chain.contracts, config)]
     listen = config.p2p_listen
     addrs = [] if listen.endswith("/tcp/0") else [f"{listen}/p2p/{keys.peer_id}"]
     from fabstir_sdk.p2p import peer_id_bytes
@@ -473,7 +478,7 @@ def register(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     try:
         with map_errors():
             receipt = chain.register(
-                peer_id_bytes(keys.peer_id), addrs, {"model": served.name}, [served], config.stake
+                peer_id_bytes(keys.peer_id), addrs, {"model": served.name}, models, config.stake
             )
     except FabstirError as exc:  # a revert, an unreachable RPC
         raise ChainError(f"registration failed: {exc}") from exc

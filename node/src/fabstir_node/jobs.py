@@ -24,10 +24,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from web3.exceptions import BlockNotFound
 
@@ -46,6 +46,9 @@ MAX_JOB_BYTES = 16 << 20
 REORG_DEPTH = 64
 #: The most blocks one query for events covers (RPC providers cap log ranges).
 LOG_RANGE = 2000
+#: How often this host's run of one job may fail (or its proofs be refused) before the host
+#: leaves the job to others.
+MAX_STRIKES = 3
 #: Jobs whose result is in the store.
 DONE = (JobStatus.COMPLETED, JobStatus.DISPUTED, JobStatus.PAID)
 #: Seconds before a job that could not be handled (input unreachable, RPC down) is retried.
@@ -143,12 +146,21 @@ class JobRunner:
         self.counters = JobCounters()
         self.state = BoardState()
         self._task: asyncio.Task[None] | None = None
+        self._strikes: dict[int, int] = {}  # job id -> our runs that failed or were refused
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.state = await asyncio.to_thread(BoardState.load, self.state_path)
         self._task = asyncio.ensure_future(self._follow())
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -227,15 +239,16 @@ class JobRunner:
             later[job_id] = now + RETRY_AFTER
             return
         executor = self.executors.get(job.model_id)
-        if executor is None:
+        if executor is None or self._strikes.get(job_id, 0) >= MAX_STRIKES:
             return
         if job.status in DONE and job.host != self.me:
-            await self._keep_result(job)
+            self._spawn(self._keep_result(job))  # a slow copy never holds up a claim
             return
         if job.status not in (JobStatus.OPEN, JobStatus.CLAIMED):
             return
         ours = job.status == JobStatus.CLAIMED and job.host == self.me
         if ours and now <= job.claimed_until:
+            await self._remember(job_id)
             data = await self._input(job)
             if data is not None:
                 await self._run(job, executor, data)
@@ -260,7 +273,14 @@ class JobRunner:
             later[job_id] = now + RETRY_AFTER
             return
         self.counters.claimed += 1
+        await self._remember(job_id)
         await self._run(await asyncio.to_thread(self.board.job, job_id), executor, data)
+
+    async def _remember(self, job_id: int) -> None:
+        """Note a job we hold in the state file before working on it: a restart (or a failed
+        run) comes back to it, never claims it again while the claim lasts."""
+        self.state.later[job_id] = 0
+        await asyncio.to_thread(self.state.save, self.state_path)
 
     async def _input(self, job: OnchainJob) -> bytes | None:
         """The job's input, kept in our tree (fetched, checked against its hash, on first
@@ -305,26 +325,33 @@ class JobRunner:
             else:
                 outcome = await executor.run(job, data)
             root = await self.storage.publish(path, outcome.result)
-            await asyncio.to_thread(self._complete, job, root, outcome)
-        except Exception as exc:  # the claim lapses and the job goes back to the board
+            if not await asyncio.to_thread(self._complete, job, root, outcome):
+                await self.storage.delete_many([path])  # refused: prove again next time
+            self.state.later.pop(job.id, None)
+        except Exception as exc:  # tried again next poll, until MAX_STRIKES
             self.counters.failed += 1
+            self._strikes[job.id] = self._strikes.get(job.id, 0) + 1
             log.warning("jobs: job %d failed: %s", job.id, exc)
 
-    def _complete(self, job: OnchainJob, root: bytes, outcome: Outcome) -> None:
+    def _complete(self, job: OnchainJob, root: bytes, outcome: Outcome) -> bool:
+        """Complete the job on-chain; False when its proofs were refused."""
         if not job.proof_required:
             self.board.complete(job.id, root, outcome.payment)
             self.counters.completed += 1
             log.info("jobs: completed job %d (asking %d)", job.id, outcome.payment)
-            return
+            return True
         verdict, _ = self.board.submit_proofs(
             job.id, root, outcome.payment, outcome.proofs, outcome.instances
         )
         if verdict != Verdict.VALID:
+            # The job is back on the board; after MAX_STRIKES we leave it to other hosts.
             self.counters.proofs_rejected += 1
+            self._strikes[job.id] = self._strikes.get(job.id, 0) + 1
             log.warning("jobs: the proofs of job %d were refused: %s", job.id, verdict.name)
-        else:
-            self.counters.completed += 1
-            log.info("jobs: proved job %d (paid %d)", job.id, outcome.payment)
+            return False
+        self.counters.completed += 1
+        log.info("jobs: proved job %d (paid %d)", job.id, outcome.payment)
+        return True
 
 
 def _root_of(storage: NodeStorage, path: str) -> bytes:

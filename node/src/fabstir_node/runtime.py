@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from web3 import Web3
 
@@ -39,6 +40,9 @@ from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.jobs import JobBoard
 from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.p2p import P2PHost, peer_id_bytes
+
+if TYPE_CHECKING:
+    from fabstir_node.prover import Prover
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,7 @@ class HostNode:
         self._service = service  # tests inject a deliberately faulty host through these
         self._jobs = jobs
         self.jobs: JobRunner | None = None
+        self.served: list[ServedModel] = []  # what it registers: the GGUF, proven models
         self.prepared: PreparedModel | None = None
         self.sessions: SessionService | None = None
         self.network: NodeNetwork | None = None
@@ -169,11 +174,23 @@ class HostNode:
         await self.network.start(config.bootstrap_peers)  # provides the model and the store's
         await asyncio.to_thread(self._refresh_endpoint, chain)
         self._resume = asyncio.ensure_future(self.sessions.resume())
+        proven: list[tuple[ServedModel, Prover]] = []
+        if config.proven_model_map:
+            from fabstir_node.proven_jobs import proven_models
+
+            proven = await asyncio.to_thread(proven_models, chain.contracts, config)
+        self.served = [served, *(model for model, _ in proven)]
         if config.jobs and "JobBoard" in chain.contracts.deployment.contracts:
-            await self._start_jobs(chain, engine, served)
+            await self._start_jobs(chain, engine, served, proven)
         return self.status()
 
-    async def _start_jobs(self, chain: HostChain, engine: Engine, served: ServedModel) -> None:
+    async def _start_jobs(
+        self,
+        chain: HostChain,
+        engine: Engine,
+        served: ServedModel,
+        proven: list[tuple[ServedModel, Prover]],
+    ) -> None:
         """Take jobs from the board: batch jobs for the served model, proven jobs for the
         configured ONNX models."""
         assert self.storage is not None and self.prepared is not None
@@ -187,10 +204,13 @@ class HostNode:
                 max_tokens_default=config.max_tokens,
             )
         ]
-        if config.proven_model_map:
-            from fabstir_node.proven_jobs import load_proven_executors
+        if proven:
+            from fabstir_node.proven_jobs import ProvenExecutor
 
-            executors += await asyncio.to_thread(load_proven_executors, chain.contracts, config)
+            executors += [
+                ProvenExecutor(model.model_id, prover, config.proof_price)
+                for model, prover in proven
+            ]
         deployment = chain.contracts.deployment
         state = (
             config.data_dir / f"jobs-{deployment.chain_id}-{deployment.contracts['JobBoard']}.json"

@@ -525,23 +525,45 @@ def batch_status(settings: Settings, job_id: int, as_json: bool) -> None:
 @click.pass_obj
 def batch_results(settings: Settings, job_id: int, output: Path | None) -> None:
     """The job's output (OpenAI Batch format), fetched from the store and checked against
-    the result hash the host completed with."""
-    from fabstir_sdk.batch import parse_output
-
+    the result hash the host completed with; every billed token is counted again with the
+    pinned tokenizer (exit 1 if the host asks more than its answers are worth: dispute it
+    with `fabstir batch dispute` before the challenge window closes)."""
     client = _client(settings, wallet=False)
 
-    async def main_() -> bytes:
+    async def main_() -> tuple[bytes, Any]:
         async with client:
-            result: bytes = await client.jobs.result(job_id)
-            return result
+            data: bytes = await client.jobs.result(job_id)
+            from fabstir_sdk.batch import parse_output
 
-    data = _run(main_())
-    parse_output(data)  # a host that stored something else than a batch output is caught here
+            check = await client.jobs.check_batch(job_id, parse_output(data))
+            return data, check
+
+    data, check = _run(main_())
     if output is None:
         sys.stdout.buffer.write(data)
     else:
         output.write_bytes(data)
         click.echo(f"wrote {output}", err=True)
+    click.echo(
+        f"{check.tokens} tokens counted at {check.price} per 1000: worth {check.fair}, "
+        f"asked {check.asked}",
+        err=True,
+    )
+    for problem in check.problems:
+        click.secho(f"problem: {problem}", fg="red", err=True)
+    if not check.ok:
+        sys.exit(1)
+
+
+@batch.command("dispute")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def batch_dispute(settings: Settings, job_id: int) -> None:
+    """Dispute a completed job's result within its challenge window: it is not paid until
+    the board's owner decides."""
+    client = _client(settings)
+    client.jobs.board.dispute(job_id)
+    click.echo(f"job {job_id} disputed")
 
 
 @batch.command("cancel")

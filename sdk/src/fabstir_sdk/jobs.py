@@ -16,14 +16,29 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fabstir_sdk.batch import BatchAnswer, parse_input, parse_output
+from fabstir_sdk.batch import BatchAnswer, BatchRequest, parse_input, parse_output
 from fabstir_sdk.contracts.deployment import ETH
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, OnchainJob
+from fabstir_sdk.discovery import HostInfo
 from fabstir_sdk.errors import HostError, UsageError
 from fabstir_sdk.models import resolve_model_id
+from fabstir_sdk.openai_format import EXTENSION, template_message
 from fabstir_sdk.p2p import PeerAddress, peer_id_from_bytes
+from fabstir_sdk.proofs import (
+    CircuitPin,
+    Proof,
+    ProofBundle,
+    commitment,
+    input_commitment,
+    outputs_as_floats,
+    parse_result,
+    parse_rows,
+    render_rows,
+    verify_offchain,
+)
 from fabstir_sdk.storage.content import blocks_of, read_bytes, write_bytes
 from fabstir_sdk.storage.exchange import content_key
+from fabstir_sdk.tokenizer import Tokenizer
 from fabstir_sdk.tokens import ensure_allowance, resolve_token
 
 if TYPE_CHECKING:
@@ -33,6 +48,8 @@ __all__ = ["MAX_RESULT_BYTES", "JobClient"]
 
 #: The largest job result a client fetches.
 MAX_RESULT_BYTES = 64 << 20
+#: payment = tokens * price / PRICE_PRECISION (the NodeRegistry's unit).
+PRICE_PRECISION = 1000
 #: Statuses in which a job has a result in the store.
 DONE = (JobStatus.COMPLETED, JobStatus.DISPUTED, JobStatus.PAID)
 
@@ -164,19 +181,172 @@ class JobClient:
         job = await self.job(job_id)
         if job.status not in DONE:
             raise UsageError(f"job {job_id} has no result yet ({job.status.name.lower()})")
-        # Its host first; else whoever the DHT says holds it (hosts of the model copy results).
-        record = await asyncio.to_thread(self.client.contracts.host, job.host)
-        first = [PeerAddress(peer_id_from_bytes(record.peer_id), list(record.addrs))]
+        return await self._content(job, job.result_hash, "result")
+
+    async def _content(self, job: OnchainJob, root: bytes, what: str) -> bytes:
+        """Content ``root`` of ``job``: from our own store, else from the job's host, else
+        from whoever the DHT says holds it (every host of the model keeps a copy)."""
+        exchange = self.client.exchange
         try:
-            try:
-                ref = await self.client.exchange.fetch(job.result_hash, first)
-            except Exception:
-                await self._reach_hosts(job.model_id)
-                ref = await self.client.exchange.fetch(job.result_hash)
+            if self.client.blocks.has(root):
+                ref = await exchange.fetch(root, [])  # ours: only read back and checked
+            else:
+                record = await asyncio.to_thread(self.client.contracts.host, job.host)
+                first = [PeerAddress(peer_id_from_bytes(record.peer_id), list(record.addrs))]
+                try:
+                    ref = await exchange.fetch(root, first)
+                except Exception:
+                    await self._reach_hosts(job.model_id)
+                    ref = await exchange.fetch(root)
         except Exception as exc:
-            raise HostError("no_result", f"cannot fetch the result of job {job_id}: {exc}") from exc
+            raise HostError("no_result", f"cannot fetch the {what} of job {job.id}: {exc}") from exc
         return await asyncio.to_thread(read_bytes, self.client.blocks, ref, MAX_RESULT_BYTES)
 
-    async def batch_results(self, job_id: int) -> list[BatchAnswer]:
-        """A batch job's answers, in input order (OpenAI's Batch output format)."""
-        return parse_output(await self.result(job_id))
+    async def batch_results(self, job_id: int) -> tuple[list[BatchAnswer], BatchCheck]:
+        """A batch job's answers, in input order (OpenAI's Batch output format), and what
+        our own count of them says about the payment the host asked."""
+        answers = parse_output(await self.result(job_id))
+        return answers, await self.check_batch(job_id, answers)
+
+    async def check_batch(self, job_id: int, answers: list[BatchAnswer]) -> BatchCheck:
+        """Count every token the host bills with the tokenizer the registry pins: the prompt
+        from the input, the completion from the token ids the answer lists (whose text must
+        be the answer's); the payment must not exceed those tokens at the host's price."""
+        job = await self.job(job_id)
+        requests = parse_input(await self._content(job, job.input_hash, "input"))
+        tokenizer = await self._tokenizer(job)
+        problems: list[str] = []
+        if [a.custom_id for a in answers] != [r.custom_id for r in requests]:
+            problems.append("the answers are not the requests' (their ids or order differ)")
+        tokens = 0
+        for request, answer in zip(requests, answers, strict=False):
+            if answer.body is not None:
+                counted, trouble = _count(tokenizer, request, answer)
+                tokens += counted
+                problems += trouble
+        price = await asyncio.to_thread(
+            self.client.contracts.price, job.host, job.model_id, job.token
+        )
+        fair = min(tokens * price // PRICE_PRECISION, job.max_payment)
+        if job.payment > fair:
+            problems.append(
+                f"the host asks {job.payment}; the {tokens} tokens counted are worth {fair}"
+            )
+        return BatchCheck(tokens, price, fair, job.payment, tuple(problems))
+
+    async def submit_proven(
+        self,
+        model: str | bytes,
+        rows: list[list[float]],
+        bundle: ProofBundle,
+        max_payment: int,
+        duration: int = 3600,
+        *,
+        copies: int = 1,
+        timeout: float = 120.0,
+    ) -> Posted:
+        """Post rows of input for proven model ``model`` as a job paid only on proofs. The
+        job commits to the rows' quantized values (computed from ``bundle``'s settings, once
+        the bundle is checked against the model's pin), so only proofs about exactly these
+        rows are paid."""
+        model_id = resolve_model_id(model)
+        await self._checked_bundle(model_id, bundle)
+        width = bundle.inputs
+        parse_rows(render_rows(rows), width)  # a malformed row is refused before paying
+        commitment = await asyncio.to_thread(input_commitment, rows, bundle)
+        return await self._post(
+            render_rows(rows), model_id, max_payment, duration, ETH, copies, timeout,
+            commitment, proof_required=True,
+        )  # fmt: skip
+
+    async def proven_result(self, job_id: int, bundle: ProofBundle) -> ProvenResult:
+        """A proven job's outputs, from the proofs its host stored, each checked: the
+        proofs' inputs must be the job's (its input commitment), their outputs those the
+        ProofSystem accepted on-chain (the output commitment), and each proof must verify
+        off-chain against the pinned circuit."""
+        job = await self.job(job_id)
+        await self._checked_bundle(job.model_id, bundle)
+        proofs = parse_result(await self.result(job_id))
+        n_in, n_out = bundle.inputs, bundle.outputs
+        problems = []
+        if commitment(v for p in proofs for v in p.inputs(n_in)) != job.input_commitment:
+            problems.append("the proofs are not about the job's input")
+        if commitment(v for p in proofs for v in p.outputs(n_out)) != job.output_commitment:
+            problems.append("the outputs are not those the ProofSystem accepted")
+        for n, proof in enumerate(proofs):
+            if not await asyncio.to_thread(verify_offchain, proof, bundle):
+                problems.append(f"proof {n} does not verify")
+        outputs = [outputs_as_floats(p, bundle) for p in proofs]
+        return ProvenResult(outputs, proofs, tuple(problems))
+
+    async def _checked_bundle(self, model_id: bytes, bundle: ProofBundle) -> CircuitPin:
+        contracts = self.client.contracts
+        pin = await asyncio.to_thread(CircuitPin.from_registry, contracts.models, model_id)
+        bundle.check(pin, chain_id=contracts.deployment.chain_id, need_onnx=False)
+        return pin
+
+    async def _tokenizer(self, job: OnchainJob) -> Tokenizer:
+        record = await asyncio.to_thread(self.client.contracts.host, job.host)
+        host = HostInfo(
+            record.address, peer_id_from_bytes(record.peer_id), list(record.addrs), 0, 0, ""
+        )
+        return await self.client.tokenizer_for(job.model_id, host)
+
+
+@dataclass(frozen=True)
+class ProvenResult:
+    """A proven job's outputs (one list per row, dequantized) and the proofs behind them."""
+
+    outputs: list[list[float]]
+    proofs: list[Proof]
+    problems: tuple[str, ...]
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """Our own count of a batch job's answers against the payment its host asked."""
+
+    tokens: int  # prompt + completion tokens of every answer, counted by us
+    price: int  # the host's price per 1000 tokens in the job's token
+    fair: int  # what those tokens cost (at most the job's maximum)
+    asked: int  # the payment the host completed with
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _count(
+    tokenizer: Tokenizer, request: BatchRequest, answer: BatchAnswer
+) -> tuple[int, list[str]]:
+    """The tokens one answer used by our count, and what disagrees with the host's."""
+    body = answer.body or {}
+    messages = [
+        template_message(str(m.get("role", "")), m.get("content"))
+        for m in request.body.get("messages", [])
+        if isinstance(m, dict)
+    ]
+    prompt = len(tokenizer.chat_tokens(messages))
+    ids = (body.get(EXTENSION) or {}).get("completion_ids")
+    claimed_prompt, claimed_completion = answer.usage
+    problems = []
+    if claimed_prompt != prompt:
+        problems.append(
+            f"{answer.custom_id}: {claimed_prompt} prompt tokens billed, {prompt} counted"
+        )
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        return prompt, [*problems, f"{answer.custom_id}: the answer lists no completion token ids"]
+    if claimed_completion != len(ids):
+        problems.append(
+            f"{answer.custom_id}: {claimed_completion} completion tokens billed, {len(ids)} listed"
+        )
+    text = "".join(str(c.get("message", {}).get("content", "")) for c in body.get("choices", []))
+    decoded = b"".join(tokenizer.piece(i, special=False) for i in ids).decode(errors="replace")
+    if not decoded.strip().startswith(text.strip()):
+        problems.append(f"{answer.custom_id}: the text is not what its token ids say")
+    return prompt + len(ids), problems

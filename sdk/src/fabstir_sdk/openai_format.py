@@ -37,6 +37,13 @@ def cache_mark(similarity: float, entry: int) -> dict[str, Any]:
     return {EXTENSION: {"cached": True, "similarity": similarity, "entry": entry}}
 
 
+def template_message(role: str, content: str | list[dict[str, Any]] | None) -> dict[str, str]:
+    """An OpenAI chat message as the model's chat template takes it, and so as both sides
+    count its prompt tokens: ``developer`` reads as ``system``, text parts are joined."""
+    text = content if isinstance(content, str) else "".join(p["text"] for p in content or [])
+    return {"role": "system" if role == "developer" else role, "content": text}
+
+
 def completion_id(chat: bool = True) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
 
