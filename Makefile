@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors demo devnet lint clean
+        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,7 +90,7 @@ gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's l
 demo: setup ## Local chain + 2 hosts + a paid chat with SmolLM2, then a receipt (cleans up after)
 	cd scripts && ../$(BIN)/python demo.py
 
-devnet: setup ## The demo's network (Anvil, contracts, 2 hosts), kept running until Ctrl-C
+devnet: setup ## The demo's network (Anvil, contracts, a proven model, 2 hosts) until Ctrl-C
 	cd scripts && ../$(BIN)/python devnet.py
 
 serve: setup ## Serve SmolLM2-135M-Instruct over the OpenAI-compatible API on 127.0.0.1:8080
@@ -106,6 +106,9 @@ bench-cache: setup ## Answer cache: GPTCache's benchmark, near misses, a replaye
 
 bench-vectors: setup ## Vector index: 1M clustered vectors, build, memory, p50/p99, recall@10 vs exact
 	$(BIN)/python bench/vectors.py
+
+bench-proofs: setup ## Proven jobs: EZKL proving time, memory, proof size, verify time and gas, EIP-170
+	$(BIN)/python bench/proofs.py
 
 bench-storage: setup ## Storage: put/get vs plain files, a 1M-entry HAMT, Bitswap vs a plain stream
 	$(BIN)/python bench/storage.py

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from fabstir_devtools.chain import anvil_account
 from fabstir_devtools.wait import wait_until
 from fabstir_node.jobs import JobRunner, Outcome
@@ -111,6 +113,10 @@ def test_batch_job_posted_by_the_cli_is_run_stored_and_paid(devnet: Devnet, tmp_
             # The payment asked is the tokens used at the host's price, counted line by line.
             tokens = sum(sum(a.usage) for a in answers)
             assert tokens > 0 and job.payment == tokens * PRICE // 1000
+            assert node.http is not None
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"{node.http.url}/metrics")).text
+            assert "fabstir_jobs_completed 1.0" in metrics
         finally:
             await node.stop()
 

@@ -6,6 +6,7 @@ refused on-chain and pay nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,9 @@ from fabstir_devtools.wait import wait_until
 from fabstir_node.prover import example_model
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, Verdict
-from fabstir_sdk.proofs import Proof, ProofBundle, input_commitment, parse_result
+from fabstir_sdk.proofs import Proof, ProofBundle, input_commitment, parse_result, render_rows
 
-from conftest import Devnet, run
+from conftest import Devnet, fabstir, run
 
 PROOF_PRICE = 10**13
 MAX_PAYMENT = 10**15
@@ -57,32 +58,47 @@ def node_overrides(p: Proven, **more: object) -> dict[str, object]:
     }
 
 
-def test_a_proven_job_pays_on_a_valid_proof(proven: Proven) -> None:
+def test_a_proven_job_pays_on_a_valid_proof(proven: Proven, tmp_path: Path) -> None:
     devnet = proven.devnet
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_bytes(render_rows(ROWS))
 
     async def main() -> None:
         node = await devnet.start_node(1, **node_overrides(proven))
         client = devnet.client(4)
         board = client.jobs.board
         try:
-            posted = await client.jobs.submit_proven(
-                proven.model_id, ROWS, proven.bundle, MAX_PAYMENT
-            )
+            # What the client checks proofs with comes from the host's store, checked
+            # against the registry's pin: no local bundle needed.
+            fetched = await client.jobs.bundle(proven.model_id)
+            assert fetched.path != proven.bundle.path
+            posted = await asyncio.to_thread(
+                fabstir, devnet, "prove", "submit", str(rows_file),
+                "-m", "0x" + proven.model_id.hex(), "--max-payment", str(MAX_PAYMENT), "--json",
+                key_index=4,
+            )  # fmt: skip
+            assert posted.returncode == 0, posted.stderr
+            job_id = json.loads(posted.stdout)["id"]
             await asyncio.to_thread(
                 wait_until,
-                lambda: board.job(posted.job_id).status == JobStatus.PAID,
+                lambda: board.job(job_id).status == JobStatus.PAID,
                 300,
                 "the proven job to be paid",
             )
-            job = board.job(posted.job_id)
+            job = board.job(job_id)
             assert job.host == node.keys.account.address
-            settlement = board.settlement_of(posted.job_id)
+            settlement = board.settlement_of(job_id)
             assert settlement is not None and settlement.paid
             assert settlement.payment == 2 * PROOF_PRICE  # one proof per row, at its price
             assert settlement.host_amount + settlement.fee + settlement.refund == MAX_PAYMENT
-            result = await client.jobs.proven_result(posted.job_id, proven.bundle)
+            result = await client.jobs.proven_result(job_id, fetched)
             assert result.verified, result.problems
             assert len(result.outputs) == 2 and all(len(o) == 2 for o in result.outputs)
+            shown = await asyncio.to_thread(
+                fabstir, devnet, "prove", "result", str(job_id), "--json"
+            )
+            assert shown.returncode == 0, shown.stderr
+            assert json.loads(shown.stdout)["outputs"] == result.outputs
         finally:
             await node.stop()
             await client.close()

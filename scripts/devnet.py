@@ -1,8 +1,9 @@
 """`make devnet`: a local Fabstir network, kept running until Ctrl-C.
 
-Anvil, the contracts, SmolLM2-135M-Instruct registered with its real sha256, and two host
-nodes (different prices) that stake, register and serve; the launcher is
-``fabstir_devtools.network`` (shared with `make demo`, the benches and the tests).
+Anvil, the contracts, SmolLM2-135M-Instruct registered with its real sha256, the example
+proven model (a credit-risk scorer in ONNX, its EZKL circuit pinned with a test SRS), and two
+host nodes (different prices) that stake, register, serve sessions and take jobs; the launcher
+is ``fabstir_devtools.network`` (shared with `make demo`, the benches and the tests).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from fabstir_devtools.chain import anvil_account
 from fabstir_devtools.network import LocalNetwork, ModelSpec
 from fabstir_devtools.wait import wait_until
+from fabstir_node.prover import example_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelSpec.builtin("smollm2-135m-instruct")
@@ -44,6 +46,8 @@ def start_hosts(net: LocalNetwork) -> None:
 def main() -> int:
     try:
         with demo_network(port=8545) as net:
+            step("building the example proven model's circuit (EZKL, ~20 s)")
+            proven = net.add_proven_model(example_model(), "fabstir/examples", "risk_scorer.onnx")
             start_hosts(net)
             key = anvil_account(CLIENT_ACCOUNT).key.hex()
             print(
@@ -57,6 +61,8 @@ Fabstir devnet is running (Ctrl-C stops everything).
     .venv/bin/fabstir hosts --model {MODEL.name}
     .venv/bin/fabstir chat --model {MODEL.name} -p "Which city is the capital of France?"
     .venv/bin/fabstir proxy --port 8080   # any OpenAI client: base_url=http://127.0.0.1:8080/v1
+    .venv/bin/fabstir batch submit batch.jsonl --model {MODEL.name} --max-payment 100000000000000
+    .venv/bin/fabstir prove submit rows.json --model 0x{proven.hex()} --max-payment 100000000000000
 """,
                 file=sys.stderr,
                 flush=True,

@@ -351,6 +351,7 @@ class LocalNetwork:
         self._deployment: Deployment | None = None
         self._owner: TransactionSender | None = None
         self.hosts: list[HostProcess] = []
+        self.proven_models: dict[bytes, Path] = {}  # model id -> circuit bundle
         self._previous_sigterm: Any = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -467,6 +468,24 @@ class LocalNetwork:
         self.log(f"{model.file} registered in the ModelRegistry (sha256 {model.sha256[:16]}...)")
         return mid
 
+    def add_proven_model(self, onnx: Path, repo: str, file: str) -> bytes:
+        """Build ``onnx``'s circuit bundle (EZKL, a test SRS: local chains only), deploy its
+        verifier and pin it in the ModelRegistry; hosts started from now on prove its jobs.
+        Returns the model id."""
+        from fabstir_devtools.proof_models import (
+            build_bundle,
+            register_proven_model,
+            sample_rows,
+        )
+
+        bundle = build_bundle(
+            onnx, self.root / "proofs" / onnx.stem, calibration_rows=sample_rows(32)
+        )
+        model_id = register_proven_model(self.owner, self.deployment, bundle, repo, file)
+        self.proven_models[model_id] = bundle
+        self.log(f"{file} registered as a proven model (verifier deployed, circuit pinned)")
+        return model_id
+
     def fund_stake(self, address: str, amount: int | None = None) -> None:
         """Mint stake tokens (the minimum stake unless told) to ``address``."""
         mint_fab(self.owner, self.deployment, address, amount or self.params.min_stake)
@@ -502,7 +521,7 @@ class LocalNetwork:
             price=self.price if price is None else price,
             data_dir=data_dir,
             p2p_port=free_port(),  # fixed for the host's life: a restart keeps its address
-            env={**self.node_env, **(env or {})},
+            env={**self.node_env, **self._proven_env(), **(env or {})},
         )
         self.hosts.append(host)
         return host
@@ -528,6 +547,12 @@ class LocalNetwork:
             f"log {_show(host.data_dir / 'node.log')})"
         )
         return host
+
+    def _proven_env(self) -> dict[str, str]:
+        if not self.proven_models:
+            return {}
+        models = ",".join(f"0x{mid.hex()}={path}" for mid, path in self.proven_models.items())
+        return {"FABSTIR_PROVEN_MODELS": models}
 
     def host_of(self, address: str) -> HostProcess:
         """The host process of an on-chain host address."""

@@ -12,6 +12,7 @@ from fabstir_node.inference import Finished
 
 if TYPE_CHECKING:
     from fabstir_node.cache.semantic import SemanticCache
+    from fabstir_node.jobs import JobRunner
     from fabstir_node.storage import NodeStorage
 
 LOOKUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25)
@@ -129,6 +130,24 @@ class NodeMetrics:
             registry=r,
         )
         cache.observe = latency.observe
+
+    def watch_jobs(self, jobs: JobRunner) -> None:
+        """The JobBoard follower's counters: claims, completions, refused proofs."""
+        c = jobs.counters
+        figures: dict[str, tuple[str, Callable[[], float]]] = {
+            "fabstir_jobs_claimed": ("Jobs claimed on the board", lambda: c.claimed),
+            "fabstir_jobs_completed": ("Jobs completed (or proven and paid)", lambda: c.completed),
+            "fabstir_jobs_proofs_rejected": (
+                "Jobs whose proofs were refused",
+                lambda: c.proofs_rejected,
+            ),
+            "fabstir_jobs_refused": ("Jobs this host would not take", lambda: c.refused),
+            "fabstir_jobs_failed": ("Job runs that failed", lambda: c.failed),
+            "fabstir_jobs_reorgs": ("Chain reorganisations seen under the board", lambda: c.reorgs),
+            "fabstir_jobs_block": ("Last block of board events read", lambda: jobs.state.block),
+        }
+        for name, (help_text, read) in figures.items():
+            Gauge(name, help_text, registry=self.registry).set_function(_as_float(read))
 
     def observe(self, finished: Finished) -> None:
         usage = finished.usage

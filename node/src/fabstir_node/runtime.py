@@ -40,6 +40,8 @@ from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.jobs import JobBoard
 from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.p2p import P2PHost, peer_id_bytes
+from fabstir_sdk.proofs import ONNX, VERIFIER_FILES, ProofBundle
+from fabstir_sdk.storage.layout import proof_file_path
 
 if TYPE_CHECKING:
     from fabstir_node.prover import Prover
@@ -66,6 +68,12 @@ def open_journal(config: NodeConfig, chain: HostChain) -> Journal:
         deployment.chain_id,
         deployment.contracts["JobMarketplace"],
     )
+
+
+def verifier_files(bundle: ProofBundle) -> dict[str, bytes]:
+    """A proven model's bundle files a client verifies proofs with, at their store paths."""
+    sha = bundle.manifest_sha256[ONNX]
+    return {proof_file_path(sha, name): bundle.file(name).read_bytes() for name in VERIFIER_FILES}
 
 
 def served_model(prepared: PreparedModel, config: NodeConfig) -> ServedModel:
@@ -180,8 +188,12 @@ class HostNode:
 
             proven = await asyncio.to_thread(proven_models, chain.contracts, config)
         self.served = [served, *(model for model, _ in proven)]
+        for _, prover in proven:  # clients fetch what they check our proofs with
+            await self.storage.put_many(verifier_files(prover.bundle))
         if config.jobs and "JobBoard" in chain.contracts.deployment.contracts:
             await self._start_jobs(chain, engine, served, proven)
+            assert self.jobs is not None
+            api.metrics.watch_jobs(self.jobs)
         return self.status()
 
     async def _start_jobs(

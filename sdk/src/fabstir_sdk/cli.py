@@ -579,6 +579,73 @@ def batch_cancel(settings: Settings, job_id: int) -> None:
     click.echo(f"refunded {settlement.refund} (job {job_id})")
 
 
+@main.group()
+def prove() -> None:
+    """Proven jobs: rows for a proven ONNX model, paid only when their proofs verify on-chain."""
+
+
+@prove.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "-m", required=True, help="the proven model: repo/file or 0x model id")
+@click.option("--max-payment", type=int, required=True, help="the most you pay, in wei")
+@click.option(
+    "--duration",
+    type=int,
+    default=3600,
+    show_default=True,
+    help="seconds until the deadline; an unproven job is refundable after it",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def prove_submit(
+    settings: Settings, file: Path, model: str, max_payment: int, duration: int, as_json: bool
+) -> None:
+    """Post FILE's rows ({"input_data": [[...], ...]}, at most 16) as a proven job."""
+    from fabstir_sdk.proofs import parse_rows
+
+    client = _client(settings)
+
+    async def main_() -> Any:
+        async with client:
+            bundle = await client.jobs.bundle(model)
+            rows = parse_rows(file.read_bytes(), bundle.inputs)
+            return await client.jobs.submit_proven(model, rows, bundle, max_payment, duration)
+
+    posted = _run(main_())
+    if as_json:
+        click.echo(json.dumps({"id": posted.job_id, "input_hash": "0x" + posted.input_hash.hex()}))
+    else:
+        click.echo(f"job {posted.job_id} posted ({posted.copies} host(s) hold the input)")
+
+
+@prove.command("result")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def prove_result(settings: Settings, job_id: int, as_json: bool) -> None:
+    """The proven outputs of a job, each proof checked off-chain against the pinned circuit
+    and against what the ProofSystem accepted (exit 1 if any check fails)."""
+    client = _client(settings, wallet=False)
+
+    async def main_() -> Any:
+        async with client:
+            job = await client.jobs.job(job_id)
+            bundle = await client.jobs.bundle(job.model_id)
+            return await client.jobs.proven_result(job_id, bundle)
+
+    result = _run(main_())
+    if as_json:
+        row = {"outputs": result.outputs, "verified": result.verified}
+        click.echo(json.dumps(row | {"problems": list(result.problems)}))
+    else:
+        for n, outputs in enumerate(result.outputs):
+            click.echo(f"row {n}: " + " ".join(f"{v:.4f}" for v in outputs))
+    for problem in result.problems:
+        click.secho(f"problem: {problem}", fg="red", err=True)
+    if not result.verified:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--host", "bind", default="127.0.0.1", show_default=True)

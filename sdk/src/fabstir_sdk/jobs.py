@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fabstir_sdk.batch import BatchAnswer, BatchRequest, parse_input, parse_output
@@ -25,9 +27,11 @@ from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.openai_format import EXTENSION, template_message
 from fabstir_sdk.p2p import PeerAddress, peer_id_from_bytes
 from fabstir_sdk.proofs import (
+    VERIFIER_FILES,
     CircuitPin,
     Proof,
     ProofBundle,
+    ProofError,
     commitment,
     input_commitment,
     outputs_as_floats,
@@ -38,6 +42,7 @@ from fabstir_sdk.proofs import (
 )
 from fabstir_sdk.storage.content import blocks_of, read_bytes, write_bytes
 from fabstir_sdk.storage.exchange import content_key
+from fabstir_sdk.storage.layout import proof_file_path
 from fabstir_sdk.tokenizer import Tokenizer
 from fabstir_sdk.tokens import ensure_allowance, resolve_token
 
@@ -279,6 +284,41 @@ class JobClient:
         outputs = [outputs_as_floats(p, bundle) for p in proofs]
         return ProvenResult(outputs, proofs, tuple(problems))
 
+    async def bundle(self, model: str | bytes) -> ProofBundle:
+        """What checking proven model ``model``'s proofs takes (EZKL's settings, the
+        verifying key, the SRS): from the disk cache, else from the store of a host serving
+        it, each file checked against the registry's pin."""
+        await self.client.start()
+        model_id = resolve_model_id(model)
+        contracts = self.client.contracts
+        pin = await asyncio.to_thread(CircuitPin.from_registry, contracts.models, model_id)
+        directory = proof_cache_dir() / pin.onnx_sha256.hex()
+        with contextlib.suppress(ProofError):
+            cached = ProofBundle(directory)
+            cached.check(pin, chain_id=contracts.deployment.chain_id, need_onnx=False)
+            return cached
+        hosts = await asyncio.to_thread(contracts.hosts_for_model, model_id)
+        problems = []
+        for address in hosts:
+            record = await asyncio.to_thread(contracts.host, address)
+            peer = PeerAddress(peer_id_from_bytes(record.peer_id), list(record.addrs))
+            try:
+                root = await self.client.exchange.root_of(peer)
+                files = {
+                    name: await self.client.exchange.get_file(
+                        peer, root, proof_file_path(pin.onnx_sha256, name)
+                    )
+                    for name in VERIFIER_FILES
+                }
+                fetched = await asyncio.to_thread(_write_bundle, directory, files)
+                fetched.check(pin, chain_id=contracts.deployment.chain_id, need_onnx=False)
+                return fetched
+            except Exception as exc:  # the next host may hold the right files
+                problems.append(f"{address}: {exc}")
+        raise HostError(
+            "no_bundle", f"no host gave the proven model's pinned files: {'; '.join(problems)}"
+        )
+
     async def _checked_bundle(self, model_id: bytes, bundle: ProofBundle) -> CircuitPin:
         contracts = self.client.contracts
         pin = await asyncio.to_thread(CircuitPin.from_registry, contracts.models, model_id)
@@ -291,6 +331,20 @@ class JobClient:
             record.address, peer_id_from_bytes(record.peer_id), list(record.addrs), 0, 0, ""
         )
         return await self.client.tokenizer_for(job.model_id, host)
+
+
+def proof_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fabstir" / "proofs"
+
+
+def _write_bundle(directory: Path, files: dict[str, bytes]) -> ProofBundle:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = directory / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, directory / name)
+    return ProofBundle(directory)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ __all__ = [
     "BUNDLE_FILES",
     "FIELD_MODULUS",
     "LOCAL_CHAINS",
+    "MAX_ROWS",
+    "VERIFIER_FILES",
     "CircuitPin",
     "Proof",
     "ProofBundle",
@@ -46,7 +48,11 @@ __all__ = [
     "commitment",
     "input_commitment",
     "outputs_as_floats",
+    "parse_result",
+    "parse_rows",
     "quantize",
+    "render_result",
+    "render_rows",
     "verify_offchain",
 ]
 
@@ -65,6 +71,8 @@ BUNDLE_FILES: Final[Mapping[str, str]] = {
     "srs": SRS,
     "manifest": MANIFEST,
 }
+#: What checking a proof needs (no ONNX file): what hosts publish under ``/proofs/``.
+VERIFIER_FILES: Final = (SETTINGS, VK, SRS, MANIFEST)
 SRS_TEST: Final = "test"
 SRS_TRUSTED: Final = "trusted"
 #: Anvil's and Ganache/Hardhat's chain ids: the only chains a test SRS is accepted for.

@@ -6,7 +6,9 @@
   ``start`` being the billable tokens before the answer, zero-padded so names sort in order;
 - ``/jobs/<job>/input`` and ``/jobs/<job>/result``: a JobBoard job's input (kept by every
   host serving its model, so the job outlives its client and its claimer) and its result;
-- ``/proofs/`` and ``/cache/``: reserved for proofs and the semantic cache.
+- ``/proofs/<onnx sha256>/``: what a client needs to check a proven model's proofs (EZKL's
+  settings, the verifying key, the SRS and the bundle manifest), pinned by the registry;
+- ``/cache/``: the semantic cache.
 
 Job content is stored uncompressed, so its root hash (the one on the JobBoard) is the same
 whoever writes it.
@@ -39,3 +41,7 @@ def job_input_path(job_id: int) -> str:
 
 def job_result_path(job_id: int) -> str:
     return f"{JOBS}{job_id}/result"
+
+
+def proof_file_path(onnx_sha256: bytes, name: str) -> str:
+    return f"{PROOFS}{onnx_sha256.hex()}/{name}"
