@@ -62,6 +62,17 @@ def test_token_prices_are_parsed_and_checked() -> None:
             load_config(None, env={"FABSTIR_TOKEN_PRICES": bad})
 
 
+def test_proven_models_are_parsed_and_checked(tmp_path: Path) -> None:
+    model = "0x" + "cd" * 32
+    config = load_config(None, env={"FABSTIR_PROVEN_MODELS": f"{model}={tmp_path}, "})
+    assert config.proven_model_map == {bytes.fromhex("cd" * 32): tmp_path}
+    for bad in ("0x12=/x", model, f"{model[:-2]}zz=/x"):
+        with pytest.raises(ConfigError, match="proven_models"):
+            load_config(None, env={"FABSTIR_PROVEN_MODELS": bad})
+    with pytest.raises(ConfigError, match="proof_price"):
+        load_config(None, env={"FABSTIR_PROOF_PRICE": "0"})
+
+
 def test_config_errors_carry_the_configuration_exit_code() -> None:
     from fabstir_node.errors import EXIT_CONFIG, NodeError
 

@@ -150,6 +150,11 @@ class NodeConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535 (0 picks a free port), got {self.port}")
         _ = self.token_price_map  # raises ConfigError when malformed
+        _ = self.proven_model_map
+        if self.proof_price <= 0:
+            raise ConfigError("proof_price must be positive (wei per proof)")
+        if self.job_poll <= 0:
+            raise ConfigError("job_poll must be positive (seconds)")
         if not 0 <= self.cache_rate_bps <= 10_000:
             raise ConfigError(f"cache_rate_bps must be 0..10000, got {self.cache_rate_bps}")
         loopback = self.mcp_host in ("localhost", "::1") or self.mcp_host.startswith("127.")
