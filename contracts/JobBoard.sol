@@ -67,8 +67,6 @@ contract JobBoard is PaymentEscrow {
     uint64 public claimTimeout;
     /// @notice How long a client has to dispute an unproven result before it is paid.
     uint64 public challengeWindow;
-    uint64 public minDuration;
-    uint64 public maxDuration;
     uint256 public nextJobId = 1;
 
     mapping(uint256 jobId => Job) private _jobs;
@@ -106,10 +104,7 @@ contract JobBoard is PaymentEscrow {
     event ClaimTimeoutSet(uint64 claimTimeout);
     /// @notice Emitted when the challenge window for new jobs changes.
     event ChallengeWindowSet(uint64 challengeWindow);
-    /// @notice Emitted when the allowed job durations change.
-    event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
 
-    error InvalidDuration(uint64 duration);
     error ModelNotActive(bytes32 modelId);
     error NotProvenModel(bytes32 modelId);
     error ZeroHash();
@@ -138,7 +133,7 @@ contract JobBoard is PaymentEscrow {
         uint16 feeBps_,
         uint64 claimTimeout_,
         uint64 challengeWindow_
-    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_) {
+    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_, 30 days) {
         if (challengeWindow_ > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(challengeWindow_);
         if (claimTimeout_ == 0) revert InvalidDuration(claimTimeout_);
         modelRegistry = modelRegistry_;
@@ -146,8 +141,6 @@ contract JobBoard is PaymentEscrow {
         proofSystem = proofSystem_;
         claimTimeout = claimTimeout_;
         challengeWindow = challengeWindow_;
-        minDuration = 60;
-        maxDuration = 30 days;
     }
 
     // ----------------------------------------------------------------- client
@@ -170,7 +163,7 @@ contract JobBoard is PaymentEscrow {
         bool proofRequired
     ) external payable whenNotPaused nonReentrant returns (uint256 jobId) {
         _checkDeposit(token, maxPayment);
-        if (duration < minDuration || duration > maxDuration) revert InvalidDuration(duration);
+        _checkDuration(duration);
         if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
         if (inputHash == bytes32(0)) revert ZeroHash();
         if (proofRequired) {
@@ -327,14 +320,6 @@ contract JobBoard is PaymentEscrow {
         if (window > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(window);
         challengeWindow = window;
         emit ChallengeWindowSet(window);
-    }
-
-    /// @notice Sets the allowed job durations for new jobs.
-    function setDurationLimits(uint64 minDuration_, uint64 maxDuration_) external onlyOwner {
-        if (minDuration_ == 0 || minDuration_ > maxDuration_) revert InvalidDuration(minDuration_);
-        minDuration = minDuration_;
-        maxDuration = maxDuration_;
-        emit DurationLimitsSet(minDuration_, maxDuration_);
     }
 
     // ----------------------------------------------------------------- views

@@ -62,8 +62,6 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
     IModelRegistry public immutable modelRegistry;
     INodeRegistry public immutable nodeRegistry;
     uint64 public disputeWindow;
-    uint64 public minDuration;
-    uint64 public maxDuration;
     uint256 public nextSessionId = 1;
 
     mapping(uint256 sessionId => Session) private _sessions;
@@ -96,10 +94,7 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
     );
     /// @notice Emitted when the dispute window changes.
     event DisputeWindowSet(uint64 disputeWindow);
-    /// @notice Emitted when the allowed session durations change.
-    event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
 
-    error InvalidDuration(uint64 duration);
     error ModelNotActive(bytes32 modelId);
     error HostNotActive(address host);
     error HostDoesNotServeModel(address host, bytes32 modelId);
@@ -123,13 +118,11 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
         address treasury_,
         uint16 feeBps_,
         uint64 disputeWindow_
-    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_) EIP712("Fabstir JobMarketplace", "1") {
+    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_, 7 days) EIP712("Fabstir JobMarketplace", "1") {
         if (disputeWindow_ > MAX_DISPUTE_WINDOW) revert DisputeWindowTooLong(disputeWindow_);
         modelRegistry = modelRegistry_;
         nodeRegistry = nodeRegistry_;
         disputeWindow = disputeWindow_;
-        minDuration = 60;
-        maxDuration = 7 days;
     }
 
     // ----------------------------------------------------------------- client
@@ -151,7 +144,7 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
         address signer
     ) external payable whenNotPaused nonReentrant returns (uint256 sessionId) {
         _checkDeposit(token, deposit);
-        if (duration < minDuration || duration > maxDuration) revert InvalidDuration(duration);
+        _checkDuration(duration);
         if (signer == address(0)) revert ZeroAddress();
         _checkHostTerms(host, modelId, token, price);
 
@@ -244,14 +237,6 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
         if (window > MAX_DISPUTE_WINDOW) revert DisputeWindowTooLong(window);
         disputeWindow = window;
         emit DisputeWindowSet(window);
-    }
-
-    /// @notice Sets the allowed session durations for new sessions.
-    function setDurationLimits(uint64 minDuration_, uint64 maxDuration_) external onlyOwner {
-        if (minDuration_ == 0 || minDuration_ > maxDuration_) revert InvalidDuration(minDuration_);
-        minDuration = minDuration_;
-        maxDuration = maxDuration_;
-        emit DurationLimitsSet(minDuration_, maxDuration_);
     }
 
     // ----------------------------------------------------------------- views

@@ -34,9 +34,13 @@ abstract contract PaymentEscrow is Ownable, Pausable, ReentrancyGuard {
     }
 
     IHostEarnings public immutable hostEarnings;
-    address public treasury;
     /// @notice The treasury's share of each payment, fixed per deposit when it is made.
     uint16 public feeBps;
+    /// @notice The shortest and longest a new session or job may run (in one slot with the fee:
+    /// opening reads all three).
+    uint64 public minDuration;
+    uint64 public maxDuration;
+    address public treasury;
 
     mapping(address token => TokenConfig) private _tokenConfigs;
     /// @notice Payouts whose push failed, claimable by their owner with `claimPayout`: refunds
@@ -59,6 +63,8 @@ abstract contract PaymentEscrow is Ownable, Pausable, ReentrancyGuard {
     event FeeSet(uint16 feeBps);
     /// @notice Emitted when the treasury changes.
     event TreasurySet(address treasury);
+    /// @notice Emitted when the allowed durations of new deposits change.
+    event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
 
     error TokenNotAllowed(address token);
     error DepositOutOfRange(uint256 deposit, uint256 minDeposit, uint256 maxDeposit);
@@ -70,15 +76,22 @@ abstract contract PaymentEscrow is Ownable, Pausable, ReentrancyGuard {
     error FeeTooHigh(uint16 feeBps);
     error InvalidDepositRange();
     error MaxDepositTooHigh(uint256 maxDeposit, uint256 cap);
+    error InvalidDuration(uint64 duration);
 
-    constructor(address initialOwner, IHostEarnings hostEarnings_, address treasury_, uint16 feeBps_)
-        Ownable(initialOwner)
-    {
+    constructor(
+        address initialOwner,
+        IHostEarnings hostEarnings_,
+        address treasury_,
+        uint16 feeBps_,
+        uint64 maxDuration_
+    ) Ownable(initialOwner) {
         if (treasury_ == address(0)) revert ZeroAddress();
         if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
         hostEarnings = hostEarnings_;
         treasury = treasury_;
         feeBps = feeBps_;
+        minDuration = 60;
+        maxDuration = maxDuration_;
     }
 
     /// @notice Sends the caller what could not be pushed to it at settlement (`pendingPayouts`).
@@ -122,6 +135,14 @@ abstract contract PaymentEscrow is Ownable, Pausable, ReentrancyGuard {
         emit TreasurySet(treasury_);
     }
 
+    /// @notice Sets the allowed durations (seconds until expiry or deadline) of new deposits.
+    function setDurationLimits(uint64 minDuration_, uint64 maxDuration_) external onlyOwner {
+        if (minDuration_ == 0 || minDuration_ > maxDuration_) revert InvalidDuration(minDuration_);
+        minDuration = minDuration_;
+        maxDuration = maxDuration_;
+        emit DurationLimitsSet(minDuration_, maxDuration_);
+    }
+
     /// @notice Stops new deposits. Settlement, refunds and claims keep working.
     function pause() external onlyOwner {
         _pause();
@@ -149,6 +170,10 @@ abstract contract PaymentEscrow is Ownable, Pausable, ReentrancyGuard {
         }
         uint256 expectedValue = token == address(0) ? deposit : 0;
         if (msg.value != expectedValue) revert WrongValue(expectedValue, msg.value);
+    }
+
+    function _checkDuration(uint64 duration) internal view {
+        if (duration < minDuration || duration > maxDuration) revert InvalidDuration(duration);
     }
 
     /// @dev Fee-on-transfer and rebasing tokens would break exact accounting: refuse them.
