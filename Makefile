@@ -84,7 +84,7 @@ abi: compile ## Export the compiled ABIs into the SDK package
 deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil, kept running) and write deployments/<chainId>.json
 	$(BIN)/python scripts/deploy.py $(if $(RPC_URL),--rpc-url $(RPC_URL))
 
-gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's lifecycle on Anvil
+gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's and a job's lifecycle
 	$(BIN)/python scripts/gas_report.py --output bench/gas-report.json
 
 demo: setup ## Local chain + 2 hosts + a paid chat with SmolLM2, then a receipt (cleans up after)

@@ -1,5 +1,6 @@
 """Gas used by one paid session's lifecycle on a fresh Anvil: register, open, checkpoint,
-settle, withdraw (ETH and TestUSD). Prints a table with the change against the saved report,
+settle, withdraw (ETH and TestUSD), and by a batch job's (post, claim, complete, release, in
+ETH). Prints a table with the change against the saved report,
 then saves the new one (``make gas``), so a contract change shows its gas cost in review."""
 
 from __future__ import annotations
@@ -68,7 +69,18 @@ def measure() -> dict[str, int]:
             v2 = sign_voucher(signer, domain, sid, 2000, b"\x02" * 32)
             host.transact(market.functions.settle(*v2.as_args()), f"settle ({tag})")
             host.transact(earnings.functions.withdraw(token), f"withdraw ({tag})")
-        keep = ("register", "open", "checkpoint", "settle", "withdraw", "deploy")
+        board = d.contract(w3, "JobBoard")
+        receipt = client.transact(
+            board.functions.post(model_id, b"\x03" * 32, bytes(32), ETH, 10**15, 3600, False),
+            "job post (ETH)",
+            value=10**15,
+        )
+        job = board.events.JobPosted().process_receipt(receipt, errors=DISCARD)[0]["args"]["jobId"]
+        host.transact(board.functions.claim(job), "job claim")
+        host.transact(board.functions.complete(job, b"\x04" * 32, 10**14), "job complete")
+        net.anvil.increase_time(params.challenge_window + 1)
+        client.transact(board.functions.release(job), "job release")
+        keep = ("register", "open", "checkpoint", "settle", "withdraw", "deploy", "job")
         gas = {**owner.gas_used, **host.gas_used, **client.gas_used}
         return {k: v for k, v in gas.items() if k.startswith(keep)}
 
