@@ -24,10 +24,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from web3.exceptions import BlockNotFound
 
@@ -37,6 +37,7 @@ from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.errors import FabstirError
 from fabstir_sdk.storage.errors import StorageError
 from fabstir_sdk.storage.layout import job_input_path, job_result_path
+from fabstir_sdk.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +148,14 @@ class JobRunner:
         self.state = BoardState()
         self._task: asyncio.Task[None] | None = None
         self._strikes: dict[int, int] = {}  # job id -> our runs that failed or were refused
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet()
 
     async def start(self) -> None:
         self.state = await asyncio.to_thread(BoardState.load, self.state_path)
         self._task = asyncio.ensure_future(self._follow())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def stop(self) -> None:
-        for task in list(self._background):
-            task.cancel()
+        self._background.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -242,7 +237,7 @@ class JobRunner:
         if executor is None or self._strikes.get(job_id, 0) >= MAX_STRIKES:
             return
         if job.status in DONE and job.host != self.me:
-            self._spawn(self._keep_result(job))  # a slow copy never holds up a claim
+            self._background.spawn(self._keep_result(job))  # a copy never holds up a claim
             return
         if job.status not in (JobStatus.OPEN, JobStatus.CLAIMED):
             return

@@ -50,6 +50,7 @@ from fabstir_sdk.protocol import (
     cached_tokens,
 )
 from fabstir_sdk.storage.layout import result_path
+from fabstir_sdk.tasks import TaskSet
 from fabstir_sdk.transcripts import (
     ZERO_HASH,
     StoredResult,
@@ -152,7 +153,7 @@ class SessionService:
         self._attached: dict[int, _Live] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._settling: dict[int, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet()
         self._watcher: asyncio.Task[None] | None = None
         self.open_limiter = PeerRateLimiter(
             self.policy.open_rate,
@@ -558,10 +559,7 @@ class SessionService:
         """Settle ``session_id`` in the background, retrying with backoff until it is done."""
         task = self._settling.get(session_id)
         if task is None or task.done():
-            task = asyncio.ensure_future(self._settle_until_done(session_id))
-            self._settling[session_id] = task
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._settling[session_id] = self._background.spawn(self._settle_until_done(session_id))
 
     async def _settle_until_done(self, session_id: int) -> None:
         delay = self.policy.retry_base
@@ -650,17 +648,14 @@ class SessionService:
             live.end(SessionRefused("session_closed", f"session {live.id} is closing on-chain"))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(coro)
 
     async def drain(self) -> None:
         """Wait for background checkpoints and settlements (used at shutdown and in tests)."""
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.join()
 
 
 def _policy(prompt: Prompt) -> CachePolicy:

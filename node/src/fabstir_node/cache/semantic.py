@@ -41,6 +41,7 @@ from fabstir_node.stored_index import load_index, save_index
 from fabstir_node.vectors import VectorIndex
 from fabstir_sdk.storage import cbor
 from fabstir_sdk.storage.errors import StorageError
+from fabstir_sdk.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class SemanticCache:
         self.counters = CacheCounters()
         self._next_id = 1
         self._unsaved = 0
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet()
         self._migrating: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -234,8 +235,7 @@ class SemanticCache:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.join()
         with contextlib.suppress(Exception):
             await self.save()
 
@@ -400,10 +400,7 @@ class SemanticCache:
         return removed
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._background.spawn(coro)
 
 
 def _question(entry: Entry) -> str:

@@ -41,6 +41,7 @@ from fabstir_sdk.protocol import MalformedFrame, decode_uvarint, encode_uvarint
 from fabstir_sdk.storage.blobs import CODEC_RAW, MULTIHASH_BLAKE3, blake3_256, cid_bytes
 from fabstir_sdk.storage.blockstore import BlockStore
 from fabstir_sdk.storage.errors import NotFound, StorageError
+from fabstir_sdk.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Bitswap:
         #: Our outstanding wants: CID bytes -> (peer asked, future of the block).
         self._wants: dict[bytes, tuple[str, asyncio.Future[bytes]]] = {}
         self._cancelled: OrderedDict[bytes, None] = OrderedDict()  # late blocks are no lie
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         for protocol in PROTOCOLS:
             host.set_handler(protocol, self._inbound)
 
@@ -442,9 +443,7 @@ class Bitswap:
 
     def _later(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background; its failure only matters to the log."""
-        task = asyncio.ensure_future(_quietly(coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(_quietly(coro))
 
     async def fetch_blocks(
         self, peers: Sequence[str], hashes: Sequence[bytes], timeout: float = WANT_TIMEOUT_S
