@@ -95,8 +95,9 @@ contract JobBoard is PaymentEscrow {
     event ProofRejected(uint256 indexed jobId, address indexed host, IProofSystem.Verdict verdict);
     /// @notice Emitted when the client disputes an unproven result.
     event JobDisputed(uint256 indexed jobId);
-    /// @notice Emitted once per job when it settles: paid (`payment` > 0 or a dispute lost by
-    /// the host) or refunded (expired, cancelled).
+    /// @notice Emitted once per job when it settles: `paid` when the host is paid what it asked
+    /// (released, proven, or a dispute decided for it; the payment may be zero), otherwise
+    /// refunded in full (expired, cancelled, or a dispute decided for the client).
     event JobSettled(
         uint256 indexed jobId, uint256 payment, uint256 hostAmount, uint256 fee, uint256 refund, bool paid
     );
@@ -289,11 +290,12 @@ contract JobBoard is PaymentEscrow {
         _settle(jobId, j, j.payment, true);
     }
 
-    /// @notice Refunds in full a job nobody completed by its deadline.
+    /// @notice Refunds in full a job nobody completed by its deadline (from the second after
+    /// it: at the deadline itself a claimer may still deliver).
     function expire(uint256 jobId) external nonReentrant {
         Job storage j = _jobs[jobId];
         if (j.status != Status.Open && j.status != Status.Claimed) revert WrongStatus(jobId, j.status);
-        if (block.timestamp < j.deadline) revert DeadlineNotReached(j.deadline);
+        if (block.timestamp <= j.deadline) revert DeadlineNotReached(j.deadline);
         _refundAll(jobId, j);
     }
 

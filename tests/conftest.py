@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from fabstir_sdk.contracts import VoucherDomain
 
 from contract_helpers import (
+    ADDRS,
     DISPUTE_WINDOW,
     ETH,
     ETH_PRICE,
@@ -24,6 +25,7 @@ from contract_helpers import (
     MIN_STAKE,
     MODEL,
     MODEL_SHA,
+    PEER_ID,
     TOKENIZER_SHA,
     UNBONDING,
     Opened,
@@ -165,3 +167,120 @@ def open_session(market: Any, registered: Any, model_id: bytes, client: Any, dom
         return Opened(session_id, signer, domain)
 
     return _open
+
+
+# ------------------------------------------------------------------ the job board
+
+CLAIM_TIMEOUT = 300  # DeployParams' defaults; tests read them back from the board
+CHALLENGE_WINDOW = 600
+PEER_ID_2 = bytes.fromhex("0024080112204a") + b"\x02" * 32
+INPUT_HASH = bytes.fromhex("33" * 32)  # content hash of a job's input in the store
+NO_COMMITMENT = b"\x00" * 32
+
+
+@pytest.fixture(scope="session")
+def proofs(project: Any, owner: Any, models: Any) -> Any:
+    return owner.deploy(project.ProofSystem, owner, models)
+
+
+@pytest.fixture(scope="session")
+def board(
+    project: Any,
+    owner: Any,
+    treasury: Any,
+    models: Any,
+    nodes: Any,
+    earnings: Any,
+    proofs: Any,
+    usd: Any,
+) -> Any:
+    """The JobBoard, wired as ``deploy_protocol`` wires it."""
+    board = owner.deploy(
+        project.JobBoard,
+        owner,
+        models,
+        nodes,
+        earnings,
+        proofs,
+        treasury,
+        FEE_BPS,
+        CLAIM_TIMEOUT,
+        CHALLENGE_WINDOW,
+    )
+    proofs.setBoard(board, sender=owner)
+    earnings.setCreditor(board, True, sender=owner)
+    nodes.setStakeLocker(board, True, sender=owner)
+    board.setTokenConfig(ETH, True, 10**9, 100 * ETHER, sender=owner)
+    board.setTokenConfig(usd, True, 10**4, 10**12, sender=owner)
+    return board
+
+
+@pytest.fixture(scope="session")
+def verifier(project: Any, owner: Any) -> Any:
+    """A verifier whose answer the test sets (it accepts until told otherwise)."""
+    return owner.deploy(project.ScriptedVerifier)
+
+
+@pytest.fixture(scope="session")
+def proven_model_id(models: Any, owner: Any, verifier: Any) -> bytes:
+    """A proven model checked by the scripted verifier: 2 inputs and 1 output per proof."""
+    circuit = (b"\x44" * 32, b"\x55" * 32, b"\x66" * 32, verifier.address, 2, 1)
+    models.addProvenModel("org/tiny-onnx", "network.onnx", b"\x77" * 32, circuit, sender=owner)
+    return bytes(models.modelIdOf("org/tiny-onnx", "network.onnx"))
+
+
+@pytest.fixture
+def board_hosts(
+    host: Any,
+    host2: Any,
+    fab: Any,
+    nodes: Any,
+    owner: Any,
+    model_id: bytes,
+    proven_model_id: bytes,
+) -> tuple[Any, Any]:
+    """``host`` and ``host2`` registered, each serving the GGUF and the proven model."""
+    for account, peer_id in ((host, PEER_ID), (host2, PEER_ID_2)):
+        fab.mint(account, MIN_STAKE, sender=owner)
+        fab.approve(nodes, MIN_STAKE, sender=account)
+        nodes.register(
+            peer_id, ADDRS, "{}", [model_id, proven_model_id], [], MIN_STAKE, sender=account
+        )
+    return host, host2
+
+
+@pytest.fixture
+def post_job(board: Any, client: Any, model_id: bytes, proven_model_id: bytes) -> Any:
+    """Posts a job (paid in ETH, or in ``token`` minted to the sender first); returns its id.
+    A job with ``proof_required`` is for the proven model unless ``model`` says otherwise."""
+
+    def _post(
+        max_payment: int = 10**15,
+        token: Any = None,
+        duration: int = 3600,
+        proof_required: bool = False,
+        input_commitment: bytes = NO_COMMITMENT,
+        input_hash: bytes = INPUT_HASH,
+        model: bytes | None = None,
+        sender: Any = None,
+    ) -> int:
+        sender = sender or client
+        if model is None:
+            model = proven_model_id if proof_required else model_id
+        if token is not None:
+            token.mint(sender, max_payment, sender=sender)
+            token.approve(board, max_payment, sender=sender)
+        receipt = board.post(
+            model,
+            input_hash,
+            input_commitment,
+            ETH if token is None else token.address,
+            max_payment,
+            duration,
+            proof_required,
+            value=max_payment if token is None else 0,
+            sender=sender,
+        )
+        return int(receipt.events.filter(board.JobPosted)[0].jobId)
+
+    return _post

@@ -575,7 +575,7 @@ def batch_cancel(settings: Settings, job_id: int) -> None:
     job = _run(client.jobs.job(job_id))
     now = client.contracts.latest_timestamp()
     board = client.jobs.board
-    settlement = board.expire(job_id) if now >= job.deadline else board.cancel(job_id)
+    settlement = board.expire(job_id) if now > job.deadline else board.cancel(job_id)
     click.echo(f"refunded {settlement.refund} (job {job_id})")
 
 
