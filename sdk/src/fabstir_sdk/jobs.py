@@ -22,7 +22,7 @@ from fabstir_sdk.batch import BatchAnswer, BatchRequest, parse_input, parse_outp
 from fabstir_sdk.contracts.deployment import ETH
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, OnchainJob
 from fabstir_sdk.discovery import HostInfo
-from fabstir_sdk.errors import HostError, UsageError
+from fabstir_sdk.errors import HostError, UsageError, mapped
 from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.openai_format import EXTENSION, template_message
 from fabstir_sdk.p2p import PeerAddress, peer_id_from_bytes
@@ -49,7 +49,7 @@ from fabstir_sdk.tokens import ensure_allowance, resolve_token
 if TYPE_CHECKING:
     from fabstir_sdk.client import FabstirClient
 
-__all__ = ["MAX_RESULT_BYTES", "JobClient"]
+__all__ = ["MAX_RESULT_BYTES", "BatchCheck", "JobClient", "Posted", "ProvenResult"]
 
 #: The largest job result a client fetches.
 MAX_RESULT_BYTES = 64 << 20
@@ -88,6 +88,7 @@ class JobClient:
         """How many other peers announce that they hold content ``root``."""
         return len(await self.client.exchange.providers(content_key(root)))
 
+    @mapped
     async def submit_batch(
         self,
         data: bytes,
@@ -174,12 +175,14 @@ class JobClient:
             await asyncio.sleep(0.5)
         return held
 
+    @mapped
     async def job(self, job_id: int) -> OnchainJob:
         job = await asyncio.to_thread(self.board.job, job_id)
         if job.status == JobStatus.NONE:
             raise UsageError(f"there is no job {job_id}")
         return job
 
+    @mapped
     async def result(self, job_id: int) -> bytes:
         """The job's result, fetched by the hash its host completed with and checked."""
         await self.client.start()
@@ -207,12 +210,14 @@ class JobClient:
             raise HostError("no_result", f"cannot fetch the {what} of job {job.id}: {exc}") from exc
         return await asyncio.to_thread(read_bytes, self.client.blocks, ref, MAX_RESULT_BYTES)
 
+    @mapped
     async def batch_results(self, job_id: int) -> tuple[list[BatchAnswer], BatchCheck]:
         """A batch job's answers, in input order (OpenAI's Batch output format), and what
         our own count of them says about the payment the host asked."""
         answers = parse_output(await self.result(job_id))
         return answers, await self.check_batch(job_id, answers)
 
+    @mapped
     async def check_batch(self, job_id: int, answers: list[BatchAnswer]) -> BatchCheck:
         """Count every token the host bills with the tokenizer the registry pins: the prompt
         from the input, the completion from the token ids the answer lists (whose text must
@@ -239,6 +244,7 @@ class JobClient:
             )
         return BatchCheck(tokens, price, fair, job.payment, tuple(problems))
 
+    @mapped
     async def submit_proven(
         self,
         model: str | bytes,
@@ -264,6 +270,7 @@ class JobClient:
             commitment, proof_required=True,
         )  # fmt: skip
 
+    @mapped
     async def proven_result(self, job_id: int, bundle: ProofBundle) -> ProvenResult:
         """A proven job's outputs, from the proofs its host stored, each checked: the
         proofs' inputs must be the job's (its input commitment), their outputs those the
@@ -284,6 +291,7 @@ class JobClient:
         outputs = [outputs_as_floats(p, bundle) for p in proofs]
         return ProvenResult(outputs, proofs, tuple(problems))
 
+    @mapped
     async def bundle(self, model: str | bytes) -> ProofBundle:
         """What checking proven model ``model``'s proofs takes (EZKL's settings, the
         verifying key, the SRS): from the disk cache, else from the store of a host serving
