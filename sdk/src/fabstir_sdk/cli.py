@@ -601,14 +601,18 @@ def prove_submit(
     settings: Settings, file: Path, model: str, max_payment: int, duration: int, as_json: bool
 ) -> None:
     """Post FILE's rows ({"input_data": [[...], ...]}, at most 16) as a proven job."""
-    from fabstir_sdk.proofs import parse_rows
+    from fabstir_sdk.errors import UsageError
+    from fabstir_sdk.proofs import ProofError, parse_rows
 
     client = _client(settings)
 
     async def main_() -> Any:
         async with client:
             bundle = await client.jobs.bundle(model)
-            rows = parse_rows(file.read_bytes(), bundle.inputs)
+            try:
+                rows = parse_rows(file.read_bytes(), bundle.inputs)
+            except ProofError as exc:  # the file is the caller's mistake: exit 2
+                raise UsageError(f"{file}: {exc}") from None
             return await client.jobs.submit_proven(model, rows, bundle, max_payment, duration)
 
     posted = _run(main_())
