@@ -42,6 +42,18 @@ def batch_file(*questions: str, max_tokens: int = 8) -> bytes:
     )
 
 
+def submit_by_cli(devnet: Devnet, path: Path) -> int:
+    """``fabstir batch submit``; returns the job id (once a host holds the input)."""
+    posted = fabstir(
+        devnet, "batch", "submit", str(path), "-m", MODEL,
+        "--max-payment", str(MAX_PAYMENT), "--json",
+    )  # fmt: skip
+    assert posted.returncode == 0, posted.stderr
+    answer = json.loads(posted.stdout)
+    assert answer["copies"] >= 1
+    return int(answer["id"])
+
+
 def board_of(devnet: Devnet, index: int = 4) -> JobBoard:
     return JobBoard(Contracts.connect(devnet.anvil.url, devnet.deployment, anvil_account(index)))
 
@@ -87,13 +99,7 @@ def test_batch_job_posted_by_the_cli_is_run_stored_and_paid(devnet: Devnet, tmp_
     async def main() -> None:
         node = await devnet.start_node(1, job_poll=0.2)
         try:
-            posted = await asyncio.to_thread(
-                fabstir, devnet, "batch", "submit", str(path), "-m", MODEL,
-                "--max-payment", str(MAX_PAYMENT), "--json",
-            )  # fmt: skip
-            assert posted.returncode == 0, posted.stderr
-            job_id = json.loads(posted.stdout)["id"]
-            assert json.loads(posted.stdout)["copies"] >= 1  # the host holds the input
+            job_id = await asyncio.to_thread(submit_by_cli, devnet, path)
             job = await asyncio.to_thread(wait_for_status, board, job_id, JobStatus.COMPLETED)
             assert job.host == node.keys.account.address
 
@@ -268,12 +274,7 @@ def test_an_overcharging_host_is_caught_by_the_count_and_disputed(
     async def main() -> None:
         node = await devnet.start_node(2, job_poll=0.2, jobs_runner=Overcharges)
         try:
-            posted = await asyncio.to_thread(
-                fabstir, devnet, "batch", "submit", str(path), "-m", MODEL,
-                "--max-payment", str(MAX_PAYMENT), "--json",
-            )  # fmt: skip
-            assert posted.returncode == 0, posted.stderr
-            job_id = json.loads(posted.stdout)["id"]
+            job_id = await asyncio.to_thread(submit_by_cli, devnet, path)
             job = await asyncio.to_thread(wait_for_status, board, job_id, JobStatus.COMPLETED)
             assert job.payment == MAX_PAYMENT
             got = await asyncio.to_thread(fabstir, devnet, "batch", "results", str(job_id))
