@@ -11,6 +11,7 @@ from fabstir_sdk.batch import (
     BatchAnswer,
     BatchFormatError,
     BatchRequest,
+    batch_payment,
     parse_input,
     parse_output,
     render_input,
@@ -77,3 +78,9 @@ def test_a_request_survives_the_round_trip_with_its_body() -> None:
     assert parse_input(render_input([request]))[0].body == request.body
     with pytest.raises(BatchFormatError, match="not a batch output line"):
         parse_output(b'{"custom_id": "x"}\n')
+
+
+def test_a_batch_costs_its_tokens_at_the_price_at_most_the_maximum() -> None:
+    assert batch_payment(57, 3 * 10**12, 10**15) == 171 * 10**9  # floor, as the contracts
+    assert batch_payment(1, 999, 10**15) == 0
+    assert batch_payment(10**6, 10**12, 10**15) == 10**15  # never above the escrow

@@ -24,6 +24,7 @@ from fabstir_sdk.batch import (
     BatchAnswer,
     BatchFormatError,
     BatchRequest,
+    batch_payment,
     parse_input,
     parse_output,
     render_output,
@@ -32,7 +33,6 @@ from fabstir_sdk.contracts.jobs import OnchainJob
 
 #: Seconds between looks at whether the engine is free for the next batch request.
 IDLE_POLL = 0.1
-PRICE_PRECISION = 1000
 
 
 class BatchExecutor:
@@ -77,8 +77,8 @@ class BatchExecutor:
 
     def _outcome(self, job: OnchainJob, answers: list[BatchAnswer], result: bytes) -> Outcome:
         tokens = sum(sum(a.usage) for a in answers)
-        payment = tokens * self.prices[job.token.lower()] // PRICE_PRECISION
-        return Outcome(result, min(payment, job.max_payment))
+        payment = batch_payment(tokens, self.prices[job.token.lower()], job.max_payment)
+        return Outcome(result, payment)
 
     async def _answer(self, request: BatchRequest) -> BatchAnswer:
         try:

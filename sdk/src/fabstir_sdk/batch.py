@@ -21,6 +21,8 @@ MAX_REQUESTS = 1000
 MAX_INPUT_BYTES = 8 << 20
 #: The one endpoint batch jobs run.
 CHAT_URL = "/v1/chat/completions"
+#: Prices are per PRICE_PRECISION tokens (the NodeRegistry's unit).
+PRICE_PRECISION = 1000
 
 
 class BatchFormatError(UsageError):
@@ -50,6 +52,12 @@ class BatchAnswer:
         """(prompt tokens, completion tokens) the host says it used."""
         u = (self.body or {}).get("usage") or {}
         return int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
+
+
+def batch_payment(tokens: int, price: int, max_payment: int) -> int:
+    """What a batch job's ``tokens`` (prompt + completion, every answer) cost at ``price``,
+    at most the job's maximum: what the host asks, and what the client checks it against."""
+    return min(tokens * price // PRICE_PRECISION, max_payment)
 
 
 def parse_input(data: bytes) -> list[BatchRequest]:

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fabstir_sdk.batch import BatchAnswer, BatchRequest, parse_input, parse_output
+from fabstir_sdk.batch import (
+    BatchAnswer,
+    BatchRequest,
+    batch_payment,
+    parse_input,
+    parse_output,
+)
 from fabstir_sdk.contracts.deployment import ETH
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, OnchainJob
 from fabstir_sdk.discovery import HostInfo
@@ -53,8 +59,6 @@ __all__ = ["MAX_RESULT_BYTES", "BatchCheck", "JobClient", "Posted", "ProvenResul
 
 #: The largest job result a client fetches.
 MAX_RESULT_BYTES = 64 << 20
-#: payment = tokens * price / PRICE_PRECISION (the NodeRegistry's unit).
-PRICE_PRECISION = 1000
 #: Statuses in which a job has a result in the store.
 DONE = (JobStatus.COMPLETED, JobStatus.DISPUTED, JobStatus.PAID)
 
@@ -237,7 +241,7 @@ class JobClient:
         price = await asyncio.to_thread(
             self.client.contracts.price, job.host, job.model_id, job.token
         )
-        fair = min(tokens * price // PRICE_PRECISION, job.max_payment)
+        fair = batch_payment(tokens, price, job.max_payment)
         if job.payment > fair:
             problems.append(
                 f"the host asks {job.payment}; the {tokens} tokens counted are worth {fair}"
