@@ -50,8 +50,6 @@ LOG_RANGE = 2000
 #: How often this host's run of one job may fail (or its proofs be refused) before the host
 #: leaves the job to others.
 MAX_STRIKES = 3
-#: Jobs whose result is in the store.
-DONE = (JobStatus.COMPLETED, JobStatus.DISPUTED, JobStatus.PAID)
 #: Seconds before a job that could not be handled (input unreachable, RPC down) is retried.
 RETRY_AFTER = 15
 
@@ -236,7 +234,7 @@ class JobRunner:
         executor = self.executors.get(job.model_id)
         if executor is None or self._strikes.get(job_id, 0) >= MAX_STRIKES:
             return
-        if job.status in DONE and job.host != self.me:
+        if job.has_result and job.host != self.me:
             self._background.spawn(self._keep_result(job))  # a copy never holds up a claim
             return
         if job.status not in (JobStatus.OPEN, JobStatus.CLAIMED):

@@ -59,8 +59,6 @@ __all__ = ["MAX_RESULT_BYTES", "BatchCheck", "JobClient", "Posted", "ProvenResul
 
 #: The largest job result a client fetches.
 MAX_RESULT_BYTES = 64 << 20
-#: Statuses in which a job has a result in the store.
-DONE = (JobStatus.COMPLETED, JobStatus.DISPUTED, JobStatus.PAID)
 
 
 @dataclass(frozen=True)
@@ -191,7 +189,7 @@ class JobClient:
         """The job's result, fetched by the hash its host completed with and checked."""
         await self.client.start()
         job = await self.job(job_id)
-        if job.status not in DONE:
+        if not job.has_result:
             raise UsageError(f"job {job_id} has no result yet ({job.status.name.lower()})")
         return await self._content(job, job.result_hash, "result")
 

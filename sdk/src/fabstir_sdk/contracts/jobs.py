@@ -68,8 +68,9 @@ class OnchainJob:
         return (self.status == JobStatus.OPEN or lapsed) and now < self.deadline
 
     @property
-    def settled(self) -> bool:
-        return self.status in (JobStatus.PAID, JobStatus.REFUNDED)
+    def has_result(self) -> bool:
+        """Completed (and maybe disputed or paid since): its result is in the store."""
+        return self.status in (JobStatus.COMPLETED, JobStatus.DISPUTED, JobStatus.PAID)
 
 
 @dataclass(frozen=True)
