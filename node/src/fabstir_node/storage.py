@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fabstir_sdk.contracts.client import Contracts
-from fabstir_sdk.p2p import BridgedStream, P2PHost, PeerAddress, peer_id_from_bytes
+from fabstir_sdk.discovery import registered_peers
+from fabstir_sdk.p2p import BridgedStream, P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
     MAX_SMALL_FRAME,
     STORAGE_ROOT_PROTOCOL,
@@ -299,7 +300,7 @@ async def fetch_model(
         for addr in bootstrap or []:
             with contextlib.suppress(Exception):
                 await host.connect(addr.rsplit("/p2p/", 1)[-1], [addr])
-        peers = await _model_hosts(contracts, model_id)
+        peers = await registered_peers(contracts, model_id)
         with contextlib.suppress(Exception):
             peers += await exchange.providers(model_key(pin.sha256))
         found: dict[bytes, tuple[FileRef, list[PeerAddress]]] = {}
@@ -326,17 +327,6 @@ async def fetch_model(
         await host.stop()
         blocks.close()
         shutil.rmtree(landing, ignore_errors=True)
-
-
-async def _model_hosts(contracts: Contracts, model_id: bytes) -> list[PeerAddress]:
-    addresses = await asyncio.to_thread(contracts.hosts_for_model, model_id)
-    records = await asyncio.gather(*(asyncio.to_thread(contracts.host, a) for a in addresses))
-    peers = []
-    for record in records:
-        with contextlib.suppress(Exception):
-            if record.active and record.addrs:
-                peers.append(PeerAddress(peer_id_from_bytes(record.peer_id), record.addrs))
-    return peers
 
 
 async def _report(

@@ -22,7 +22,7 @@ from eth_account.signers.local import LocalAccount
 from fabstir_sdk import tokenizer as tokenizer_cache
 from fabstir_sdk.contracts import ETH, Deployment, Voucher, VoucherDomain, recover_signer
 from fabstir_sdk.contracts.client import Contracts, ModelPin
-from fabstir_sdk.discovery import Discovery, HostInfo
+from fabstir_sdk.discovery import Discovery, HostInfo, peer_of
 from fabstir_sdk.errors import (
     ConfigurationError,
     FabstirError,
@@ -34,7 +34,7 @@ from fabstir_sdk.errors import (
 from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
 from fabstir_sdk.jobs import JobClient
 from fabstir_sdk.models import resolve_model_id
-from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes
+from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
     HOSTS_TOPIC,
     SESSION_PROTOCOL,
@@ -370,7 +370,7 @@ class FabstirClient:
         if onchain.client.lower() != self.account.address.lower():
             raise UsageError(f"session {session_id} was not opened by {self.account.address}")
         record = await asyncio.to_thread(self.contracts.host, onchain.host)
-        peer = PeerAddress(peer_id_from_bytes(record.peer_id), record.addrs)
+        peer = peer_of(record)
         key, domain = self.result_key(session_id), self.contracts.voucher_domain()
         try:
             root = await self.exchange.root_of(peer)

@@ -11,6 +11,7 @@ are forgotten first, so made-up hosts cannot push out real ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from fabstir_sdk.announcements import HostAnnouncement, verify_announcement
 from fabstir_sdk.contracts import ETH
-from fabstir_sdk.contracts.client import Contracts
+from fabstir_sdk.contracts.client import Contracts, HostRecord
 from fabstir_sdk.errors import HostError
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes, provider_key
 from fabstir_sdk.protocol import (
@@ -213,3 +214,21 @@ def score(host: HostInfo) -> tuple[float, ...]:
         -(host.tokens_per_second or 0.0),
         host.load or 0,
     )
+
+
+def peer_of(record: HostRecord) -> PeerAddress:
+    """Where the NodeRegistry says a host listens, as libp2p dials it."""
+    return PeerAddress(peer_id_from_bytes(record.peer_id), list(record.addrs))
+
+
+async def registered_peers(contracts: Contracts, model_id: bytes) -> list[PeerAddress]:
+    """The active hosts of ``model_id`` that give an address in the NodeRegistry (a record
+    with a malformed peer id is skipped)."""
+    addresses = await asyncio.to_thread(contracts.hosts_for_model, model_id)
+    records = await asyncio.gather(*(asyncio.to_thread(contracts.host, a) for a in addresses))
+    peers = []
+    for record in records:
+        with contextlib.suppress(Exception):
+            if record.active and record.addrs:
+                peers.append(peer_of(record))
+    return peers

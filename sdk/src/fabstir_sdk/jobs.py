@@ -27,11 +27,11 @@ from fabstir_sdk.batch import (
 )
 from fabstir_sdk.contracts.deployment import ETH
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, OnchainJob
-from fabstir_sdk.discovery import HostInfo
+from fabstir_sdk.discovery import HostInfo, peer_of, registered_peers
 from fabstir_sdk.errors import HostError, UsageError, mapped
 from fabstir_sdk.models import resolve_model_id
 from fabstir_sdk.openai_format import EXTENSION, template_message
-from fabstir_sdk.p2p import PeerAddress, peer_id_from_bytes
+from fabstir_sdk.p2p import peer_id_from_bytes
 from fabstir_sdk.proofs import (
     VERIFIER_FILES,
     CircuitPin,
@@ -147,16 +147,9 @@ class JobClient:
     async def _reach_hosts(self, model_id: bytes) -> None:
         """Dial the registered hosts of the model: our DHT announcement lands with them, and
         they fetch the input from us."""
-        hosts = await asyncio.to_thread(self.client.contracts.hosts_for_model, model_id)
-        records = await asyncio.gather(
-            *(asyncio.to_thread(self.client.contracts.host, h) for h in hosts)
-        )
+        peers = await registered_peers(self.client.contracts, model_id)
         await asyncio.gather(
-            *(
-                self.client.p2p.connect(peer_id_from_bytes(r.peer_id), list(r.addrs), 10)
-                for r in records
-                if r.addrs
-            ),
+            *(self.client.p2p.connect(p.peer_id, p.addrs, 10) for p in peers),
             return_exceptions=True,  # a host we cannot reach is simply not asked
         )
 
@@ -202,7 +195,7 @@ class JobClient:
                 ref = await exchange.fetch(root, [])  # ours: only read back and checked
             else:
                 record = await asyncio.to_thread(self.client.contracts.host, job.host)
-                first = [PeerAddress(peer_id_from_bytes(record.peer_id), list(record.addrs))]
+                first = [peer_of(record)]
                 try:
                     ref = await exchange.fetch(root, first)
                 except Exception:
@@ -307,11 +300,8 @@ class JobClient:
             cached = ProofBundle(directory)
             cached.check(pin, chain_id=contracts.deployment.chain_id, need_onnx=False)
             return cached
-        hosts = await asyncio.to_thread(contracts.hosts_for_model, model_id)
         problems = []
-        for address in hosts:
-            record = await asyncio.to_thread(contracts.host, address)
-            peer = PeerAddress(peer_id_from_bytes(record.peer_id), list(record.addrs))
+        for peer in await registered_peers(contracts, model_id):
             try:
                 root = await self.client.exchange.root_of(peer)
                 files = {
@@ -324,7 +314,7 @@ class JobClient:
                 fetched.check(pin, chain_id=contracts.deployment.chain_id, need_onnx=False)
                 return fetched
             except Exception as exc:  # the next host may hold the right files
-                problems.append(f"{address}: {exc}")
+                problems.append(f"{peer.peer_id}: {exc}")
         raise HostError(
             "no_bundle", f"no host gave the proven model's pinned files: {'; '.join(problems)}"
         )
