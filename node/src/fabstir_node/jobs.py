@@ -280,9 +280,8 @@ class JobRunner:
         sight) and announced, or None when nobody we can reach has it."""
         path = job_input_path(job.id)
         with contextlib.suppress(StorageError):
-            data = await asyncio.to_thread(self.storage.read, path)
             if await asyncio.to_thread(_root_of, self.storage, path) == job.input_hash:
-                return data
+                return await asyncio.to_thread(self.storage.read, path)
             # Another job of that id (a reorganised chain, another deployment): forget its
             # input and result, or the result would be taken for this job's.
             stale = [p for p in (path, job_result_path(job.id)) if self.storage.store.exists(p)]

@@ -257,11 +257,11 @@ class JobClient:
         rows are paid."""
         model_id = resolve_model_id(model)
         await self._checked_bundle(model_id, bundle)
-        width = bundle.inputs
-        parse_rows(render_rows(rows), width)  # a malformed row is refused before paying
+        data = render_rows(rows)
+        parse_rows(data, bundle.inputs)  # the host's own check: a bad row is refused unpaid
         commitment = await asyncio.to_thread(input_commitment, rows, bundle)
         return await self._post(
-            render_rows(rows), model_id, max_payment, duration, ETH, copies, timeout,
+            data, model_id, max_payment, duration, ETH, copies, timeout,
             commitment, proof_required=True,
         )  # fmt: skip
 
