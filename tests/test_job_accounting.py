@@ -237,7 +237,10 @@ def test_random_job_sequences_conserve_money(
                 return ["resolve for the host", "resolve for the client", *refused]
             out = []
             if job.deliverable(at):
-                out += ["prove", "refuse proof"] if job.proven else ["complete"]
+                out += ["prove"] if job.proven else ["complete"]
+                # Refusing first scripts the verifier: one more block before the proofs land.
+                if job.proven and job.deliverable(at + 1):
+                    out.append("refuse proof")
                 if job.proven and self.accepted:
                     out.append("replay proof")
                 if job.claimed_until + 1 < job.deadline:
