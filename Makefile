@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs demo devnet lint clean
+        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs bench-audit demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -109,6 +109,9 @@ bench-vectors: setup ## Vector index: 1M clustered vectors, build, memory, p50/p
 
 bench-proofs: setup ## Proven jobs: EZKL proving time, memory, proof size, verify time and gas, EIP-170
 	$(BIN)/python bench/proofs.py
+
+bench-audit: setup ## Audits: time vs generation, the measured tolerance, false reject/accept rates
+	$(BIN)/python bench/audit.py
 
 bench-storage: setup ## Storage: put/get vs plain files, a 1M-entry HAMT, Bitswap vs a plain stream
 	$(BIN)/python bench/storage.py

@@ -8,6 +8,7 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
+import {IJobMarketplace} from "./interfaces/IJobMarketplace.sol";
 import {PaymentEscrow} from "./PaymentEscrow.sol";
 
 /// @title JobMarketplace
@@ -25,19 +26,14 @@ import {PaymentEscrow} from "./PaymentEscrow.sol";
 ///
 /// A token can never block settlement (see PaymentEscrow): a fee-on-transfer switched on after
 /// the deposit is paid out for what arrives, and a refused payout waits in `pendingPayouts`.
-contract JobMarketplace is PaymentEscrow, EIP712 {
+contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     uint256 public constant PRICE_PRECISION = 1000;
     /// @notice The longest dispute window; it is stored per session in 32 bits.
     uint64 public constant MAX_DISPUTE_WINDOW = 30 days;
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(uint256 sessionId,uint256 cumulativeTokens,bytes32 transcriptHash)");
 
-    enum Status {
-        None,
-        Open,
-        CloseRequested,
-        Settled
-    }
+    // `Status` (None, Open, CloseRequested, Settled) is declared in IJobMarketplace.
 
     /// @dev Packed into 8 slots; `open` writes 6 of them. `feeBps` and `disputeWindow` are
     /// copied from the marketplace's settings at `open` and never change afterwards.
@@ -246,6 +242,22 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
         return _sessions[sessionId];
     }
 
+    /// @notice Who took part in session `sessionId`, its status, and the tokens it paid for (the
+    /// best checkpoint while live, the settled count once Settled).
+    /// @param sessionId the session
+    /// @return client the account that opened and paid for the session (zero when unknown)
+    /// @return host the host that served it
+    /// @return status where the session stands (None when unknown)
+    /// @return tokens the tokens vouched for so far, or paid for once Settled
+    function parties(uint256 sessionId)
+        external
+        view
+        returns (address client, address host, Status status, uint256 tokens)
+    {
+        Session storage s = _sessions[sessionId];
+        return (s.client, s.host, s.status, s.checkpointTokens);
+    }
+
     /// @notice The EIP-712 digest the session signer signs for a voucher.
     function voucherDigest(uint256 sessionId, uint256 cumulativeTokens, bytes32 transcriptHash)
         public
@@ -268,7 +280,8 @@ contract JobMarketplace is PaymentEscrow, EIP712 {
         return _finalizableAt(_sessions[sessionId]);
     }
 
-    /// @notice The EIP-712 domain separator vouchers are bound to (chain and contract).
+    /// @notice The EIP-712 domain separator vouchers and host-signed transcripts are bound to
+    /// (chain and contract).
     function domainSeparator() external view returns (bytes32) {
         return _domainSeparatorV4();
     }

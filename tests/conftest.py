@@ -284,3 +284,14 @@ def post_job(board: Any, client: Any, model_id: bytes, proven_model_id: bytes) -
         return int(receipt.events.filter(board.JobPosted)[0].jobId)
 
     return _post
+
+
+# ------------------------------------------------------------------ reputation
+
+HEARTBEAT_EPOCH = 3600  # DeployParams' default; tests read it back as ``EPOCH``
+
+
+@pytest.fixture(scope="session")
+def reputation(project: Any, owner: Any, market: Any, nodes: Any) -> Any:
+    """The ReputationSystem over ``market``'s sessions, wired as ``deploy_protocol`` wires it."""
+    return owner.deploy(project.ReputationSystem, market, nodes, HEARTBEAT_EPOCH)

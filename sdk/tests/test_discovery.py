@@ -182,3 +182,35 @@ def test_the_gossip_validator_passes_only_what_the_client_would_keep() -> None:
     discovery.registered[account.address.lower()] = OTHER_PEER
     assert not discovery.validate(genuine, PEER)  # not the registered peer id
     assert discovery.rejected == {"wrong_peer": 1}
+
+
+def test_the_record_divides_the_price_and_a_failed_audit_outweighs_cheap_passes() -> None:
+    from fabstir_sdk.contracts.reputation import HostReputation
+    from fabstir_sdk.discovery import quality
+
+    def rep(
+        sessions: int = 0,
+        audits_passed: int = 0,
+        audits_failed: int = 0,
+        ratings: int = 0,
+        rating_sum: int = 0,
+    ) -> HostReputation:
+        return HostReputation(
+            "0xh", sessions, audits_passed, audits_failed, ratings, 0, rating_sum, 0
+        )
+
+    fresh = rep()
+    assert quality(fresh) == quality(None) == 0.75
+    caught = rep(audits_failed=1)
+    assert quality(caught) == pytest.approx(0.75 / 11)
+    # Passes count only up to the paid sessions recorded: self-reported passes are cheap.
+    assert quality(rep(audits_failed=1, audits_passed=100)) == quality(caught)
+    assert quality(rep(audits_failed=1, audits_passed=10, sessions=10)) > 2 * quality(caught)
+    assert (
+        quality(rep(ratings=10, rating_sum=50))
+        > quality(fresh)
+        > quality(rep(ratings=10, rating_sum=10))
+    )
+    host = HostInfo("0xa", PEER, [], 100, 0, "", reputation=fresh)
+    cheap_but_caught = replace(host, address="0xb", price=50, reputation=caught)
+    assert sorted([cheap_but_caught, host], key=score)[0] is host

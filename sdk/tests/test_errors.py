@@ -141,3 +141,14 @@ def test_client_construction_errors_are_typed(tmp_path: Path) -> None:
 def test_sync_client_raises_the_same_errors(tmp_path: Path) -> None:
     with pytest.raises(ChainError):
         fabstir_sdk.SyncClient(_dead_rpc(), "0x" + "11" * 32, _manifest(tmp_path))
+
+
+def test_a_custom_error_reads_as_its_name() -> None:
+    from eth_utils.crypto import keccak
+    from web3.exceptions import ContractCustomError
+
+    data = "0x" + keccak(text="AlreadyRated(uint256)")[:4].hex() + "00" * 31 + "07"
+    error = translate(ContractCustomError(data, data=data))
+    assert isinstance(error, ChainError) and "AlreadyRated(uint256)" in str(error)
+    unknown = translate(ContractCustomError("0xdeadbeef", data="0xdeadbeef"))
+    assert isinstance(unknown, ChainError) and "0xdeadbeef" in str(unknown)

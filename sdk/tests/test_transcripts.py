@@ -85,3 +85,39 @@ def test_verdict_pays_only_the_signers_voucher_for_exactly_this_record() -> None
     assert not verify_result(altered, DOMAIN, signer.address).paid
     stranger = StoredResult(r, sign_voucher(Account.create(), DOMAIN, 7, r.billed, r.commitment()))
     assert "not the session signer" in verify_result(stranger, DOMAIN, signer.address).reason
+
+
+def test_a_signed_transcript_names_its_host_and_its_evidence_hashes_to_what_was_signed() -> None:
+    from eth_utils.crypto import keccak
+
+    from fabstir_sdk.contracts import sign_transcript
+    from fabstir_sdk.transcripts import SignedTranscript
+
+    host = Account.create()
+    r = record()
+    signed = SignedTranscript(r, sign_transcript(host, DOMAIN, r.session_id, r.commitment()))
+    assert signed.signer(DOMAIN) == host.address
+    assert keccak(signed.evidence()) == signed.transcript_hash == r.commitment()
+    assert SignedTranscript.decode(signed.encode()) == signed
+    # Bound to its chain and marketplace, and to its session: elsewhere it names someone else.
+    assert signed.signer(VoucherDomain(1, DOMAIN.marketplace)) != host.address
+    moved = SignedTranscript(dataclasses.replace(r, session_id=8), signed.host_signature)
+    assert moved.signer(DOMAIN) != host.address
+    assert SignedTranscript(r, b"\x00" * 65).signer(DOMAIN) is None
+    with pytest.raises(StorageError):
+        SignedTranscript.decode(b"\xa0")
+
+
+def test_stored_results_keep_the_host_signature_and_older_ones_still_open() -> None:
+    host = Account.create()
+    from fabstir_sdk.contracts import sign_transcript
+    from fabstir_sdk.storage import cbor
+
+    r = record()
+    signature = sign_transcript(host, DOMAIN, r.session_id, r.commitment())
+    stored = StoredResult(r, None, signature)
+    again = StoredResult.decode(stored.encode())
+    assert again == stored and again.signed is not None
+    assert again.signed.signer(DOMAIN) == host.address
+    older = cbor.dumps({"record": r.encode(), "voucher": None})  # before hosts signed
+    assert StoredResult.decode(older).signed is None

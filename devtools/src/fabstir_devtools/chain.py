@@ -123,6 +123,7 @@ class DeployParams:
     dispute_window: int = 600
     claim_timeout: int = 300
     challenge_window: int = 600
+    heartbeat_epoch: int = 3600  # seconds per ReputationSystem heartbeat epoch
     eth_min_deposit: int = 10**12
     eth_max_deposit: int = 100 * ETHER
     test_tokens: bool = True
@@ -168,6 +169,10 @@ def deploy_protocol(
         params.dispute_window,
     )
     log(f"JobMarketplace  {market.address}")
+    reputation = sender.deploy(
+        "ReputationSystem", market.address, nodes.address, params.heartbeat_epoch
+    )
+    log(f"ReputationSystem {reputation.address}")
     proofs = sender.deploy("ProofSystem", owner, models.address)
     log(f"ProofSystem     {proofs.address}")
     board = sender.deploy(
@@ -200,6 +205,7 @@ def deploy_protocol(
         "NodeRegistry": nodes.address,
         "HostEarnings": earnings.address,
         "JobMarketplace": market.address,
+        "ReputationSystem": reputation.address,
         "ProofSystem": proofs.address,
         "JobBoard": board.address,
     }
@@ -226,6 +232,7 @@ def deploy_protocol(
             "disputeWindow": params.dispute_window,
             "claimTimeout": params.claim_timeout,
             "challengeWindow": params.challenge_window,
+            "heartbeatEpoch": params.heartbeat_epoch,
             "treasury": treasury,
             "owner": owner,
         },

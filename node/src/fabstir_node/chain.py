@@ -13,7 +13,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from fabstir_sdk.contracts import ETH, Deployment, Voucher
+from fabstir_sdk.contracts import ETH, Deployment, Voucher, sign_transcript
 from fabstir_sdk.contracts.client import (
     Contracts,
     OnchainSession,
@@ -54,6 +54,14 @@ class HostChain:
     @property
     def address(self) -> str:
         return self.contracts.address
+
+    def sign_transcript(self, session_id: int, transcript_hash: bytes) -> bytes:
+        """Sign a served answer's transcript hash with the host's registered key."""
+        account = self.contracts.sender.account if self.contracts.sender else None
+        if account is None:
+            raise RuntimeError("a read-only chain client cannot sign transcripts")
+        domain = self.contracts.voucher_domain()
+        return sign_transcript(account, domain, session_id, transcript_hash)
 
     # ----------------------------------------------------------------- sessions
 

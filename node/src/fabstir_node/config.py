@@ -97,6 +97,10 @@ class NodeConfig:
     job_poll: float = 2.0
     proven_models: str = ""
     proof_price: int = 10**13
+    # One ReputationSystem heartbeat per epoch while the node serves, and audits of other
+    # hosts' answers sold inside sessions (README "Verified answers").
+    heartbeat: bool = True
+    audits: bool = True
 
     @property
     def bootstrap_peers(self) -> list[str]:

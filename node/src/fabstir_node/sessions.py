@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fabstir_node.audits import AuditRefused, AuditService
 from fabstir_node.cache.keys import RequestKey, Sampling, request_key
 from fabstir_node.cache.semantic import CachePolicy, Hit, SemanticCache
 from fabstir_node.chain import HostChain, ServedModel, SessionRefused
@@ -31,6 +32,8 @@ from fabstir_sdk.contracts import Voucher, recover_signer
 from fabstir_sdk.contracts.client import SessionStatus
 from fabstir_sdk.protocol import (
     MAX_FRAME,
+    AuditRequest,
+    AuditVerdict,
     CacheHit,
     Cancel,
     Done,
@@ -103,7 +106,7 @@ class _Live:
     billed: int
     best: int
     checkpointed: int
-    prompts: asyncio.Queue[Prompt] = field(default_factory=asyncio.Queue)
+    prompts: asyncio.Queue[Prompt | AuditRequest] = field(default_factory=asyncio.Queue)
     gate: CreditGate | None = None
     base: int = 0  # billed tokens where the answer in progress starts its completion
     generation: asyncio.Task[None] | None = None
@@ -140,8 +143,10 @@ class SessionService:
         policy: SessionPolicy | None = None,
         results: ResultSink | None = None,
         cache: SemanticCache | None = None,
+        audits: AuditService | None = None,
     ) -> None:
         self.engine = engine
+        self.audits = audits
         self.results = results
         self.cache = cache
         self.chain = chain
@@ -318,7 +323,7 @@ class SessionService:
         elif isinstance(message, Cancel):
             if live.generation is not None:
                 live.generation.cancel()
-        elif isinstance(message, Prompt):
+        elif isinstance(message, (Prompt, AuditRequest)):
             if live.generation is not None or not live.prompts.empty():
                 raise UnexpectedMessage("a prompt arrived while another is being answered")
             live.prompts.put_nowait(message)
@@ -375,7 +380,11 @@ class SessionService:
                 next_prompt.cancel()
                 return
             prompt = next_prompt.result()
-            live.generation = asyncio.ensure_future(self._answer(framed, live, prompt))
+            live.generation = asyncio.ensure_future(
+                self._answer(framed, live, prompt)
+                if isinstance(prompt, Prompt)
+                else self._audit(framed, live, prompt)
+            )
             try:
                 await live.generation
             except asyncio.CancelledError:
@@ -459,9 +468,41 @@ class SessionService:
             text = "".join(text_sent)
             self._spawn(self._keep(key, live.client, prompt, ids_sent, text, limit))
         live.unsaved = with_answer(record, ids_sent, "".join(text_sent), finish)
+        signature = self._sign(live.unsaved)
         if live.best >= live.unsaved.billed:
             self._save_result(live)  # the voucher for the last token came before `done`
-        await self._send(framed, Done(finish, len(tokens), sent, live.billed))
+        await self._send(framed, Done(finish, len(tokens), sent, live.billed, signature))
+
+    async def _audit(self, framed: FramedStream, live: _Live, request: AuditRequest) -> None:
+        """Judge another answer (:mod:`fabstir_node.audits`); billed like a prompt of its
+        prompt + completion tokens, once the client has paid for everything before."""
+        self._save_result(live)
+        try:
+            if self.audits is None:
+                raise AuditRefused("not_supported", "this host does not run audits")
+            if live.best < live.billed:
+                raise AuditRefused("payment_required", "pay for the last answer first")
+            record = self.audits.parse(request.record)
+            if live.billed + record.audit_tokens > live.max_tokens:
+                raise AuditRefused("deposit_exhausted", "the deposit does not cover this audit")
+            report = await self.audits.audit(record)
+        except AuditRefused as exc:
+            await self._send(framed, Error(exc.code, str(exc), False))
+            return
+        live.billed += record.audit_tokens
+        self.journal.add_billed(live.id, record.audit_tokens)
+        verdict = AuditVerdict(
+            report.transcript_hash,
+            report.passed,
+            report.mode,
+            report.tokens,
+            report.agreed,
+            report.outside,
+            report.reason,
+            live.billed,
+            report.z_score,
+        )
+        await self._send(framed, verdict)
 
     def _record(
         self, live: _Live, base: int, tokens: list[int], sampling: dict[str, Any]
@@ -470,6 +511,10 @@ class SessionService:
         return TranscriptRecord(
             live.id, base, live.transcript, self.served.sha256, tuple(tokens), (), "", sampling
         )
+
+    def _sign(self, record: TranscriptRecord) -> bytes:
+        """Our signature over what we served (a :class:`SignedTranscript`)."""
+        return self.chain.sign_transcript(record.session_id, record.commitment())
 
     def _cache_key(self, prompt: Prompt) -> RequestKey | None:
         """The prompt's cache key when it opted in (a continuation of another host's answer
@@ -495,9 +540,10 @@ class SessionService:
         live.billed = base + billed
         self.journal.add_billed(live.id, billed)
         live.unsaved = with_answer(record, ids, text, finish)
+        signature = self._sign(live.unsaved)
         if live.best >= live.unsaved.billed:
             self._save_result(live)
-        await self._send(framed, Done(finish, len(tokens), len(ids), live.billed))
+        await self._send(framed, Done(finish, len(tokens), len(ids), live.billed, signature))
 
     async def _keep(
         self,
@@ -533,7 +579,8 @@ class SessionService:
         record, live.unsaved = live.unsaved, None
         if record is None or live.result_key is None or self.results is None:
             return
-        sealed = seal_result(live.result_key, StoredResult(record, live.voucher))
+        stored = StoredResult(record, live.voucher, self._sign(record))
+        sealed = seal_result(live.result_key, stored)
         self._spawn(self._store_result(result_path(record.session_id, record.start), sealed))
 
     async def _store_result(self, path: str, sealed: bytes) -> None:

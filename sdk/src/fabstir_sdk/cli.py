@@ -137,7 +137,10 @@ def main(
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
 def hosts(settings: Settings, model: str, as_json: bool) -> None:
-    """Hosts serving a model: price, stake, speed, load, reachability (best first)."""
+    """Hosts serving a model, best first: price, stake, speed, load, their on-chain record
+    (settled sessions, audits passed/failed, mean rating, heartbeats in the last day) and
+    whether they answer now. The rank divides the price by what the record is worth (see
+    ``fabstir_sdk.discovery.score``)."""
     resolve_model_id(model)  # a malformed name is a usage error, before touching the chain
     client = _client(settings, wallet=False)
 
@@ -170,14 +173,21 @@ def hosts(settings: Settings, model: str, as_json: bool) -> None:
         click.echo("no host serves this model")
         return
     click.echo(
-        f"{'host':<44}{'price/1k tok':>14}{'stake FAB':>11}{'tok/s':>8}{'load':>6}  reachable"
+        f"{'host':<44}{'price/1k tok':>14}{'stake FAB':>11}{'tok/s':>8}{'load':>6}"
+        f"{'sessions':>10}{'audits ok/failed':>18}{'rating':>10}{'uptime':>8}  reachable"
     )
     for h in rows:
         reachable = "yes" if h.reachable else "no"
         speed = f"{h.tokens_per_second:.0f}" if h.tokens_per_second else "-"
         load = str(h.load) if h.load is not None else "-"
+        rep = h.reputation
+        sessions = str(rep.sessions) if rep else "-"
+        audits = f"{rep.audits_passed}/{rep.audits_failed}" if rep else "-"
+        rating = f"{rep.mean_rating:.1f} ({rep.ratings})" if rep and rep.mean_rating else "-"
+        uptime = f"{rep.uptime_beats}/{rep.uptime_window}" if rep else "-"
         click.echo(
-            f"{h.address:<44}{h.price:>14}{h.stake / 10**18:>11.0f}{speed:>8}{load:>6}  {reachable}"
+            f"{h.address:<44}{h.price:>14}{h.stake / 10**18:>11.0f}{speed:>8}{load:>6}"
+            f"{sessions:>10}{audits:>18}{rating:>10}{uptime:>8}  {reachable}"
         )
 
 
@@ -420,6 +430,107 @@ def session_result(settings: Settings, session_id: int, as_json: bool) -> None:
             click.echo(r.text)
     if not all(r.paid for r in results):
         sys.exit(1)
+
+
+@main.command()
+@click.argument("session_ids", type=int, nargs=-1, required=True)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the pinned GGUF (default: the installed catalogue model with the pinned sha256)",
+)
+@click.option(
+    "--sample",
+    type=click.FloatRange(0.0, 1.0),
+    default=1.0,
+    show_default=True,
+    help="share of the answers to audit, picked at random",
+)
+@click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="report failures to the ReputationSystem (publishes the failed answer as evidence)",
+)
+@click.option("--report-passes", is_flag=True, help="report passed audits too")
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="have another host serving the model run the audits (a paid session; no local model)",
+)
+@click.option("--threads", type=int, help="llama.cpp threads (default: all cores)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit(
+    settings: Settings,
+    session_ids: tuple[int, ...],
+    model: Path | None,
+    sample: float,
+    report: bool,
+    report_passes: bool,
+    remote: bool,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Re-run your sessions' answers on the pinned model and check every token (exit 1 if one
+    fails). The answers and the host's signatures come from the host's store; each is checked
+    with one prefill, here or (--remote) by another host: greedy tokens must be the model's
+    argmax (within a measured tolerance), sampled ones inside the top-p set and probable under
+    the model."""
+    import random
+
+    from fabstir_sdk.audit import AuditPolicy
+
+    policy = AuditPolicy(sample, model, report, report_passes, threads, remote)
+    client = _client(settings)
+    client.audit_policy = policy
+
+    async def main_() -> list[dict[str, Any]]:
+        rows = []
+        async with client:
+            for session_id in session_ids:
+                for result in await client.results(session_id):
+                    row: dict[str, Any] = {"session": session_id, "start": result.record.start}
+                    if result.signed is None:
+                        row |= {"passed": None, "reason": "the host did not sign this answer"}
+                    elif "cache" in result.record.sampling:
+                        row |= {"passed": None, "reason": "served from the host's cache"}
+                    elif random.random() >= sample:
+                        continue
+                    else:
+                        outcome = await client.audit(result.signed)
+                        row |= outcome.report.to_json() | {"reported_tx": outcome.reported_tx}
+                        row.pop("worst", None)
+                    rows.append(row)
+        return rows
+
+    rows = _run(main_())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            verdict = {True: "pass", False: "FAIL", None: "skipped"}[row["passed"]]
+            click.echo(
+                f"session {row['session']} answer at {row['start']}: {verdict}: {row['reason']}"
+            )
+            if row.get("reported_tx"):
+                click.echo(f"  reported on-chain: {row['reported_tx']}")
+    if any(row["passed"] is False for row in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("session_id", type=int)
+@click.argument("score", type=click.IntRange(1, 5))
+@click.pass_obj
+def rate(settings: Settings, session_id: int, score: int) -> None:
+    """Rate the host of a settled session you paid for, 1 (worst) to 5: once per session,
+    recorded in the ReputationSystem."""
+    client = _client(settings)
+    receipt = client.reputation.rate(session_id, score)
+    click.echo(
+        f"rated session {session_id}: {score} (tx 0x{bytes(receipt['transactionHash']).hex()})"
+    )
 
 
 @main.group()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import shutil
 import tempfile
@@ -20,8 +21,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from fabstir_sdk import tokenizer as tokenizer_cache
+from fabstir_sdk.audit import AuditError, Auditor, AuditOutcome, AuditPolicy, AuditReport
 from fabstir_sdk.contracts import ETH, Deployment, Voucher, VoucherDomain, recover_signer
 from fabstir_sdk.contracts.client import Contracts, ModelPin
+from fabstir_sdk.contracts.reputation import Reputation
 from fabstir_sdk.discovery import Discovery, HostInfo, peer_of
 from fabstir_sdk.errors import (
     ConfigurationError,
@@ -33,7 +36,7 @@ from fabstir_sdk.errors import (
 )
 from fabstir_sdk.failover import STALL_TIMEOUT_S, FailoverChat
 from fabstir_sdk.jobs import JobClient
-from fabstir_sdk.models import resolve_model_id
+from fabstir_sdk.models import installed_model, resolve_model_id
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
     HOSTS_TOPIC,
@@ -51,10 +54,12 @@ from fabstir_sdk.storage.dirv1 import FileRef
 from fabstir_sdk.storage.errors import NotFound, StorageError
 from fabstir_sdk.storage.exchange import Exchange
 from fabstir_sdk.storage.layout import result_dir, tokenizer_path
+from fabstir_sdk.tasks import TaskSet
 from fabstir_sdk.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, TokenizerError
 from fabstir_sdk.tokens import ensure_allowance, resolve_token
 from fabstir_sdk.transcripts import (
     MAX_RESULT,
+    SignedTranscript,
     TranscriptRecord,
     open_result,
     result_key,
@@ -76,6 +81,7 @@ class SessionResult:
     voucher: Voucher | None
     paid: bool  # our session signer's voucher commits to exactly this record
     reason: str
+    signed: SignedTranscript | None = None  # with the host's signature, when it stored one
 
     @property
     def text(self) -> str:
@@ -126,6 +132,7 @@ class FabstirClient:
         *,
         listen: str = "/ip4/127.0.0.1/tcp/0",
         bootstrap: list[str] | None = None,
+        audit: AuditPolicy | None = None,
     ) -> None:
         if not isinstance(deployment, Deployment):
             deployment = Deployment.load(deployment)
@@ -149,6 +156,12 @@ class FabstirClient:
         self._tokenizers: dict[bytes, Tokenizer] = {}
         self._pins: dict[bytes, ModelPin] = {}
         self.stranded: list[StrandedDeposit] = []  # deposits whose host refused after them
+        self.audit_policy = audit or AuditPolicy()
+        self.audits: list[AuditOutcome] = []  # every audit this client ran, in order
+        self._auditors: dict[bytes, Auditor] = {}
+        self._audit_sessions: dict[bytes, Session] = {}  # model id -> a host auditing for us
+        self._audit_tasks = TaskSet()
+        self._reputation: Reputation | None = None
 
     @mapped
     async def start(self) -> FabstirClient:
@@ -165,6 +178,11 @@ class FabstirClient:
         return self
 
     async def close(self) -> None:
+        self._audit_tasks.cancel()
+        for session in self._audit_sessions.values():
+            with contextlib.suppress(Exception):
+                await session.close()
+        self._audit_sessions.clear()
         if self._started:
             await self.p2p.stop()
             self._started = False
@@ -186,6 +204,13 @@ class FabstirClient:
         if self._jobs is None:
             self._jobs = JobClient(self)
         return self._jobs
+
+    @property
+    def reputation(self) -> Reputation:
+        """Hosts' public records: ratings, audit reports, heartbeats."""
+        if self._reputation is None:
+            self._reputation = Reputation(self.contracts)
+        return self._reputation
 
     @property
     def exchange(self) -> Exchange:
@@ -390,8 +415,11 @@ class FabstirClient:
             except StorageError as exc:
                 raise HostError("bad_result", f"the stored answer {name}: {exc}") from exc
             verdict = verify_result(stored, domain, onchain.signer)
+            signed = stored.signed
+            if signed is not None and (signed.signer(domain) or "").lower() != onchain.host.lower():
+                signed = None  # not the host's signature: no evidence of anything
             results.append(
-                SessionResult(stored.record, stored.voucher, verdict.paid, verdict.reason)
+                SessionResult(stored.record, stored.voucher, verdict.paid, verdict.reason, signed)
             )
         return results
 
@@ -462,7 +490,95 @@ class FabstirClient:
             cache_rate_bps=ready.cache_rate_bps,
         )
         session.resume_from(resumed)
+        if self.audit_policy.share > 0:
+            session.on_transcript = self._sample_audit
         return session
+
+    # ----------------------------------------------------------------- audits
+
+    @mapped
+    async def audit(
+        self, transcript: SignedTranscript, *, report: bool | None = None
+    ) -> AuditOutcome:
+        """Re-run a host-signed answer on the pinned model and judge it
+        (:mod:`fabstir_sdk.audit`). A failure is reported to the ReputationSystem, with the
+        transcript as public evidence, unless ``report`` (default: the policy's) is off."""
+        policy = self.audit_policy
+        if policy.remote:
+            result = await self._audit_remotely(transcript)
+        else:
+            auditor = await self._auditor(transcript.record.model_sha256)
+            result = await asyncio.to_thread(auditor.audit, transcript)
+        tx = None
+        if (policy.report if report is None else report) and (
+            not result.passed or policy.report_passes
+        ):
+            tx = await asyncio.to_thread(self._report, transcript, result.passed)
+        outcome = AuditOutcome(transcript.record.session_id, result, tx)
+        self.audits.append(outcome)
+        return outcome
+
+    async def wait_audits(self) -> list[AuditOutcome]:
+        """Wait for the background audits started so far; returns every audit run."""
+        await self._audit_tasks.join()
+        return list(self.audits)
+
+    async def _audit_remotely(self, transcript: SignedTranscript) -> AuditReport:
+        """Audit on another host serving the model (never the one that served the answer),
+        in a session kept open for further audits."""
+        onchain = await asyncio.to_thread(self.contracts.session, transcript.record.session_id)
+        session = self._audit_sessions.get(onchain.model_id)
+        if session is None or session.closed:
+            session = await self.open_session(onchain.model_id, exclude={onchain.host})
+            self._audit_sessions[onchain.model_id] = session
+        elif session.host.lower() == onchain.host.lower():
+            raise UsageError("the auditing host served this answer: audit it elsewhere")
+        try:
+            return await session.audit(transcript)
+        except HostError:
+            self._audit_sessions.pop(onchain.model_id, None)
+            with contextlib.suppress(Exception):
+                await session.close()
+            raise
+
+    def _report(self, transcript: SignedTranscript, passed: bool) -> str | None:
+        if self.reputation.audit_reported(transcript.transcript_hash):
+            return None  # reported before (each transcript counts once)
+        receipt = self.reputation.report_audit(
+            transcript.record.session_id, transcript.evidence(), transcript.host_signature, passed
+        )
+        return "0x" + bytes(receipt["transactionHash"]).hex()
+
+    async def _auditor(self, sha256: bytes) -> Auditor:
+        if sha256 not in self._auditors:
+            path = self.audit_policy.model_path or installed_model(sha256)
+            if path is None:
+                raise AuditError(
+                    f"no local copy of model {sha256.hex()[:16]}... to audit with: give its "
+                    "GGUF (AuditPolicy(model_path=...), `fabstir audit --model`)"
+                )
+            threads = self.audit_policy.n_threads
+            self._auditors[sha256] = await asyncio.to_thread(Auditor, path, n_threads=threads)
+        return self._auditors[sha256]
+
+    def _sample_audit(self, transcript: SignedTranscript) -> None:
+        """Audit a random share of the answers, in the background (answers from a cache are
+        not audited: their tokens were made for another prompt)."""
+        if "cache" in transcript.record.sampling:
+            return
+        if random.random() < self.audit_policy.share:
+            self._audit_tasks.spawn(self._audit_quietly(transcript))
+
+    async def _audit_quietly(self, transcript: SignedTranscript) -> None:
+        try:
+            outcome = await self.audit(transcript)
+        except Exception as exc:  # an audit that cannot run is no verdict on the host
+            log.warning("could not audit an answer of session %s: %s",
+                        transcript.record.session_id, exc)  # fmt: skip
+            return
+        if not outcome.report.passed:
+            log.warning("session %s: the host's answer failed its audit: %s",
+                        outcome.session_id, outcome.report.reason)  # fmt: skip
 
     def chat(
         self,

@@ -1,6 +1,7 @@
 """Finding hosts: the NodeRegistry says who staked to serve a model, at what price and under
 which peer id; the libp2p DHT says who is providing it right now; gossip announcements and
-answers on the info protocol (:meth:`Discovery.ask_info`) add load and measured speed.
+answers on the info protocol (:meth:`Discovery.ask_info`) add load and measured speed; the
+ReputationSystem adds each host's public record (:func:`score` ranks them all).
 
 Announcements are kept only when signed by the host they name, published by the peer they
 name, fresh and newer than the one held; one whose peer id differs from the registry's is
@@ -20,6 +21,8 @@ from dataclasses import dataclass, replace
 from fabstir_sdk.announcements import HostAnnouncement, verify_announcement
 from fabstir_sdk.contracts import ETH
 from fabstir_sdk.contracts.client import Contracts, HostRecord
+from fabstir_sdk.contracts.deployment import DeploymentError
+from fabstir_sdk.contracts.reputation import HostReputation, Reputation
 from fabstir_sdk.errors import HostError
 from fabstir_sdk.p2p import P2PError, P2PHost, PeerAddress, peer_id_from_bytes, provider_key
 from fabstir_sdk.protocol import (
@@ -53,6 +56,7 @@ class HostInfo:
     tokens_per_second: float | None = None
     last_seen: float | None = None  # unix time we last heard from it (gossip or info)
     reachable: bool | None = None  # None until someone dials it
+    reputation: HostReputation | None = None  # its ReputationSystem record, when there is one
 
 
 class Discovery:
@@ -176,6 +180,7 @@ class Discovery:
         prices = await asyncio.gather(
             *(asyncio.to_thread(self.contracts.price, a, model_id, token) for a in addresses)
         )
+        reputations = await self._reputations(addresses)
         providers: set[str] = set()
         try:
             found = await asyncio.wait_for(
@@ -185,7 +190,7 @@ class Discovery:
         except Exception as exc:  # the registry alone is enough to proceed
             log.debug("DHT lookup failed: %s", exc)
         hosts = []
-        for record, price in zip(records, prices, strict=True):
+        for record, price, reputation in zip(records, prices, reputations, strict=True):
             try:
                 self.registered[record.address.lower()] = peer_id_from_bytes(record.peer_id)
             except Exception:  # a registry entry with a peer id we cannot read
@@ -199,18 +204,54 @@ class Discovery:
                 price,
                 record.stake,
                 record.metadata,
+                reputation=reputation,
             )
             info = self.with_gossip(replace(info, in_dht=info.peer_id in providers))
             hosts.append(info)
         return sorted(hosts, key=score)
 
+    async def _reputations(self, addresses: list[str]) -> list[HostReputation | None]:
+        """Each host's record; none for all when the deployment has no ReputationSystem."""
+        try:
+            reputation = Reputation(self.contracts)
+        except DeploymentError:
+            return [None] * len(addresses)
+        return list(
+            await asyncio.gather(*(asyncio.to_thread(reputation.record, a) for a in addresses))
+        )
+
+
+def quality(reputation: HostReputation | None) -> float:
+    """How much a host's record is worth, in (0, 1]: a price is divided by it.
+
+    ``audits * ratings``, where
+
+    * audits = (p + 1) / (p + 1 + 10 f), with f failed audits and p passed ones, but at most
+      one pass per recorded paid session (a host can report passes on transcripts of sessions
+      it dealt itself for gas alone; a session costs it the treasury fee). One failure
+      against no passes divides the quality by 11; it takes ten passes to halve that.
+    * ratings = 0.5 + 0.5 (m - 1) / 4, with m the mean score shrunk towards 3 by two
+      imaginary ratings: 0.75 unrated, 1.0 for a long run of fives, 0.5 for ones.
+    """
+    if reputation is None:
+        return 0.75
+    passes = min(reputation.audits_passed, reputation.sessions)
+    audits = (passes + 1) / (passes + 1 + 10 * reputation.audits_failed)
+    mean = (reputation.rating_sum + 3 * 2) / (reputation.ratings + 2)
+    return audits * (0.5 + 0.5 * (mean - 1) / 4)
+
 
 def score(host: HostInfo) -> tuple[float, ...]:
-    """Lower is better: cheapest first; then reachable now; then fastest; then least loaded."""
+    """Lower is better: the price divided by the record's :func:`quality` (the price a host
+    effectively asks for answers you can trust); then reachable now (in the DHT, or heard from
+    within :data:`FRESH_S`); then the epochs it beat in of the last day (on-chain uptime); then
+    fastest (measured tokens/s); then least loaded."""
     fresh = host.last_seen is not None and time.time() - host.last_seen < FRESH_S
+    beats = host.reputation.uptime_beats if host.reputation else 0
     return (
-        host.price,
+        host.price / quality(host.reputation),
         0 if (host.in_dht or fresh) else 1,
+        -beats,
         -(host.tokens_per_second or 0.0),
         host.load or 0,
     )

@@ -85,6 +85,11 @@ def translate(exc: BaseException) -> FabstirError | None:
     if isinstance(exc, _classes("web3.exceptions", "Web3ValidationError", "Web3TypeError")):
         return UsageError(f"invalid argument for the chain: {text}")
     if isinstance(exc, _classes("web3.exceptions", "ContractLogicError")):
+        data = getattr(exc, "data", None)
+        if isinstance(data, str):
+            from fabstir_sdk.contracts.artifacts import custom_error_name
+
+            text = custom_error_name(data) or text
         return ChainError(f"the contract refused: {text}")
     if isinstance(exc, _classes("web3.exceptions", "TimeExhausted")):
         return ChainError(f"the transaction was not mined in time: {text}")

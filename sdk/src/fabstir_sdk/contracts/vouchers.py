@@ -102,3 +102,50 @@ def recover_signer(domain: VoucherDomain, voucher: Voucher) -> str:
         _message(voucher.session_id, voucher.cumulative_tokens, voucher.transcript_hash),
     )
     return str(Account.recover_message(signable, signature=voucher.signature))
+
+
+#: What a host signs at the end of each answer: "I served the transcript with this hash in
+#: this session". Same domain as vouchers (the marketplace that holds the session), so the
+#: ReputationSystem checks it against ``JobMarketplace.domainSeparator()``.
+TRANSCRIPT_TYPES: dict[str, list[dict[str, str]]] = {
+    "Transcript": [
+        {"name": "sessionId", "type": "uint256"},
+        {"name": "transcriptHash", "type": "bytes32"},
+    ]
+}
+
+
+def _transcript_message(session_id: int, transcript_hash: bytes) -> dict[str, Any]:
+    if len(transcript_hash) != 32:
+        raise ValueError("transcript_hash must be 32 bytes")
+    if session_id < 0:
+        raise ValueError("session id must be non-negative")
+    return {"sessionId": session_id, "transcriptHash": transcript_hash}
+
+
+def sign_transcript(
+    host: LocalAccount, domain: VoucherDomain, session_id: int, transcript_hash: bytes
+) -> bytes:
+    """The host's signature (with its registered key) over a served transcript's hash."""
+    signed = host.sign_typed_data(
+        domain.as_eip712(), TRANSCRIPT_TYPES, _transcript_message(session_id, transcript_hash)
+    )
+    return bytes(signed.signature)
+
+
+def transcript_digest(domain: VoucherDomain, session_id: int, transcript_hash: bytes) -> bytes:
+    """The 32-byte EIP-712 digest (``ReputationSystem.transcriptDigest``)."""
+    signable = encode_typed_data(
+        domain.as_eip712(), TRANSCRIPT_TYPES, _transcript_message(session_id, transcript_hash)
+    )
+    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def transcript_signer(
+    domain: VoucherDomain, session_id: int, transcript_hash: bytes, signature: bytes
+) -> str:
+    """The address that signed a served transcript; compare it with the session's host."""
+    signable = encode_typed_data(
+        domain.as_eip712(), TRANSCRIPT_TYPES, _transcript_message(session_id, transcript_hash)
+    )
+    return str(Account.recover_message(signable, signature=signature))
