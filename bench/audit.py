@@ -240,7 +240,7 @@ def summarise(res: Results) -> dict[str, Any]:
     }
 
 
-def res_identical(summary: dict[str, Any]) -> str:
+def _left_out(summary: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in summary["identical_to_honest"].items()) or "none"
 
 
@@ -259,7 +259,7 @@ def main() -> None:
         f"shipped GREEDY_TOLERANCE = {GREEDY_TOLERANCE}, Z_FAIL = {Z_FAIL}"
     )
     print(f"answers per case: {summary['answers']}")
-    print(f"dishonest answers identical to the honest one (left out): {res_identical(summary)}")
+    print(f"dishonest answers identical to the honest one (left out): {_left_out(summary)}")
     print("wrong verdicts (false reject for honest cases, false accept for the others):")
     for case, rate in summary["wrong_verdicts"].items():
         print(f"  {case:<20} {rate:.1%}")

@@ -45,9 +45,21 @@ _LAZY = {
     "TokenizerError": "fabstir_sdk.tokenizer",
     "SyncClient": "fabstir_sdk.sync",
     "SyncSession": "fabstir_sdk.sync",
+    "AuditError": "fabstir_sdk.audit",
+    "AuditOutcome": "fabstir_sdk.audit",
+    "AuditPolicy": "fabstir_sdk.audit",
+    "AuditReport": "fabstir_sdk.audit",
+    "Auditor": "fabstir_sdk.audit",
+    "SignedTranscript": "fabstir_sdk.transcripts",
+    "HostReputation": "fabstir_sdk.contracts.reputation",
 }
 
 __all__ = [
+    "AuditError",
+    "AuditOutcome",
+    "AuditPolicy",
+    "AuditReport",
+    "Auditor",
     "ChainError",
     "ChainUnavailable",
     "ChatStream",
@@ -58,12 +70,14 @@ __all__ = [
     "FailoverChat",
     "HostError",
     "HostInfo",
+    "HostReputation",
     "NoHostAvailable",
     "P2PError",
     "ProtocolError",
     "Session",
     "SessionResult",
     "Settlement",
+    "SignedTranscript",
     "StorageError",
     "StrandedDeposit",
     "SyncClient",
@@ -90,9 +104,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from fabstir_sdk.audit import AuditError, Auditor, AuditOutcome, AuditPolicy, AuditReport
     from fabstir_sdk.client import FabstirClient, StrandedDeposit
     from fabstir_sdk.contracts.client import Settlement
     from fabstir_sdk.contracts.deployment import DeploymentError
+    from fabstir_sdk.contracts.reputation import HostReputation
     from fabstir_sdk.contracts.transactions import ChainUnavailable, TransactionFailed
     from fabstir_sdk.discovery import HostInfo
     from fabstir_sdk.failover import FailoverChat
@@ -101,3 +117,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from fabstir_sdk.session import ChatStream, Session
     from fabstir_sdk.sync import SyncClient, SyncSession
     from fabstir_sdk.tokenizer import TokenizerError
+    from fabstir_sdk.transcripts import SignedTranscript

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fabstir_sdk.errors import FabstirError
+from fabstir_sdk.errors import FabstirError, UsageError
 from fabstir_sdk.transcripts import SignedTranscript, TranscriptRecord
 
 __all__ = [
@@ -55,7 +55,8 @@ __all__ = [
 #: other machines' kernels; a cheaper quantisation's tokens trail by 1.3 to 4 logits.
 GREEDY_TOLERANCE = 1.0
 #: A sampled answer fails when its log-probability z-score is below this (an honest sample's
-#: is about normal: below -4 by chance about once in 30,000 answers) ...
+#: is about normal, below -4 once in 30,000 answers if exactly so; ``bench/audit.py`` saw no
+#: honest answer below -2.5, and most of a cheaper quantisation's below -4) ...
 Z_FAIL = -4.0
 #: ... and it has at least this many tokens (fewer say too little either way).
 Z_MIN_TOKENS = 32
@@ -119,7 +120,7 @@ class AuditPolicy:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share <= 1.0:
-            raise ValueError("the audited share is between 0 and 1")
+            raise UsageError("the audited share is between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,7 @@ class Auditor:
         if not record.prompt_ids:
             raise AuditError("the transcript has no prompt")
         with self._lock:
-            n_tokens = len(record.prompt_ids) + len(record.completion_ids)
-            llm = self._load(n_tokens)  # once: not part of an audit's time
+            llm = self._load(record.audit_tokens)  # once: not part of an audit's time
             started = time.perf_counter()
             judge = _Judge(record, self.tolerance)
             if record.completion_ids:
@@ -191,12 +191,12 @@ class Auditor:
             return self._llm
         from llama_cpp import Llama
 
-        from fabstir_sdk.tokenizer import _LOAD_LOCK
+        from fabstir_sdk.tokenizer import LLAMA_LOAD_LOCK
 
         n_ctx = max(2048, 1 << (n_tokens - 1).bit_length())
         kwargs: dict[str, Any] = {"n_threads": self.n_threads} if self.n_threads else {}
         self._llm = None
-        with _LOAD_LOCK:
+        with LLAMA_LOAD_LOCK:
             self._llm = Llama(
                 model_path=str(self.model_path),
                 n_ctx=n_ctx,
@@ -212,7 +212,7 @@ class Auditor:
         import llama_cpp
         import numpy as np
 
-        tokens = list(record.prompt_ids) + list(record.completion_ids)
+        tokens = [*record.prompt_ids, *record.completion_ids]
         n_vocab = llm.n_vocab()
         if any(not 0 <= t < n_vocab for t in tokens):
             raise AuditError("the transcript has token ids outside the model's vocabulary")

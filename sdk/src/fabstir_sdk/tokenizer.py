@@ -30,7 +30,7 @@ _SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 _STRUCT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
            11: "<q", 12: "<d"}  # fmt: skip
-_LOAD_LOCK = threading.Lock()  # llama.cpp's backend init and model loading are not reentrant
+LLAMA_LOAD_LOCK = threading.Lock()  # llama.cpp's backend init and model loading are not reentrant
 
 
 class TokenizerError(FabstirError):
@@ -138,7 +138,7 @@ class Tokenizer:
             params = llama_cpp.llama_model_default_params()
             params.vocab_only = True
             params.use_mmap = False  # the file goes away once loaded
-            with _LOAD_LOCK:
+            with LLAMA_LOAD_LOCK:
                 llama_cpp.llama_backend_init()
                 model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
