@@ -10,7 +10,7 @@ import pytest
 
 from fabstir_node.audits import MAX_AUDIT_TOKENS, AuditRefused, AuditService
 from fabstir_node.inference import Engine, Finished, SamplingParams
-from fabstir_sdk.audit import file_sha256
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.transcripts import ZERO_HASH, TranscriptRecord
 
 

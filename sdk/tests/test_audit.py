@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from fabstir_devtools.impostors import requantize
-from fabstir_sdk.audit import GREEDY_TOLERANCE, AuditError, Auditor, file_sha256
+from fabstir_sdk.audit import GREEDY_TOLERANCE, AuditError, Auditor
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.models import CATALOG, installed_path
 from fabstir_sdk.protocol import Prompt
 from fabstir_sdk.tokenizer import Tokenizer, tokenizer_file

@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from fabstir_sdk.contracts.deployment import Deployment
 from fabstir_sdk.contracts.transactions import TransactionFailed, TransactionSender
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.proofs import (
     MANIFEST,
     ONNX,
@@ -47,7 +48,6 @@ from fabstir_sdk.proofs import (
     ProofError,
     ezkl_step,
     load_ezkl,
-    sha256_file,
 )
 
 Floats = npt.NDArray[np.float64]
@@ -267,7 +267,7 @@ def build_bundle(
         "logrows": logrows,
         "srs": SRS_TEST if srs is None else SRS_TRUSTED,
         "ezkl": str(settings.get("version", "")),
-        "sha256": {f: sha256_file(out_dir / f).hex() for f in (ONNX, SETTINGS, VK, SRS)},
+        "sha256": {f: file_sha256(out_dir / f).hex() for f in (ONNX, SETTINGS, VK, SRS)},
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.proofs import (
     ONNX,
     SETTINGS,
@@ -34,7 +35,6 @@ from fabstir_sdk.proofs import (
     ProofError,
     ezkl_step,
     load_ezkl,
-    sha256_file,
 )
 
 __all__ = ["EXAMPLE_MODEL", "Prover", "example_model"]
@@ -85,7 +85,7 @@ class Prover:
         """A complete cache entry for this very circuit: its key is the pinned one (the same
         ONNX file and SRS with other settings is another circuit, in the same directory)."""
         files = [self.directory / name for name in (COMPILED, PK, VK)]
-        return all(f.is_file() for f in files) and sha256_file(files[2]) == self.pin.vk_sha256
+        return all(f.is_file() for f in files) and file_sha256(files[2]) == self.pin.vk_sha256
 
     def _setup(self) -> None:
         """Compile and run setup in a scratch directory, check the key, then move it into
@@ -98,7 +98,7 @@ class Prover:
                 ezkl.compile_circuit, self.bundle.file(ONNX), scratch / COMPILED, self.settings
             )
             ezkl_step(ezkl.setup, scratch / COMPILED, scratch / VK, scratch / PK, self.srs)
-            derived = sha256_file(scratch / VK)
+            derived = file_sha256(scratch / VK)
             if derived != self.pin.vk_sha256:
                 raise ProofError(
                     f"setup of {self.bundle.path} derived verifying key {derived.hex()}, but "

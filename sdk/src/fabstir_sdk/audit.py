@@ -27,7 +27,6 @@ prompt, and the client asked for that.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import threading
 import time
@@ -35,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.errors import FabstirError, UsageError
 from fabstir_sdk.transcripts import SignedTranscript, TranscriptRecord
 
@@ -128,14 +128,6 @@ class AuditOutcome:
     session_id: int
     report: AuditReport
     reported_tx: str | None = None  # the ReputationSystem report, when one was sent
-
-
-def file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
 
 
 class Auditor:

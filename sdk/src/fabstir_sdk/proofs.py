@@ -21,7 +21,6 @@ functions that need it: :func:`quantize`, :func:`input_commitment` and :func:`ve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any, Final
 
 from eth_utils.crypto import keccak
 
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.errors import ConfigurationError, FabstirError
 
 __all__ = [
@@ -104,15 +104,6 @@ def ezkl_step(fn: Any, *args: Path | int) -> None:
         fn(*(str(a) if isinstance(a, Path) else a for a in args))
     except RuntimeError as exc:
         raise ProofError(f"ezkl {getattr(fn, '__name__', fn)} failed: {exc}") from exc
-
-
-def sha256_file(path: Path) -> bytes:
-    """The sha256 of a file, read in chunks (an SRS is megabytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.digest()
 
 
 # --------------------------------------------------------------------------- the pin
@@ -221,7 +212,7 @@ class ProofBundle:
     def sha256(self, name: str) -> bytes:
         """The sha256 of bundle file ``name`` as it is on disk now."""
         try:
-            return sha256_file(self.file(name))
+            return file_sha256(self.file(name))
         except FileNotFoundError as exc:
             raise ProofError(f"circuit bundle {self.path} has no {name}") from exc
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import multihash
 from cid import make_cid
 
+from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.p2p import P2PHost, PeerAddress
 from fabstir_sdk.protocol import (
     MAX_SMALL_FRAME,
@@ -183,7 +183,7 @@ class Exchange:
         def write() -> None:
             tmp = dest.with_name(f".{dest.name}.fetched")
             content.read_to_file(self.store, ref, tmp)
-            if sha256 is not None and _sha256_file(tmp) != sha256:
+            if sha256 is not None and file_sha256(tmp) != sha256:
                 tmp.unlink(missing_ok=True)
                 raise CorruptBlock("the fetched file does not match its pinned sha256")
             tmp.replace(dest)
@@ -282,11 +282,3 @@ def _drain(pieces: Iterator[bytes]) -> None:
     """Consume ``pieces`` (its end-to-end check runs after the last one), keeping none."""
     for _ in pieces:
         pass
-
-
-def _sha256_file(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
