@@ -17,13 +17,16 @@ from eth_utils.crypto import keccak
 
 from fabstir_devtools.tiny_gguf import write_tiny_gguf
 from fabstir_node.inference import Engine
+from fabstir_node.runtime import HostNode
 from fabstir_node.sessions import SessionService
 from fabstir_sdk.audit import AuditPolicy
+from fabstir_sdk.client import FabstirClient
 from fabstir_sdk.contracts import sign_transcript
 from fabstir_sdk.contracts.reputation import Reputation
 from fabstir_sdk.errors import HostError
 from fabstir_sdk.protocol import AuditVerdict
-from fabstir_sdk.transcripts import TranscriptRecord
+from fabstir_sdk.session import Session
+from fabstir_sdk.transcripts import SignedTranscript, TranscriptRecord
 
 from conftest import Devnet, assert_settled_for, fabstir, run
 
@@ -63,6 +66,24 @@ class OverchargingAuditor(SessionService):
         await super()._send(framed, message)
 
 
+async def signed_answer(
+    client: FabstirClient, node: HostNode, max_tokens: int
+) -> tuple[Session, SignedTranscript]:
+    """One greedy answer from ``node`` in a new session, with the host's signature."""
+    session = await client.open_session(MODEL, host=node.keys.account.address)
+    stream = session.chat(MESSAGES, max_tokens=max_tokens, temperature=0)
+    await stream.collect()
+    assert stream.transcript is not None and len(stream.token_ids) > 2
+    return session, stream.transcript
+
+
+def last_session_with(client: FabstirClient, node: HostNode) -> int:
+    opened = client.contracts.market.events.SessionOpened().get_logs(
+        from_block=0, argument_filters={"host": node.keys.account.address}
+    )
+    return int(opened[-1]["args"]["sessionId"])
+
+
 @pytest.fixture(scope="module")
 def impostor_weights(devnet: Devnet) -> Path:
     return write_tiny_gguf(devnet.root / "impostor.gguf", seed=8)
@@ -80,15 +101,11 @@ def test_an_impostor_is_caught_reported_on_chain_and_ranked_down(
         try:
             sessions = {}
             for node in (honest, impostor):
-                host = node.keys.account.address
-                session = await client.open_session(MODEL, host=host)
-                stream = session.chat(MESSAGES, max_tokens=24, temperature=0)
-                await stream.collect()
-                assert stream.transcript is not None and len(stream.token_ids) > 4
+                session, transcript = await signed_answer(client, node, 24)
                 # The host signed exactly what the client's last voucher committed to.
-                assert stream.transcript.signer(session.domain) == host
-                assert stream.transcript.transcript_hash == session.transcript
-                sessions[host] = session
+                assert transcript.signer(session.domain) == node.keys.account.address
+                assert transcript.transcript_hash == session.transcript
+                sessions[node.keys.account.address] = session
             outcomes = {o.session_id: o for o in await client.wait_audits()}
             good, bad = (outcomes[s.id] for s in sessions.values())
             assert good.report.passed and good.report.agreed == good.report.tokens
@@ -154,20 +171,16 @@ def test_a_host_audits_another_hosts_answer_paid_like_a_session(
         impostor = await devnet.start_node(2, service=substituted(impostor_weights))
         client = devnet.client(6, audit=AuditPolicy(remote=True, report=False))
         try:
-            served = await client.open_session(MODEL, host=impostor.keys.account.address)
-            stream = served.chat(MESSAGES, max_tokens=16, temperature=0)
-            await stream.collect()
-            assert stream.transcript is not None
-            outcome = await client.audit(stream.transcript)
+            _, transcript = await signed_answer(client, impostor, 16)
+            outcome = await client.audit(transcript)
             assert not outcome.report.passed and outcome.reported_tx is None
             assert auditor.keys.account.address in outcome.report.reason  # never the impostor
-            [audit_session] = client._audit_sessions.values()
-            billed = stream.transcript.record.audit_tokens
-            assert audit_session.billed == audit_session.vouched == billed
             assert auditor.sessions is not None and auditor.sessions.audits is not None
             assert auditor.sessions.audits.audited == 1
             await client.close()  # the auditor settles the audit session: exactly the audit
-            await asyncio.to_thread(assert_settled_for, client.contracts, audit_session.id, billed)
+            audit_session = last_session_with(client, auditor)
+            billed = transcript.record.audit_tokens
+            await asyncio.to_thread(assert_settled_for, client.contracts, audit_session, billed)
         finally:
             await client.close()
             await impostor.stop()
@@ -182,19 +195,13 @@ def test_an_auditor_that_overcharges_is_paid_what_the_client_counts(devnet: Devn
         auditor = await devnet.start_node(3, service=OverchargingAuditor)
         client = devnet.client(7, audit=AuditPolicy(remote=True, report=False))
         try:
-            served = await client.open_session(MODEL, host=honest.keys.account.address)
-            stream = served.chat(MESSAGES, max_tokens=8, temperature=0)
-            await stream.collect()
-            assert stream.transcript is not None
+            _, transcript = await signed_answer(client, honest, 8)
             with pytest.raises(HostError) as caught:
-                await client.audit(stream.transcript)
+                await client.audit(transcript)
             assert caught.value.code == "bad_accounting"
             # The audit session settles on what the client counted, not on the claim.
-            opened = client.contracts.market.events.SessionOpened().get_logs(
-                from_block=0, argument_filters={"host": auditor.keys.account.address}
-            )
-            audit_session = opened[-1]["args"]["sessionId"]
-            billed = stream.transcript.record.audit_tokens
+            audit_session = last_session_with(client, auditor)
+            billed = transcript.record.audit_tokens
             await asyncio.to_thread(assert_settled_for, client.contracts, audit_session, billed)
         finally:
             await client.close()
