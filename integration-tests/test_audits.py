@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from eth_account import Account
 from eth_utils.crypto import keccak
@@ -175,8 +176,10 @@ def test_a_host_audits_another_hosts_answer_paid_like_a_session(
             outcome = await client.audit(transcript)
             assert not outcome.report.passed and outcome.reported_tx is None
             assert auditor.keys.account.address in outcome.report.reason  # never the impostor
-            assert auditor.sessions is not None and auditor.sessions.audits is not None
-            assert auditor.sessions.audits.audited == 1
+            assert auditor.http is not None
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"{auditor.http.url}/metrics")).text
+            assert "fabstir_audits_run 1.0" in metrics and "fabstir_audits_failed 1.0" in metrics
             await client.close()  # the auditor settles the audit session: exactly the audit
             audit_session = last_session_with(client, auditor)
             billed = transcript.record.audit_tokens

@@ -32,6 +32,7 @@ class AuditService:
         self.model_sha256 = model_sha256
         self.n_threads = n_threads
         self.audited = 0
+        self.failed = 0  # audited answers that failed
         self._auditor: Auditor | None = None
 
     def parse(self, data: bytes) -> TranscriptRecord:
@@ -60,6 +61,7 @@ class AuditService:
         except AuditError as exc:
             raise AuditRefused("invalid_request", str(exc)) from None
         self.audited += 1
+        self.failed += not report.passed
         return report
 
     def close(self) -> None:

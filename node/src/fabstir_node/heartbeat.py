@@ -26,7 +26,7 @@ class Heartbeat:
         self.reputation = reputation
         self.alive = alive
         self.last_epoch: int | None = None  # the epoch of our last beat
-        self.beats = 0
+        self.beats = 0  # epochs we beat in since start (sent, or found sent before a restart)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one beat at a time (the loop, an operator, a test)
 

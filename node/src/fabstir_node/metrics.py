@@ -11,7 +11,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from fabstir_node.inference import Finished
 
 if TYPE_CHECKING:
+    from fabstir_node.audits import AuditService
     from fabstir_node.cache.semantic import SemanticCache
+    from fabstir_node.heartbeat import Heartbeat
     from fabstir_node.jobs import JobRunner
     from fabstir_node.storage import NodeStorage
 
@@ -146,6 +148,23 @@ class NodeMetrics:
             "fabstir_jobs_reorgs": ("Chain reorganisations seen under the board", lambda: c.reorgs),
             "fabstir_jobs_block": ("Last block of board events read", lambda: jobs.state.block),
         }
+        for name, (help_text, read) in figures.items():
+            Gauge(name, help_text, registry=self.registry).set_function(_as_float(read))
+
+    def watch_audits(self, audits: AuditService | None, heartbeat: Heartbeat | None) -> None:
+        """Audits this host sold (and how many failed) and the heartbeats it sent."""
+        figures: dict[str, tuple[str, Callable[[], float]]] = {}
+        if audits is not None:
+            figures["fabstir_audits_run"] = ("Audits run for clients", lambda: audits.audited)
+            figures["fabstir_audits_failed"] = (
+                "Audited answers that failed",
+                lambda: audits.failed,
+            )
+        if heartbeat is not None:
+            figures["fabstir_heartbeats_sent"] = (
+                "On-chain heartbeats sent",
+                lambda: heartbeat.beats,
+            )
         for name, (help_text, read) in figures.items():
             Gauge(name, help_text, registry=self.registry).set_function(_as_float(read))
 

@@ -209,6 +209,7 @@ class HostNode:
         if config.heartbeat and "ReputationSystem" in chain.contracts.deployment.contracts:
             self.heartbeat = Heartbeat(Reputation(chain.contracts), lambda: engine.ready)
             self.heartbeat.start()
+        api.metrics.watch_audits(audits, self.heartbeat)
         if config.jobs and "JobBoard" in chain.contracts.deployment.contracts:
             await self._start_jobs(chain, engine, served, proven)
             assert self.jobs is not None
