@@ -172,8 +172,17 @@ def _body(data: dict[str, object]) -> bytes:
             "load": 0,
             "tokens_per_second": float("inf"),
         },
+        {"t": "done", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1,
+         "tokens": 2, "signature": b"\0" * 64},
+        {"t": "audit", "record": b""},
+        {"t": "audit_verdict", "transcript_hash": b"\0" * 31, "passed": True, "mode": "greedy",
+         "checked": 1, "agreed": 1, "outside": 0, "reason": "", "tokens": 3},
+        {"t": "audit_verdict", "transcript_hash": b"\0" * 32, "passed": True, "mode": "greedy",
+         "checked": 1, "agreed": 2, "outside": 0, "reason": "", "tokens": 3},
+        {"t": "audit_verdict", "transcript_hash": b"\0" * 32, "passed": "yes", "mode": "greedy",
+         "checked": 1, "agreed": 1, "outside": 0, "reason": "", "tokens": 3},
     ],
-)
+)  # fmt: skip
 def test_out_of_range_fields_are_invalid_messages(data: dict[str, object]) -> None:
     with pytest.raises(InvalidMessage):
         decode_body(_body(data))
@@ -258,3 +267,16 @@ def test_a_framed_stream_takes_a_lower_limit_until_raised() -> None:
         asyncio.run(framed.receive())
     framed.max_frame = 10 * MAX_FRAME
     assert framed.max_frame == MAX_FRAME
+
+
+def test_signed_done_and_audit_frames_round_trip() -> None:
+    from fabstir_sdk.protocol import AuditRequest, AuditVerdict
+
+    for message in (
+        Done("stop", 3, 4, 7, b"\x01" * 65),
+        AuditRequest(b"\xa1\x01\x02"),
+        AuditVerdict(b"\x02" * 32, False, "sampled", 40, 31, 2, "outside the top-p set", 99, -5.5),
+    ):
+        frame = encode_frame(message)
+        _, start = decode_uvarint(frame) or (0, 0)
+        assert decode_body(frame[start:]) == message

@@ -183,6 +183,8 @@ class FabstirClient:
             with contextlib.suppress(Exception):
                 await session.close()
         self._audit_sessions.clear()
+        for auditor in self._auditors.values():
+            auditor.close()
         if self._started:
             await self.p2p.stop()
             self._started = False
@@ -528,11 +530,11 @@ class FabstirClient:
         in a session kept open for further audits."""
         onchain = await asyncio.to_thread(self.contracts.session, transcript.record.session_id)
         session = self._audit_sessions.get(onchain.model_id)
+        if session is not None and session.host.lower() == onchain.host.lower():
+            await session.close()  # our auditor served this answer: it may not judge it
         if session is None or session.closed:
             session = await self.open_session(onchain.model_id, exclude={onchain.host})
             self._audit_sessions[onchain.model_id] = session
-        elif session.host.lower() == onchain.host.lower():
-            raise UsageError("the auditing host served this answer: audit it elsewhere")
         try:
             return await session.audit(transcript)
         except HostError:

@@ -229,7 +229,7 @@ def quality(reputation: HostReputation | None) -> float:
     * audits = (p + 1) / (p + 1 + 10 f), with f failed audits and p passed ones, but at most
       one pass per recorded paid session (a host can report passes on transcripts of sessions
       it dealt itself for gas alone; a session costs it the treasury fee). One failure
-      against no passes divides the quality by 11; it takes ten passes to halve that.
+      against no passes divides the quality by 11; ten passes bring it back to about half.
     * ratings = 0.5 + 0.5 (m - 1) / 4, with m the mean score shrunk towards 3 by two
       imaginary ratings: 0.75 unrated, 1.0 for a long run of fives, 0.5 for ones.
     """
