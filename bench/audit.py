@@ -9,7 +9,8 @@ send, or drop the start of the conversation. Every answer is audited by
 of 512 and 32 tokens. Prints:
 
 * the measured tolerance: the largest logit gap between an honest token and the auditor's
-  argmax, over every honest greedy answer and auditor configuration;
+  argmax, over every honest greedy answer and auditor configuration, and the largest share
+  of an honest answer's tokens that differ from the argmax at all (rounding at near-ties);
 * false-reject and false-accept rates at the shipped ``GREEDY_TOLERANCE`` and ``Z_FAIL`` (and
   at other settings), counting only dishonest answers that differ from the honest answer (an
   identical one is harmless and no audit could tell);
@@ -35,6 +36,7 @@ from fabstir_devtools.impostors import requantize
 from fabstir_node.inference import Engine, Finished, SamplingParams
 from fabstir_node.models import BUILTIN, builtin_path
 from fabstir_sdk.audit import (
+    GREEDY_MAX_FLIPS,
     GREEDY_TOLERANCE,
     Z_FAIL,
     Z_MIN_TOKENS,
@@ -88,6 +90,7 @@ Z_THRESHOLDS = (-3.0, -4.0, -5.0, -6.0)
 class Results:
     verdicts: dict[str, list[bool]] = field(default_factory=dict)  # case -> passed per answer
     gaps: dict[str, list[float]] = field(default_factory=dict)  # case -> largest gap per answer
+    flips: dict[str, list[float]] = field(default_factory=dict)  # share of non-argmax tokens
     z: dict[str, list[float]] = field(default_factory=dict)
     replay: list[float] = field(default_factory=list)
     identical: dict[str, int] = field(default_factory=dict)  # dishonest answers = honest ones
@@ -98,6 +101,9 @@ class Results:
     def add(self, case: str, report: AuditReport) -> None:
         self.verdicts.setdefault(case, []).append(report.passed)
         self.gaps.setdefault(case, []).append(max((c.gap for c in report.worst), default=0.0))
+        if report.mode == "greedy" and report.tokens:
+            flips = (report.tokens - report.agreed) / report.tokens
+            self.flips.setdefault(case, []).append(flips)
         if report.z_score is not None and report.tokens >= Z_MIN_TOKENS:
             self.z.setdefault(case, []).append(report.z_score)
 
@@ -209,14 +215,17 @@ def summarise(res: Results) -> dict[str, Any]:
     sampled = [c for c in res.z if c.endswith("sampled")]
     return {
         "measured_tolerance": round(max(res.gaps["honest greedy"]), 4),
+        "measured_flips": round(max(res.flips["honest greedy"]), 4),
         "greedy_tolerance": GREEDY_TOLERANCE,
+        "greedy_max_flips": GREEDY_MAX_FLIPS,
         "z_fail": Z_FAIL,
         "answers": {case: len(v) for case, v in res.verdicts.items()},
         # dishonest answers identical to the honest one: not audited, not counted above
         "identical_to_honest": res.identical,
         # false reject (honest cases) or false accept (the others), at the shipped settings
         "wrong_verdicts": {case: wrong(case, v) for case, v in res.verdicts.items()},
-        # ... and for greedy answers at other tolerances (an answer fails if a gap exceeds it)
+        # ... and for greedy answers at other tolerances (an answer fails if a gap exceeds it;
+        # the flips limit left out)
         "greedy_wrong_by_tolerance": {
             str(t): {case: wrong(case, [g <= t for g in res.gaps[case]]) for case in greedy}
             for t in TOLERANCES
@@ -257,6 +266,10 @@ def main() -> None:
     print(
         f"\nmeasured tolerance: {summary['measured_tolerance']} logits (the largest honest gap); "
         f"shipped GREEDY_TOLERANCE = {GREEDY_TOLERANCE}, Z_FAIL = {Z_FAIL}"
+    )
+    print(
+        f"measured flips: at most {summary['measured_flips']:.1%} of an honest answer's tokens "
+        f"differ from the argmax; shipped GREEDY_MAX_FLIPS = {GREEDY_MAX_FLIPS:.0%}"
     )
     print(f"answers per case: {summary['answers']}")
     print(f"dishonest answers identical to the honest one (left out): {_left_out(summary)}")

@@ -175,3 +175,23 @@ def test_what_cannot_be_audited_is_refused(
         auditor.audit(cached)
     empty = auditor.audit(record(sha, ids, []))
     assert empty.passed and empty.tokens == 0
+
+
+def test_many_near_tie_flips_fail_even_within_the_tolerance(sha: bytes) -> None:
+    """The greedy verdict on given logits: rounding may flip a few near-ties, not many."""
+    import numpy as np
+
+    from fabstir_sdk.audit import GREEDY_MAX_FLIPS, _Judge
+
+    def judge(flips: int, n: int = 50) -> bool:
+        j = _Judge(record(sha, [1], [0] * n), GREEDY_TOLERANCE)
+        for position in range(n):
+            logits = np.zeros(4, dtype=np.float32)
+            logits[1 if position < flips else 0] = 0.5  # token 0 trails by 0.5 where flipped
+            j.check(position, 0, logits, None)
+        return j.report(b"\0" * 32, 0.0).passed
+
+    allowed = int(GREEDY_MAX_FLIPS * 50)
+    assert judge(0) and judge(allowed)
+    assert not judge(allowed + 1)
+    assert judge(3, n=10)  # short answers may always flip three

@@ -7,9 +7,10 @@ positions that predict a completion token, and checks each completion token agai
 model's own distribution there:
 
 * **greedy** (temperature 0): the token must be the argmax, within :data:`GREEDY_TOLERANCE`
-  logits. llama.cpp's logits differ slightly between an incremental decode (how the host
-  generated) and a batched prefill (how we check), and across thread counts; the tolerance is
-  measured by ``bench/audit.py``, not guessed.
+  logits, and no more than :data:`GREEDY_MAX_FLIPS` of the tokens may differ from it at all.
+  llama.cpp's logits differ slightly between an incremental decode (how the host generated)
+  and a batched prefill (how we check), which flips near-ties; both limits are measured by
+  ``bench/audit.py``, not guessed.
 * **sampled**: the host's sampler (llama.cpp's: top-p on the raw distribution, then the
   temperature, then a seeded draw) can only pick a token inside the top-p set, so one outside
   it (beyond the tolerance) fails. Beyond that the verdict is statistical: the z-score of the
@@ -39,6 +40,7 @@ from fabstir_sdk.errors import FabstirError, UsageError
 from fabstir_sdk.transcripts import SignedTranscript, TranscriptRecord
 
 __all__ = [
+    "GREEDY_MAX_FLIPS",
     "GREEDY_TOLERANCE",
     "AuditError",
     "AuditOutcome",
@@ -54,6 +56,11 @@ __all__ = [
 #: llama.cpp's one-token and batched kernels round differently. Twice that leaves room for
 #: other machines' kernels; a cheaper quantisation's tokens trail by 1.3 to 4 logits.
 GREEDY_TOLERANCE = 1.0
+#: ... and at most this share of its tokens (and at least 3) may differ from the argmax at all.
+#: Rounding flips near-ties: ``bench/audit.py`` saw at most 6 of 96 honest tokens (6.25%) flip;
+#: a host that answered another prompt or a truncated context flips many more, each within
+#: the tolerance.
+GREEDY_MAX_FLIPS = 0.12
 #: A sampled answer fails when its log-probability z-score is below this (an honest sample's
 #: is about normal, below -4 once in 30,000 answers if exactly so; ``bench/audit.py`` saw no
 #: honest answer below -2.5, and most of a cheaper quantisation's below -4) ...
@@ -309,11 +316,15 @@ class _Judge:
     def report(self, transcript_hash: bytes, seconds: float) -> AuditReport:
         n, z = self.tokens, None
         if self.greedy:
-            passed = self.outside == 0
+            flips, allowed = n - self.agreed, max(3, int(GREEDY_MAX_FLIPS * n))
+            passed = self.outside == 0 and flips <= allowed
             reason = (
-                f"all {n} tokens are the model's argmax within {self.tolerance} logits"
-                if passed
-                else f"{self.outside} of {n} tokens are not the model's greedy choice"
+                f"{self.outside} of {n} tokens are not the model's greedy choice"
+                if self.outside
+                else f"{flips} of {n} tokens differ from the model's argmax (at most "
+                f"{allowed} may, by rounding)"
+                if flips > allowed
+                else f"all {n} tokens are the model's argmax within {self.tolerance} logits"
             )
         else:
             z = self.z_sum / math.sqrt(self.z_var) if self.z_var > 0 else 0.0
