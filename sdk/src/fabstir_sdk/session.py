@@ -204,7 +204,9 @@ class Session:
             raise UsageError(str(exc)) from exc
         return ChatStream(self, prompt, ids)
 
-    async def _stream(self, prompt: Prompt, out: ChatStream) -> AsyncGenerator[str, None]:
+    async def _take_turn(self, out: ChatStream | None = None) -> None:
+        """Make the session ours (an answer or an audit): an answer left early and never
+        closed is wound down first; one another task is still reading makes this ``busy``."""
         previous = self._current
         if previous is not None and previous is not out:
             reader = previous._reader
@@ -216,6 +218,9 @@ class Session:
         if self.closed:
             self._turn.release()
             raise HostError("session_closed", "this session is closed")
+
+    async def _stream(self, prompt: Prompt, out: ChatStream) -> AsyncGenerator[str, None]:
+        await self._take_turn(out)
         self._current = out
         room = self.max_tokens - self.billed - out.prompt_tokens
         record = TranscriptRecord(
@@ -420,13 +425,8 @@ class Session:
         expected = self.billed + record.audit_tokens
         if expected > self.max_tokens:
             raise UsageError("the session's deposit does not cover this audit")
-        if self._current is not None:
-            with contextlib.suppress(RuntimeError):  # already closing in another task
-                await self._current.aclose()  # an answer left early: wind it down first
-        await self._turn.acquire()
+        await self._take_turn()
         try:
-            if self.closed:
-                raise HostError("session_closed", "this session is closed")
             started = time.perf_counter()
             await self._send(AuditRequest(record.encode()))
             verdict = await self._receive()
