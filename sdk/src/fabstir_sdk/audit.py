@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -129,6 +130,10 @@ class AuditPolicy:
         if not 0.0 <= self.share <= 1.0:
             raise UsageError("the audited share is between 0 and 1")
 
+    def picks(self) -> bool:
+        """Whether to audit the next answer: at random, ``share`` of them."""
+        return random.random() < self.share
+
 
 @dataclass(frozen=True)
 class AuditOutcome:
@@ -166,7 +171,7 @@ class Auditor:
                 f"the answer names model {record.model_sha256.hex()[:16]}..., this auditor "
                 f"runs {self.model_sha256.hex()[:16]}..."
             )
-        if "cache" in record.sampling:
+        if record.from_cache:
             raise AuditError("an answer served from the host's cache is not audited")
         if not record.prompt_ids:
             raise AuditError("the transcript has no prompt")

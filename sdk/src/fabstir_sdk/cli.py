@@ -68,9 +68,10 @@ def _wallet_key(settings: Settings) -> str | None:
     return None
 
 
-def _client(settings: Settings, *, wallet: bool = True) -> Any:
+def _client(settings: Settings, *, wallet: bool = True, **options: Any) -> Any:
     """A client on the configured chain; ``wallet=False`` for read-only commands, which work
-    without a key (a throwaway one stands in: it never signs anything)."""
+    without a key (a throwaway one stands in: it never signs anything). ``options`` go to
+    :class:`FabstirClient` (``audit=``)."""
     from eth_account import Account
 
     from fabstir_sdk.client import FabstirClient
@@ -88,7 +89,7 @@ def _client(settings: Settings, *, wallet: bool = True) -> Any:
             )
         key = Account.create().key.hex()
     path = settings.deployment or Path("deployments") / f"{chain_id}.json"
-    return FabstirClient(str(rpc), key, Deployment.load(path))
+    return FabstirClient(str(rpc), key, Deployment.load(path), **options)
 
 
 def _run(coro: Any) -> Any:
@@ -477,13 +478,10 @@ def audit(
     with one prefill, here or (--remote) by another host: greedy tokens must be the model's
     argmax (within a measured tolerance), sampled ones inside the top-p set and probable under
     the model."""
-    import random
-
     from fabstir_sdk.audit import AuditPolicy
 
     policy = AuditPolicy(sample, model, report, report_passes, threads, remote)
-    client = _client(settings)
-    client.audit_policy = policy
+    client = _client(settings, audit=policy)
 
     async def main_() -> list[dict[str, Any]]:
         rows = []
@@ -493,9 +491,9 @@ def audit(
                     row: dict[str, Any] = {"session": session_id, "start": result.record.start}
                     if result.signed is None:
                         row |= {"passed": None, "reason": "the host did not sign this answer"}
-                    elif "cache" in result.record.sampling:
+                    elif result.record.from_cache:
                         row |= {"passed": None, "reason": "served from the host's cache"}
-                    elif random.random() >= sample:
+                    elif not policy.picks():
                         continue
                     else:
                         outcome = await client.audit(result.signed)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import shutil
 import tempfile
@@ -566,9 +565,9 @@ class FabstirClient:
     def _sample_audit(self, transcript: SignedTranscript) -> None:
         """Audit a random share of the answers, in the background (answers from a cache are
         not audited: their tokens were made for another prompt)."""
-        if "cache" in transcript.record.sampling:
+        if transcript.record.from_cache:
             return
-        if random.random() < self.audit_policy.share:
+        if self.audit_policy.picks():
             self._audit_tasks.spawn(self._audit_quietly(transcript))
 
     async def _audit_quietly(self, transcript: SignedTranscript) -> None:

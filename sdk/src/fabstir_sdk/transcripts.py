@@ -104,6 +104,11 @@ class TranscriptRecord:
         return self.start + len(self.prompt_ids) + len(self.completion_ids)
 
     @property
+    def from_cache(self) -> bool:
+        """Served from the host's cache (:func:`served_from_cache`): made for another prompt."""
+        return "cache" in self.sampling
+
+    @property
     def audit_tokens(self) -> int:
         """What an audit of this answer bills: the tokens its prefill evaluates."""
         return len(self.prompt_ids) + len(self.completion_ids)
