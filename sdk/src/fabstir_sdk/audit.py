@@ -307,15 +307,16 @@ class _Judge:
         order = np.argsort(-raw)
         cumulative = np.cumsum(probs[order])
         keep = order[: int(np.searchsorted(cumulative, self.top_p)) + 1]
-        if token not in keep:
+        if not (keep == token).any():
             keep = np.append(keep, token)
         scaled = raw[keep] / self.temperature
-        logq = scaled - scaled.max()
-        logq -= math.log(float(np.exp(logq).sum()))
+        log_total = float(scaled.max())
+        log_total += math.log(float(np.exp(scaled - log_total).sum()))
+        logq = scaled - log_total
         q = np.exp(logq)
         mean = float((q * logq).sum())
         self.z_var += max(float((q * logq * logq).sum()) - mean * mean, 0.0)
-        self.z_sum += float(logq[list(keep).index(token)]) - mean
+        self.z_sum += float(raw[token] / self.temperature - log_total) - mean
         return outside
 
     def report(self, transcript_hash: bytes, seconds: float) -> AuditReport:
