@@ -33,6 +33,14 @@ def claimed_until(receipt: Any, board: Any) -> int:
 # ------------------------------------------------------------------ post
 
 
+def completed_job(board: Any, post_job: Any, host: Any, payment: int, **kw: Any) -> tuple[int, int]:
+    """A job claimed and completed by ``host``; returns its id and when it becomes releasable."""
+    job_id = post_job(**kw)
+    board.claim(job_id, sender=host)
+    receipt = board.complete(job_id, RESULT_HASH, payment, sender=host)
+    return job_id, int(receipt.events.filter(board.JobCompleted)[0].releasableAt)
+
+
 def test_post_in_eth_escrows_the_maximum_and_records_the_job(
     chain: Any, board: Any, client: Any, model_id: bytes
 ) -> None:
@@ -351,9 +359,7 @@ def test_zero_payment_refunds_everything_and_pays_nobody(
     chain: Any, board: Any, earnings: Any, post_job: Any, board_hosts: Any, client: Any
 ) -> None:
     host, _ = board_hosts
-    job_id = post_job(max_payment=10**15)
-    board.claim(job_id, sender=host)
-    releasable = board.complete(job_id, RESULT_HASH, 0, sender=host).events[0].releasableAt
+    job_id, releasable = completed_job(board, post_job, host, 0, max_payment=10**15)
     chain.pending_timestamp = releasable
     before = client.balance
     receipt = board.release(job_id, sender=host)
@@ -368,9 +374,7 @@ def test_full_payment_refunds_nothing(
     chain: Any, board: Any, earnings: Any, post_job: Any, board_hosts: Any, treasury: Any
 ) -> None:
     host, _ = board_hosts
-    job_id = post_job(max_payment=10**15)
-    board.claim(job_id, sender=host)
-    releasable = board.complete(job_id, RESULT_HASH, 10**15, sender=host).events[0].releasableAt
+    job_id, releasable = completed_job(board, post_job, host, 10**15, max_payment=10**15)
     chain.pending_timestamp = releasable
     s = settled(board.release(job_id, sender=host), board)
     assert s.refund == 0 and s.hostAmount + s.fee == 10**15
@@ -429,14 +433,6 @@ def test_proof_required_job_cannot_be_completed_without_proofs(
 
 
 # ------------------------------------------------------------------ dispute
-
-
-def completed_job(board: Any, post_job: Any, host: Any, payment: int, **kw: Any) -> tuple[int, int]:
-    """A job claimed and completed by ``host``; returns its id and when it becomes releasable."""
-    job_id = post_job(**kw)
-    board.claim(job_id, sender=host)
-    receipt = board.complete(job_id, RESULT_HASH, payment, sender=host)
-    return job_id, int(receipt.events.filter(board.JobCompleted)[0].releasableAt)
 
 
 def test_dispute_only_by_the_client_within_the_window(
