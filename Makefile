@@ -16,6 +16,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # Tests of our own Python packages don't need Ape's pytest plugin (it wants a network).
 PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
+export GOMP_SPINCOUNT := 30000
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
         compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs bench-audit demo devnet lint clean

@@ -24,8 +24,10 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny.gguf")
 
 
-def make_engine(path: Path, queue_size: int = 4, n_ctx: int = TINY_CTX) -> Engine:
-    engine = Engine(path, n_ctx=n_ctx, n_threads=1, queue_size=queue_size)
+def make_engine(
+    path: Path, queue_size: int = 4, n_ctx: int = TINY_CTX, parallel: int = 4
+) -> Engine:
+    engine = Engine(path, n_ctx=n_ctx, n_threads=1, parallel=parallel, queue_size=queue_size)
     engine.load()
     return engine
 

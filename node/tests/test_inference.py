@@ -13,8 +13,8 @@ from fabstir_node.inference import (
     PromptTooLong,
     QueueFull,
     SamplingParams,
+    StopMatcher,
     TokenChunk,
-    _StopMatcher,
 )
 
 from conftest import LONG_CTX, TINY_CTX, make_engine
@@ -109,7 +109,7 @@ def test_empty_prompt_rejected(engine: Engine) -> None:
 
 
 def test_queue_full_is_a_clear_busy_error(tiny_gguf: Path) -> None:
-    engine = make_engine(tiny_gguf, queue_size=1)
+    engine = make_engine(tiny_gguf, queue_size=1, parallel=1)
     prompt = engine.chat_prompt(MESSAGES)
     params = SamplingParams(max_tokens=200, temperature=1, seed=1)
 
@@ -117,15 +117,16 @@ def test_queue_full_is_a_clear_busy_error(tiny_gguf: Path) -> None:
         await wait_until_async(condition, what="the engine's queue to get there", interval=0.001)
 
     async def main() -> None:
-        # Hold the worker deterministically: the first job waits at a credit gate after 1 token.
+        # Hold the only slot deterministically: the first job waits at a credit gate after 1 token.
         first = engine.generate(prompt, params, CreditGate(allowed=1, timeout=60))
         running = asyncio.ensure_future(anext(first))
-        await until(lambda: engine.running == 1)  # the worker is busy with this one
+        await until(lambda: engine.running == 1)  # the slot is taken by this one
         second = engine.generate(prompt, params)
         waiting = asyncio.ensure_future(anext(second))
         await until(lambda: engine.queue_depth == 2)  # and this one takes the only slot
-        with pytest.raises(QueueFull, match="retry"):
+        with pytest.raises(QueueFull, match="retry") as refused:
             await anext(engine.generate(prompt, params))
+        assert refused.value.retry_after >= 1
         running.cancel()  # leaving the first answer frees the worker at once
         await asyncio.gather(running, return_exceptions=True)
         await waiting
@@ -149,7 +150,7 @@ def test_queue_full_is_a_clear_busy_error(tiny_gguf: Path) -> None:
 def test_stop_matcher_never_leaks_a_stop_string(
     pieces: list[str], stops: list[str], expected: str, hit: bool
 ) -> None:
-    matcher = _StopMatcher(stops)
+    matcher = StopMatcher(stops)
     out, was_hit = "", False
     for piece in pieces:
         text, was_hit = matcher.feed(piece)

@@ -163,19 +163,22 @@ class ApiError(Exception):
         type_: str,
         code: str | None = None,
         param: str | None = None,
+        retry_after: int = 1,
     ) -> None:
         super().__init__(message)
         self.status, self.type, self.code, self.param = status, type_, code, param
+        self.retry_after = retry_after
 
     def response(self) -> web.Response:
         body = oai.error_body(str(self), self.type, self.code, self.param)
-        headers = {"Retry-After": "1"} if self.status == 503 else None
+        headers = {"Retry-After": str(self.retry_after)} if self.status == 503 else None
         return web.json_response(body, status=self.status, headers=headers)
 
 
 def _engine_error(exc: EngineError) -> ApiError:
     status, type_ = STATUS.get(type(exc), (500, "server_error"))
-    return ApiError(status, str(exc), type_, exc.kind)
+    retry_after = exc.retry_after if isinstance(exc, QueueFull) else 1
+    return ApiError(status, str(exc), type_, exc.kind, retry_after=retry_after)
 
 
 def _usage(usage: Usage) -> dict[str, int]:
@@ -219,7 +222,10 @@ class Api:
         self.model_sha256 = model_sha256
         self.model_name = model_name
         self.max_tokens_default = max_tokens_default
-        self.metrics = metrics or NodeMetrics(lambda: engine.queue_depth)
+        if metrics is None:
+            metrics = NodeMetrics(lambda: engine.queue_depth)
+            metrics.watch_engine(engine)
+        self.metrics = metrics
         self.created = int(time.time())
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         self.app.add_routes([web.get("/health", self.health), web.get("/metrics", self.prometheus)])
@@ -268,7 +274,13 @@ class Api:
         if not self.engine.ready:
             return web.json_response({"status": "loading"}, status=503)
         return web.json_response(
-            {"status": "ok", "model": self.model_name, "queue_depth": self.engine.queue_depth}
+            {
+                "status": "ok",
+                "model": self.model_name,
+                "queue_depth": self.engine.queue_depth,
+                "parallel": self.engine.parallel,
+                "gpu_layers": self.engine.gpu_layers,
+            }
         )
 
     async def prometheus(self, _request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from fabstir_node.inference import Finished
+from fabstir_node.inference import Engine, Finished
 
 if TYPE_CHECKING:
     from fabstir_node.audits import AuditService
@@ -55,6 +55,35 @@ class NodeMetrics:
         self.errors = Counter("fabstir_errors", "Errors by kind", ["kind"], registry=r)
         self.queue_depth = Gauge("fabstir_queue_depth", "Requests running or waiting", registry=r)
         self.queue_depth.set_function(lambda: float(queue_depth()))
+
+    def watch_engine(self, engine: Engine) -> None:
+        """The engine's slots, KV cache and hardware, read when scraped."""
+        figures: dict[str, tuple[str, Callable[[], float]]] = {
+            "fabstir_parallel_slots": ("Generations decoded together", lambda: engine.parallel),
+            "fabstir_sequences_running": ("Generations in the batch now", lambda: engine.running),
+            "fabstir_kv_cached_conversations": (
+                "Finished conversations kept in the KV cache for their next turn",
+                lambda: engine.cached_conversations,
+            ),
+            "fabstir_prompt_tokens_cached": (
+                "Prompt tokens found in the KV cache, not evaluated again",
+                lambda: engine.prompt_tokens_cached,
+            ),
+            "fabstir_prompt_tokens_evaluated": (
+                "Prompt tokens evaluated",
+                lambda: engine.prompt_tokens_evaluated,
+            ),
+            "fabstir_gpu_layers": (
+                "Model layers offloaded to a GPU (0: CPU only)",
+                lambda: engine.gpu_layers,
+            ),
+            "fabstir_warmup_seconds": (
+                "The warm-up run before the node reported ready",
+                lambda: engine.warmup_s or 0.0,
+            ),
+        }
+        for name, (help_text, read) in figures.items():
+            Gauge(name, help_text, registry=self.registry).set_function(_as_float(read))
 
     def watch_storage(self, storage: NodeStorage) -> None:
         """Storage figures, read when scraped: the store's size and Bitswap's traffic."""

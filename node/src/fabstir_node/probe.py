@@ -6,10 +6,7 @@ process dies.
 
 from __future__ import annotations
 
-import os
 import sys
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(path: str) -> int:

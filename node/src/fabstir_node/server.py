@@ -46,8 +46,11 @@ def build_engine(config: NodeConfig, path: Path) -> Engine:
         n_ctx=config.n_ctx,
         n_batch=config.n_batch,
         n_threads=config.n_threads,
-        n_threads_batch=config.threads_batch,
+        n_threads_batch=config.n_threads_batch,
+        parallel=config.parallel,
         queue_size=config.queue_size,
+        kv_cache_mb=config.kv_cache_mb,
+        n_gpu_layers=config.n_gpu_layers,
         chat_template=template,
     )
 

@@ -229,6 +229,8 @@ class SessionService:
             self.engine.queue_depth,
             round(self.tokens_per_second, 2),
             capacity=self.engine.capacity,
+            parallel=self.engine.parallel,
+            gpu_layers=self.engine.gpu_layers,
         )
 
     async def _serve(self, framed: FramedStream, attached: list[int]) -> None:

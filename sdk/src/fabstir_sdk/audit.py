@@ -38,6 +38,7 @@ from typing import Any
 
 from fabstir_sdk.digests import file_sha256
 from fabstir_sdk.errors import FabstirError, UsageError
+from fabstir_sdk.sampling import Sampler
 from fabstir_sdk.transcripts import SignedTranscript, TranscriptRecord
 
 __all__ = [
@@ -222,7 +223,7 @@ class Auditor:
             raise AuditError("the transcript has token ids outside the model's vocabulary")
         ctx = llm._ctx.ctx
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        sampler = judge.sampler(llm)
+        sampler = judge.sampler()
         first = len(record.prompt_ids) - 1  # its logits predict the first completion token
         last = len(tokens) - 1  # the final token predicts nothing we check
         n_batch = min(self.n_batch, self._n_ctx)
@@ -244,10 +245,12 @@ class Auditor:
                     logits = np.ctypeslib.as_array(
                         ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
                     )
-                    replayed = sampler.sample(llm._ctx, j) if sampler is not None else None
+                    replayed = sampler.sample(ctx, j) if sampler is not None else None
                     judge.check(start + j - first, tokens[start + j + 1], logits, replayed)
         finally:
             llama_cpp.llama_batch_free(batch)
+            if sampler is not None:
+                sampler.close()
 
 
 class _Judge:
@@ -267,14 +270,11 @@ class _Judge:
         self.z_var = 0.0
         self.worst: list[TokenCheck] = []
 
-    def sampler(self, llm: Any) -> Any:
-        """llama.cpp's own sampler chain, as the host's engine builds it, when it can replay."""
+    def sampler(self) -> Sampler | None:
+        """The host's own sampler with the answer's seed, when it can be replayed."""
         if self.greedy or self.seed is None:
             return None
-        llm.set_seed(int(self.seed) & 0xFFFFFFFF)
-        return llm._init_sampler(
-            top_k=0, top_p=self.top_p, min_p=0.0, temp=self.temperature, repeat_penalty=1.0
-        )
+        return Sampler(self.temperature, self.top_p, int(self.seed))
 
     def check(self, position: int, token: int, logits: Any, replayed: int | None) -> None:
         import numpy as np

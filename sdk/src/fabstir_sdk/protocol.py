@@ -439,6 +439,8 @@ class InfoResponse(Message):
     tokens_per_second: float
     version: int = 1
     capacity: int = 0  # requests it can take at once (running + queued); 0 = not said
+    parallel: int = 0  # of which decoded together in one batch; 0 = not said
+    gpu_layers: int = 0  # model layers it runs on a GPU; 0 = CPU only (or not said)
 
 
 @dataclass(frozen=True)
