@@ -103,9 +103,13 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 @click.option("--sha256", "model_sha256", help="pin the model file's sha256 (hex)")
 @click.option("--host", help="interface to listen on [127.0.0.1]")
 @click.option("--port", "-p", type=int, help="HTTP port [8080]; 0 picks a free one")
-@click.option("--n-ctx", type=int, help="context size in tokens [2048]")
-@click.option("--threads", "n_threads", type=int, help="generation threads [cores]")
-@click.option("--queue-size", type=int, help="requests that may wait for the model [8]")
+@click.option("--n-ctx", type=int, help="context size of one conversation, in tokens [2048]")
+@click.option("--threads", "n_threads", type=int, help="threads for one-token steps [cores - 1]")
+@click.option("--threads-batch", "n_threads_batch", type=int, help="threads for batches [cores]")
+@click.option("--parallel", type=int, help="generations decoded together in one batch [4]")
+@click.option("--queue-size", type=int, help="requests that may wait for a slot [8]")
+@click.option("--kv-cache-mb", type=int, help="KV cache for live and recent conversations [auto]")
+@click.option("--gpu-layers", "n_gpu_layers", type=int, help="layers offloaded to a GPU [0]")
 @click.option("--chat-template", help="Jinja chat template (or a file) overriding the GGUF's")
 @click.option(
     "--data-dir",
