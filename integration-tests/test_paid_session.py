@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fabstir_sdk.contracts import ETH
@@ -132,3 +133,56 @@ def test_sync_wrappers_for_scripts(devnet: Devnet) -> None:
         assert text and session.usage is not None
         settlement = session.close(wait_settlement=SETTLE_TIMEOUT)
         assert settlement is not None and settlement.tokens == session.usage.total_tokens
+
+
+def test_concurrent_sessions_share_the_batch_and_each_pays_its_own_tokens(devnet: Devnet) -> None:
+    """Two clients' answers are decoded in one batch; one stops paying. The other runs to its
+    end, the unpaid one stops at its own credit window, and each settles its own count."""
+    window = 16
+
+    async def main() -> None:
+        node = await devnet.start_node(7, credit_window=window, voucher_timeout=2.0, parallel=4)
+        payer, stopper = devnet.client(8), devnet.client(9)
+        assert node.sessions is not None
+        engine = node.sessions.engine
+        together = [0]
+
+        async def watch() -> None:
+            while True:
+                together[0] = max(together[0], engine.running)
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            model = model_id("local", devnet.model_path.name)
+            host = node.keys.account.address
+            paying = await payer.open_session(model, host=host)
+            unpaid = await stopper.open_session(model, host=host)
+            unpaid.__class__ = NonPayingSession
+            await unpaid.chat(MESSAGES, max_tokens=5, temperature=0).collect()  # paid for
+            vouched_before = unpaid.vouched
+            unpaid.paying = False  # type: ignore[attr-defined]
+            paid_chat = paying.chat(MESSAGES, max_tokens=120, temperature=0)
+            unpaid_chat = unpaid.chat(MESSAGES, max_tokens=120, temperature=0)
+            await asyncio.gather(paid_chat.collect(), unpaid_chat.collect())
+            assert together[0] == 2  # both were in the batch at once
+            assert paid_chat.finish_reason == "length" and paid_chat.usage is not None
+            assert paid_chat.usage.completion_tokens == 120
+            assert unpaid_chat.finish_reason == "credit" and unpaid_chat.usage is not None
+            assert unpaid_chat.usage.completion_tokens == window
+            assert paying.vouched == paid_chat.usage.total_tokens
+            assert unpaid.vouched == vouched_before
+
+            for session in (paying, unpaid):
+                settlement = await session.close(wait_settlement=SETTLE_TIMEOUT)
+                assert settlement is not None and settlement.tokens == session.vouched
+                payment = session.vouched * PRICE // 1000
+                assert settlement.host_amount + settlement.fee == payment
+                assert settlement.refund == session.deposit - payment
+        finally:
+            watcher.cancel()
+            await payer.close()
+            await stopper.close()
+            await node.stop()
+
+    run(main())
