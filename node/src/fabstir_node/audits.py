@@ -1,21 +1,20 @@
 """Audits as a service: a host re-runs another host's answer on the model it serves and
 judges it (:mod:`fabstir_sdk.audit`), inside a paid session like a prompt.
 
-The auditor loads its own llama.cpp context of the served GGUF (the weights are memory-mapped,
-so they are shared with the engine's) the first time it is asked, and runs beside the engine.
+The audit's prefill is a sequence in the engine's batch like any session's (no second llama.cpp
+context): it shares the slots and the KV cache, so auditing answers of one conversation in turn
+evaluates only what each adds, and an audit never stalls the sessions for more than a chunk.
 """
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
+import time
+from typing import Any
 
-from fabstir_sdk.audit import AuditError, Auditor, AuditReport
+from fabstir_node.inference import Engine, EngineError
+from fabstir_sdk.audit import GREEDY_TOLERANCE, AuditError, AuditReport, Judge, check_auditable
 from fabstir_sdk.storage.errors import StorageError
 from fabstir_sdk.transcripts import TranscriptRecord
-
-#: The longest transcript (prompt + completion tokens) a host audits.
-MAX_AUDIT_TOKENS = 8192
 
 
 class AuditRefused(Exception):
@@ -27,13 +26,11 @@ class AuditRefused(Exception):
 
 
 class AuditService:
-    def __init__(self, model_path: Path, model_sha256: bytes, n_threads: int) -> None:
-        self.model_path = model_path
+    def __init__(self, engine: Engine, model_sha256: bytes) -> None:
+        self.engine = engine
         self.model_sha256 = model_sha256
-        self.n_threads = n_threads
         self.audited = 0
         self.failed = 0  # audited answers that failed
-        self._auditor: Auditor | None = None
 
     def parse(self, data: bytes) -> TranscriptRecord:
         """The record to audit, refused unless this host can judge it."""
@@ -43,27 +40,42 @@ class AuditService:
             raise AuditRefused("invalid_request", f"not a transcript record: {exc}") from None
         if record.model_sha256 != self.model_sha256:
             raise AuditRefused("wrong_model", "the answer is of a model this host does not serve")
-        if record.audit_tokens > MAX_AUDIT_TOKENS:
+        if record.audit_tokens > self.engine.n_ctx:
             raise AuditRefused(
                 "context_length_exceeded",
                 f"the transcript has {record.audit_tokens} tokens; this host audits up to "
-                f"{MAX_AUDIT_TOKENS}",
+                f"{self.engine.n_ctx}",
             )
         return record
 
     async def audit(self, record: TranscriptRecord) -> AuditReport:
-        if self._auditor is None:
-            self._auditor = Auditor(
-                self.model_path, model_sha256=self.model_sha256, n_threads=self.n_threads
-            )
         try:
-            report = await asyncio.to_thread(self._auditor.audit, record)
+            check_auditable(record, self.model_sha256)
         except AuditError as exc:
             raise AuditRefused("invalid_request", str(exc)) from None
+        tokens = [*record.prompt_ids, *record.completion_ids]
+        if any(not 0 <= t < self.engine.n_vocab for t in tokens):
+            raise AuditRefused(
+                "invalid_request", "the transcript has token ids outside the model's vocabulary"
+            )
+        judge = Judge(record, GREEDY_TOLERANCE)
+        first = len(record.prompt_ids) - 1  # its logits predict the first completion token
+        sampler = judge.sampler()
+
+        def visit(position: int, logits: Any, ctx: Any, row: int) -> None:
+            replayed = sampler.sample(ctx, row) if sampler is not None else None
+            judge.check(position - first, tokens[position + 1], logits, replayed)
+
+        started = time.perf_counter()
+        try:
+            if record.completion_ids:
+                await self.engine.score(tokens[:-1], first, visit)
+        except EngineError as exc:
+            raise AuditRefused(exc.kind, str(exc)) from None
+        finally:
+            if sampler is not None:
+                sampler.close()
+        report = judge.report(record.commitment(), time.perf_counter() - started)
         self.audited += 1
         self.failed += not report.passed
         return report
-
-    def close(self) -> None:
-        if self._auditor is not None:
-            self._auditor.close()

@@ -1,9 +1,10 @@
-"""Batch jobs: OpenAI Batch files of chat completions, run between live sessions.
+"""Batch jobs: OpenAI Batch files of chat completions, run beside live sessions.
 
 Each request is validated as the node's own ``/v1/chat/completions`` validates it; a bad line
-gets an error line in the output and costs nothing, as in OpenAI's Batch API. Sessions have
-priority: the next request of a batch goes to the engine only when the engine has nothing
-else to do, so a session's prompt waits at most for the one batch request being generated.
+gets an error line in the output and costs nothing, as in OpenAI's Batch API. A batch's
+requests are sequences in the engine's batch like any session's, but sessions come first: a
+batch takes at most half the engine's slots, and its next request starts only while a slot is
+free and nobody waits for one, so a session never queues behind a batch.
 The payment asked is the tokens used (prompt + completion, counted by the host's tokenizer,
 which the registry pins and the client can count with) at the host's price, at most the job's
 maximum.
@@ -31,7 +32,7 @@ from fabstir_sdk.batch import (
 )
 from fabstir_sdk.contracts.jobs import OnchainJob
 
-#: Seconds between looks at whether the engine is free for the next batch request.
+#: Seconds between looks at whether the engine has a slot for the next batch request.
 IDLE_POLL = 0.1
 
 
@@ -51,7 +52,8 @@ class BatchExecutor:
         self.engine = engine
         self.prices = {t.lower(): p for t, p in prices.items()}
         self.max_tokens_default = max_tokens_default
-        self._busy = busy or (lambda: engine.queue_depth > 0)
+        self._busy = busy or (lambda: engine.queue_depth >= engine.parallel)
+        self._slots = asyncio.Semaphore(max(1, engine.parallel // 2))
 
     def refuses(self, job: OnchainJob, data: bytes) -> str | None:
         if job.proof_required:
@@ -65,12 +67,14 @@ class BatchExecutor:
         return None
 
     async def run(self, job: OnchainJob, data: bytes) -> Outcome:
-        answers = []
-        for request in parse_input(data):
+        answers = await asyncio.gather(*(self._in_turn(r) for r in parse_input(data)))
+        return self._outcome(job, answers, render_output(job.id, answers))
+
+    async def _in_turn(self, request: BatchRequest) -> BatchAnswer:
+        async with self._slots:
             while self._busy():  # live sessions first
                 await asyncio.sleep(IDLE_POLL)
-            answers.append(await self._answer(request))
-        return self._outcome(job, answers, render_output(job.id, answers))
+            return await self._answer(request)
 
     def resumed(self, job: OnchainJob, result: bytes) -> Outcome:
         return self._outcome(job, parse_output(result), result)

@@ -21,7 +21,9 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabstir_node.generation import (
     CreditGate,
@@ -39,7 +41,11 @@ from fabstir_node.kv_cache import PrefixCache
 from fabstir_node.llama_context import BatchRow, LlamaContext
 from fabstir_sdk.sampling import Sampler
 
-__all__ = ["Request", "Scheduler"]
+__all__ = ["Request", "Scheduler", "Visitor"]
+
+#: Called in the worker for each position of a scored prompt: (position, its next-token logits
+#: as a numpy view valid only during the call, the llama.cpp context, the row in the batch).
+Visitor = Callable[[int, Any, Any, int], None]
 
 
 @dataclass
@@ -50,6 +56,10 @@ class Request:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event | BaseException]
     gate: CreditGate | None = None
+    # A scoring request evaluates its prompt only, showing ``score`` the logits at every
+    # position from ``score_from`` on (an audit's prefill), and generates nothing.
+    score: Visitor | None = None
+    score_from: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -251,7 +261,13 @@ class Scheduler:
                 del seq.todo[: len(tokens)]
                 self.prompt_tokens_evaluated += len(tokens)
         for seq, row in drawers:
-            self._accept(seq, seq.sampler.sample(self.llama.ctx, row))
+            if seq.request.score is None:
+                self._accept(seq, seq.sampler.sample(self.llama.ctx, row))
+            elif seq in self._live:
+                self._score(seq, row, rows[row].pos)
+        for seq in evaluated:
+            if seq.request.score is not None and not seq.todo and seq in self._live:
+                self._finish(seq, "stop")
         seconds = time.perf_counter() - started
         if seconds > 0:
             self._rate = 0.8 * self._rate + 0.2 * (len(drawers) / seconds)
@@ -278,7 +294,9 @@ class Scheduler:
                 request = self._waiting.popleft()
             if request.cancelled.is_set():
                 continue  # its caller is gone
-            reuse = self.cache.acquire(request.prompt)
+            # A scored position must be evaluated, so only what precedes them may be reused.
+            limit = request.score_from if request.score is not None else None
+            reuse = self.cache.acquire(request.prompt, limit)
             self.prompt_tokens_cached += reuse.cached
             self._live.append(_Sequence(request, reuse.seq, reuse.cached))
 
@@ -286,7 +304,8 @@ class Scheduler:
         self,
     ) -> tuple[list[BatchRow], list[tuple[_Sequence, int]], dict[_Sequence, list[int]]]:
         """The batch: each generating sequence's next token, then prompt chunks in the room
-        left. Returns the rows, which rows draw a token for whom, and what each evaluates."""
+        left. Returns the rows, which rows draw a token (or are scored) for whom, and what
+        each sequence evaluates."""
         rows: list[BatchRow] = []
         drawers: list[tuple[_Sequence, int]] = []
         evaluated: dict[_Sequence, list[int]] = {}
@@ -313,10 +332,16 @@ class Scheduler:
             seq.stalled_since = None
             chunk = seq.todo[:room]
             last = len(chunk) == len(seq.todo)
+            score_from = seq.request.score_from if seq.request.score is not None else None
             for i, token in enumerate(chunk):
-                rows.append(BatchRow(token, seq.n_past + i, seq.seq, last and i == len(chunk) - 1))
-            if last:
-                drawers.append((seq, len(rows) - 1))
+                pos = seq.n_past + i
+                if score_from is not None:
+                    wanted = pos >= score_from
+                else:
+                    wanted = last and i == len(chunk) - 1
+                if wanted:
+                    drawers.append((seq, len(rows)))
+                rows.append(BatchRow(token, pos, seq.seq, wanted))
             evaluated[seq] = chunk
             room -= len(chunk)
         return rows, drawers, evaluated
@@ -343,6 +368,14 @@ class Scheduler:
             self._finish(seq, "length")
         else:
             seq.next = token
+
+    def _score(self, seq: _Sequence, row: int, pos: int) -> None:
+        assert seq.request.score is not None
+        try:
+            seq.request.score(pos, self.llama.logits(row), self.llama.ctx, row)
+        except Exception as exc:  # the visitor's failure ends its request, nobody else's
+            seq.request.post(EngineError(f"scoring failed: {exc}"))
+            self._release(seq, keep=False)
 
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
         request = seq.request

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from fabstir_node.batching import Request, Scheduler
+from fabstir_node.batching import Request, Scheduler, Visitor
 from fabstir_node.generation import (
     CreditGate,
     EngineError,
@@ -226,6 +226,31 @@ class Engine:
                 yield event
                 if isinstance(event, Finished):
                     return
+        finally:
+            scheduler.cancel(request)
+
+    async def score(self, tokens: list[int], score_from: int, visit: Visitor) -> Finished:
+        """Evaluate ``tokens`` as a sequence in the batch, calling ``visit`` in the worker with
+        the logits at each position from ``score_from`` on (an audit's prefill: its prompt
+        prefix may come from the KV cache like any conversation's). Nothing is generated."""
+        scheduler = self._scheduler_or_raise()
+        if not 0 <= score_from < len(tokens):
+            raise InvalidRequest("nothing to score")
+        if any(not 0 <= t < self.n_vocab for t in tokens):
+            raise InvalidRequest("the tokens include ids outside the vocabulary")
+        if len(tokens) > self.n_ctx:
+            raise PromptTooLong(f"{len(tokens)} tokens, but the context holds {self.n_ctx}")
+        loop = asyncio.get_running_loop()
+        request = Request(
+            tokens, SamplingParams(), 0, loop, asyncio.Queue(), score=visit, score_from=score_from
+        )
+        scheduler.submit(request)
+        try:
+            event = await request.events.get()
+            if isinstance(event, BaseException):
+                raise event
+            assert isinstance(event, Finished)
+            return event
         finally:
             scheduler.cancel(request)
 

@@ -51,8 +51,9 @@ class PrefixCache:
         """Sequences holding a finished conversation."""
         return sum(1 for e in self._entries if not e.live and e.tokens)
 
-    def acquire(self, prompt: Sequence[int]) -> Reuse:
-        """A sequence for ``prompt``, with as much of it already cached as can be."""
+    def acquire(self, prompt: Sequence[int], limit: int | None = None) -> Reuse:
+        """A sequence for ``prompt``, with as much of it already cached as can be (at most
+        ``limit`` tokens)."""
         idle = [(i, e) for i, e in enumerate(self._entries) if not e.live]
         if not idle:
             raise RuntimeError("every sequence is live; the engine admits fewer")
@@ -62,7 +63,7 @@ class PrefixCache:
             empty = [i for i, e in idle if not e.tokens]
             best = empty[0] if empty else min(idle, key=lambda ie: ie[1].used)[0]
         # Evaluate at least the prompt's last token: its logits give the first new token.
-        cached = min(shared[best], len(prompt) - 1)
+        cached = min(shared[best], len(prompt) - 1, len(prompt) if limit is None else limit)
         entry = self._entries[best]
         if cached < len(entry.tokens):
             self._forget(best, cached)

@@ -163,11 +163,7 @@ class HostNode:
         )
         if config.cache:
             await self._start_cache(self.storage)
-        audits = (
-            AuditService(prepared.model.path, served.sha256, config.n_threads)
-            if config.audits
-            else None
-        )
+        audits = AuditService(engine, served.sha256) if config.audits else None
         self.sessions = self._service(
             engine,
             chain,
@@ -329,8 +325,6 @@ class HostNode:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sessions.drain(), 30)
             self.sessions.engine.close()
-            if self.sessions.audits is not None:
-                self.sessions.audits.close()
         if self.http is not None:
             with contextlib.suppress(Exception):
                 await self.http.stop()

@@ -49,7 +49,9 @@ __all__ = [
     "AuditPolicy",
     "AuditReport",
     "Auditor",
+    "Judge",
     "TokenCheck",
+    "check_auditable",
 ]
 
 #: Logits by which a greedy answer's token may trail the auditor's argmax. ``bench/audit.py``
@@ -167,19 +169,11 @@ class Auditor:
     def audit(self, transcript: SignedTranscript | TranscriptRecord) -> AuditReport:
         """Re-run ``transcript`` (blocking: call it in a thread) and judge it."""
         record = transcript.record if isinstance(transcript, SignedTranscript) else transcript
-        if record.model_sha256 != self.model_sha256:
-            raise AuditError(
-                f"the answer names model {record.model_sha256.hex()[:16]}..., this auditor "
-                f"runs {self.model_sha256.hex()[:16]}..."
-            )
-        if record.from_cache:
-            raise AuditError("an answer served from the host's cache is not audited")
-        if not record.prompt_ids:
-            raise AuditError("the transcript has no prompt")
+        check_auditable(record, self.model_sha256)
         with self._lock:
             llm = self._load(record.audit_tokens)  # once: not part of an audit's time
             started = time.perf_counter()
-            judge = _Judge(record, self.tolerance)
+            judge = Judge(record, self.tolerance)
             if record.completion_ids:
                 self._prefill(llm, record, judge)
             seconds = time.perf_counter() - started
@@ -213,7 +207,7 @@ class Auditor:
         self._n_ctx = n_ctx
         return self._llm
 
-    def _prefill(self, llm: Any, record: TranscriptRecord, judge: _Judge) -> None:
+    def _prefill(self, llm: Any, record: TranscriptRecord, judge: Judge) -> None:
         import llama_cpp
         import numpy as np
 
@@ -253,8 +247,22 @@ class Auditor:
                 sampler.close()
 
 
-class _Judge:
-    """Per-token checks and the verdict for one record."""
+def check_auditable(record: TranscriptRecord, model_sha256: bytes) -> None:
+    """Raise :class:`AuditError` unless ``record`` can be judged by re-running ``model_sha256``."""
+    if record.model_sha256 != model_sha256:
+        raise AuditError(
+            f"the answer names model {record.model_sha256.hex()[:16]}..., this auditor "
+            f"runs {model_sha256.hex()[:16]}..."
+        )
+    if record.from_cache:
+        raise AuditError("an answer served from the host's cache is not audited")
+    if not record.prompt_ids:
+        raise AuditError("the transcript has no prompt")
+
+
+class Judge:
+    """Per-token checks and the verdict for one record: feed it the logits at every position
+    that predicts a completion token (:meth:`check`), in order, then ask for the :meth:`report`."""
 
     def __init__(self, record: TranscriptRecord, tolerance: float) -> None:
         sampling = record.sampling
