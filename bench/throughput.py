@@ -167,14 +167,15 @@ async def stream(
     return (chunks if usage is None else usage), (first if first is not None else math.nan)
 
 
-async def burst(
-    client: httpx.AsyncClient, url: str, n: int, first_prompt: int, max_tokens: int
-) -> Burst:
-    start = time.perf_counter()
-    results = await asyncio.gather(
-        *(stream(client, url, first_prompt + i, max_tokens) for i in range(n))
-    )
-    wall = time.perf_counter() - start
+async def burst(url: str, n: int, first_prompt: int, max_tokens: int) -> Burst:
+    """N concurrent streams on fresh connections (a kept-alive one may have been closed by the
+    server while the raw streams ran)."""
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n)) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(
+            *(stream(client, url, first_prompt + i, max_tokens) for i in range(n))
+        )
+        wall = time.perf_counter() - start
     return Burst(sum(r[0] for r in results), wall, [r[1] for r in results])
 
 
@@ -184,22 +185,20 @@ async def compare(
     """Each run: the raw streams, then every stream count on every target, orders alternating.
     Fills the targets' bursts; returns the raw tokens/s by thread count."""
     raw: dict[int, list[float]] = {threads: [] for threads in raws}
-    per_run = sum(streams)  # prompts a run uses per target: all different
-    async with httpx.AsyncClient(timeout=600) as client:
-        for llm in raws.values():
-            raw_tokens_per_s(llm, -1, WARMUP_TOKENS)
-        for target in targets:
-            await burst(client, target.url, max(streams), -100, WARMUP_TOKENS)
-        for run in range(runs):
-            log(f"run {run + 1}/{runs}")
-            prompt = run * per_run  # the raw streams answer the 1-stream prompt of this run
-            for threads in sorted(raws, reverse=bool(run % 2)):
-                raw[threads].append(raw_tokens_per_s(raws[threads], prompt, max_tokens))
-            for i, n in enumerate(streams):
-                for target in targets if (run + i) % 2 == 0 else targets[::-1]:
-                    result = await burst(client, target.url, n, prompt, max_tokens)
-                    target.bursts.setdefault(n, []).append(result)
-                prompt += n
+    for llm in raws.values():
+        raw_tokens_per_s(llm, -1, WARMUP_TOKENS)
+    for target in targets:
+        await burst(target.url, max(streams), -100, WARMUP_TOKENS)
+    for run in range(runs):
+        log(f"run {run + 1}/{runs}")
+        prompt = run * sum(streams)  # every request of a run has its own prompt
+        for threads in sorted(raws, reverse=bool(run % 2)):  # the run's 1-stream prompt
+            raw[threads].append(raw_tokens_per_s(raws[threads], prompt, max_tokens))
+        for i, n in enumerate(streams):
+            for target in targets if (run + i) % 2 == 0 else targets[::-1]:
+                result = await burst(target.url, n, prompt, max_tokens)
+                target.bursts.setdefault(n, []).append(result)
+            prompt += n
     return raw
 
 
@@ -225,7 +224,7 @@ class AnchorError(Exception):
     """Why llama-server could not be built or started."""
 
 
-def _tail(text: str, lines: int = 25) -> str:
+def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
@@ -569,62 +568,72 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else "met" if ok else "MISSED"
 
 
-def print_table(f: dict[str, Any]) -> None:
-    base, turn2, goal = f["baseline"], f["second_turn"], f["goals"]
-    print(
-        f"SmolLM2-135M-Instruct, greedy, {f['max_tokens']} tokens per answer, "
-        f"{f['runs']} runs (median)"
-    )
-    print("\nraw llama-cpp-python, one stream")
+def print_baseline(base: dict[str, Any], server: dict[str, Any]) -> None:
+    print(f"\n{'raw llama-cpp-python, one stream':<34}{'tok/s':>8}")
     for key, value in base.items():
         if key.startswith("threads_"):
-            print(f"  {key.split('_')[1]} thread(s){value:>24.1f} tok/s")
-    print(f"  baseline ({base['threads']} thread(s)){base['tokens_per_s']:>17.1f} tok/s")
-
-    server = f["llama_server"]
+            threads = int(key.split("_")[1])
+            print(f"  {threads} thread{'s' * (threads > 1):<30}{value:>8.1f}")
+    print(f"  {'baseline: the better':<32}{base['tokens_per_s']:>8.1f}")
     if server["status"] in ("built", "cached"):
-        built = f"{server['build_s']:.0f} s" if server["build_s"] is not None else "? s"
+        took = "?" if server["build_s"] is None else f"{server['build_s']:.0f}"
         how = "built now" if server["status"] == "built" else "cached"
-        print(f"\nllama-server: {how} (build took {built})")
+        print(f"\nllama-server (anchor): {how}, build took {took} s")
     elif server["status"] == "failed":
-        print(f"\nllama-server: not measured: {server['error']}")
-    has_server = any("node_x_llama_server" in r for r in f["streams"].values())
+        print(f"\nllama-server (anchor): not measured: {server['error']}")
 
-    print(f"\nnode: fabstir-node serve --parallel {PARALLEL} --threads 1 --threads-batch 2")
-    header = f"{'streams':>7} {'node tok/s':>11} {'x raw':>7} {'TTFT p95':>9}"
+
+def print_streams(streams: dict[str, Any], goal: dict[str, bool | None]) -> None:
+    has_server = any("node_x_llama_server" in r for r in streams.values())
+    print(
+        f"\nN concurrent streams: fabstir-node serve --parallel {PARALLEL} "
+        f"--threads {THREADS} --threads-batch {THREADS_BATCH}"
+        + (" vs llama-server" if has_server else "")
+    )
+    header = f"{'N':>3} {'node tok/s':>11} {'x raw':>7} {'TTFT p95 ms':>12}"
     if has_server:
-        header += f" {'server tok/s':>13} {'TTFT p95':>9} {'node/server':>12}"
-    print(header + "   (TTFT in ms)")
-    for n, r in f["streams"].items():
+        header += f" {'server tok/s':>13} {'TTFT p95 ms':>12} {'node/server':>12}"
+    print(header)
+    for n, r in streams.items():
         line = (
-            f"{n:>7} {r['node_tokens_per_s']:>11.1f} {r['node_x_baseline']:>6.2f}x "
-            f"{r['node_ttft_p95_ms']:>9.0f}"
+            f"{n:>3} {r['node_tokens_per_s']:>11.1f} {r['node_x_baseline']:>6.2f}x "
+            f"{r['node_ttft_p95_ms']:>12.0f}"
         )
         if "node_x_llama_server" in r:
             line += (
-                f" {r['llama_server_tokens_per_s']:>13.1f} {r['llama_server_ttft_p95_ms']:>9.0f}"
+                f" {r['llama_server_tokens_per_s']:>13.1f} {r['llama_server_ttft_p95_ms']:>12.0f}"
                 f" {r['node_x_llama_server']:>11.2f}x"
             )
         if n == str(PARALLEL):
-            line += f"   goal x raw >= 2.0: {verdict(goal['node_8_streams_x_baseline_ge_2'])}"
+            line += f"  goal x raw >= 2.0: {verdict(goal['node_8_streams_x_baseline_ge_2'])}"
         print(line)
     if has_server:
         ok = verdict(goal["node_x_llama_server_ge_0.9"])
-        print(f"goal node >= 0.9x llama-server at every N: {ok}")
+        print(f"goal node/server >= 0.9 at every N: {ok}")
 
+
+def print_second_turn(turn2: dict[str, Any], goal: dict[str, bool | None]) -> None:
     print(
         f"\nsecond turn of a {turn2['first_turn_prompt_tokens']}-token conversation "
-        f"({turn2['second_turn_prompt_tokens']} tokens), Engine parallel 4"
+        f"({turn2['second_turn_prompt_tokens']}-token prompt), Engine parallel 4"
     )
-    print(f"  TTFT without prompt cache {turn2['ttft_ms_no_prompt_cache']:>10.1f} ms")
+    print(f"  {'TTFT, no prompt cache':<24}{turn2['ttft_ms_no_prompt_cache']:>9.1f} ms")
     print(
-        f"  TTFT with prompt cache    {turn2['ttft_ms_prompt_cache']:>10.1f} ms"
-        f"   ({turn2['cached_tokens']} tokens cached)"
+        f"  {'TTFT, prompt cache':<24}{turn2['ttft_ms_prompt_cache']:>9.1f} ms"
+        f"   ({turn2['cached_tokens']} prompt tokens cached)"
     )
     print(
-        f"  speed-up                  {turn2['speedup']:>10.1f}x"
+        f"  {'speed-up':<24}{turn2['speedup']:>9.1f}x"
         f"   goal >= 5x: {verdict(goal['second_turn_speedup_ge_5'])}"
     )
+
+
+def print_table(f: dict[str, Any]) -> None:
+    runs = f"{f['runs']} run{'s' * (f['runs'] > 1)}"
+    print(f"SmolLM2-135M-Instruct, greedy, {f['max_tokens']} tokens per answer, {runs}, median")
+    print_baseline(f["baseline"], f["llama_server"])
+    print_streams(f["streams"], f["goals"])
+    print_second_turn(f["second_turn"], f["goals"])
 
 
 # --------------------------------------------------------------------------- main

@@ -1,14 +1,18 @@
 """The OpenAI-compatible API through a real server on 127.0.0.1 and real HTTP clients."""
 
+import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from fabstir_devtools.wait import wait_until
+from fabstir_node.api import Api
+from fabstir_node.inference import CreditGate, SamplingParams
 
-from conftest import LONG_CTX, LiveServer
+from conftest import LONG_CTX, LiveServer, make_engine
 
 
 def client(live: LiveServer) -> openai.OpenAI:
@@ -175,4 +179,41 @@ def test_metrics_have_real_values(live: LiveServer) -> None:
     assert values["fabstir_time_to_first_token_seconds_count"] >= 1
     assert values["fabstir_tokens_per_second"] > 0
     assert "fabstir_queue_depth" in values
+    assert values["fabstir_parallel_slots"] == live.api.engine.parallel
+    assert values["fabstir_gpu_layers"] == 0  # the CPU build
+    assert values["fabstir_warmup_seconds"] > 0
+    assert values["fabstir_prompt_tokens_evaluated"] > 0
     assert any(k.startswith("fabstir_requests_total{") for k in values)
+
+
+def test_a_full_engine_answers_503_with_its_own_retry_after(tiny_gguf: Path) -> None:
+    engine = make_engine(tiny_gguf, queue_size=1, parallel=1)
+    live = LiveServer(Api(engine, "tiny"))
+    prompt = engine.text_prompt("hold")
+    params = SamplingParams(max_tokens=100, temperature=1, seed=1)
+
+    async def hold() -> None:  # the slot waits at a credit gate, the queue place behind it
+        gate = CreditGate(allowed=1, timeout=60)
+        async for _ in engine.generate(prompt, params, gate):
+            await asyncio.sleep(60)
+
+    async def queue() -> None:
+        async for _ in engine.generate(prompt, params):
+            pass
+
+    held = [asyncio.run_coroutine_threadsafe(hold(), live.loop)]
+    try:
+        wait_until(lambda: engine.running == 1, what="the slot to be taken")
+        held.append(asyncio.run_coroutine_threadsafe(queue(), live.loop))
+        wait_until(lambda: engine.queue_depth == 2, what="the queue to fill")
+        response = httpx.post(
+            f"{live.url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "busy"
+        assert int(response.headers["Retry-After"]) >= 1
+    finally:
+        for future in held:
+            future.cancel()
+        live.close()
+        engine.close()
