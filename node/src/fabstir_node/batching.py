@@ -28,6 +28,7 @@ from typing import Any
 from fabstir_node.generation import (
     CreditGate,
     EngineError,
+    EngineNotReady,
     Event,
     Finished,
     FinishReason,
@@ -144,7 +145,7 @@ class Scheduler:
 
     def submit(self, request: Request) -> None:
         with self._cond:
-            if len(self._waiting) >= self.queue_size:
+            if len(self._waiting) + len(self._live) >= self.parallel + self.queue_size:
                 raise QueueFull(
                     f"all {self.parallel} slots and {self.queue_size} queue places are taken; "
                     f"retry in {self.retry_after()} s",
@@ -229,6 +230,10 @@ class Scheduler:
                     )
         for seq in list(self._live):
             self._finish(seq, "cancelled")
+        with self._cond:
+            for request in self._waiting:
+                request.post(EngineNotReady("the engine stopped"))
+            self._waiting.clear()
 
     def _next_deadline(self) -> float | None:
         """Seconds until the first stalled sequence runs out of patience."""
@@ -269,8 +274,9 @@ class Scheduler:
             if seq.request.score is not None and not seq.todo and seq in self._live:
                 self._finish(seq, "stop")
         seconds = time.perf_counter() - started
-        if seconds > 0:
-            self._rate = 0.8 * self._rate + 0.2 * (len(drawers) / seconds)
+        drawn = sum(1 for seq, _ in drawers if seq.request.score is None)
+        if seconds > 0 and drawn:
+            self._rate = 0.8 * self._rate + 0.2 * (drawn / seconds)
         return True
 
     def _end_stopped(self) -> None:
