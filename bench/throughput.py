@@ -573,8 +573,10 @@ def print_baseline(base: dict[str, Any], server: dict[str, Any]) -> None:
     for key, value in base.items():
         if key.startswith("threads_"):
             threads = int(key.split("_")[1])
-            print(f"  {threads} thread{'s' * (threads > 1):<30}{value:>8.1f}")
-    print(f"  {'baseline: the better':<32}{base['tokens_per_s']:>8.1f}")
+            label = f"{threads} thread{'s' * (threads > 1)}"
+            print(f"  {label:<32}{value:>8.1f}")
+    best = f"baseline: the better ({base['threads']})"
+    print(f"  {best:<32}{base['tokens_per_s']:>8.1f}")
     if server["status"] in ("built", "cached"):
         took = "?" if server["build_s"] is None else f"{server['build_s']:.0f}"
         how = "built now" if server["status"] == "built" else "cached"

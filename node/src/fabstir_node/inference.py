@@ -47,7 +47,8 @@ __all__ = [
 #: Prompt tokens evaluated per step while other sequences are generating: the longest a
 #: newcomer's prompt delays everyone else's next token is one chunk of this size.
 PROMPT_CHUNK = 128
-#: Conversations kept in the KV cache per parallel slot, when no memory budget is given.
+#: Sequences in the KV cache per parallel slot, when no memory budget is given: the slot's own
+#: and one to store a finished conversation in.
 CACHED_PER_SLOT = 2
 
 
@@ -148,17 +149,17 @@ class Engine:
         self._llama, self._scheduler = llama, scheduler
 
     def _sequences(self, kv_bytes_per_token: int) -> int:
-        """KV sequences to allocate: ``kv_cache_mb`` worth, or a few per slot; always more
-        than the parallel slots, so a finished conversation can stay while others run."""
+        """KV sequences to allocate: ``kv_cache_mb`` worth, or two per slot; at least one per
+        slot (more store finished conversations)."""
         if self.kv_cache_mb is None:
-            return min(256, self.parallel * CACHED_PER_SLOT + 1)
+            return min(256, self.parallel * CACHED_PER_SLOT)
         per_sequence = kv_bytes_per_token * self.n_ctx
         n = self.kv_cache_mb * 2**20 // per_sequence
-        if n <= self.parallel:
+        if n < self.parallel:
             raise EngineError(
                 f"kv_cache_mb = {self.kv_cache_mb} holds {n} conversations of {self.n_ctx} "
-                f"tokens ({per_sequence / 2**20:.0f} MiB each); it needs more than parallel = "
-                f"{self.parallel}: raise it, or lower parallel or n_ctx"
+                f"tokens ({per_sequence / 2**20:.0f} MiB each); it needs one per slot "
+                f"(parallel = {self.parallel}): raise it, or lower parallel or n_ctx"
             )
         return min(256, n)
 

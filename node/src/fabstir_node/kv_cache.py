@@ -1,11 +1,17 @@
 """Which llama.cpp sequence holds which conversation's tokens, so a next turn starts where the
 last one stopped.
 
-Every sequence id owns a slice of the KV cache. A finished answer leaves its tokens (prompt and
-completion) in its sequence; the next request whose prompt starts with them takes that sequence
-and evaluates only what is new. The cache holds ``n_seq`` sequences: when a request finds no
-free one, the least recently used idle conversation is evicted. Live sequences are never
-evicted; the engine admits no more of them than it has slots, and has more sequences than slots.
+Every sequence id owns a slice of the KV cache. The first ``slots`` sequences are where
+generations run; the rest store finished conversations. A finished answer's tokens stay in its
+slot; the next request whose prompt starts with them takes that slot and evaluates only what is
+new. When a newcomer needs a slot that holds another finished conversation, that conversation
+is first copied to a store (evicting the least recently used stored one), and a request that
+matches a stored conversation gets it copied back into a slot.
+
+Why generations only run in the first sequences: llama.cpp evaluates a batch over the range of
+sequence ids it touches, used or not (8 sequences spread over ids 0-14 decode at half the
+speed of ids 0-7), so live sequences must stay in a tight range whatever the cache holds. A
+copy costs about 10 ms for SmolLM2 at 2,048 tokens, far less than evaluating a prompt again.
 """
 
 from __future__ import annotations
@@ -16,17 +22,20 @@ from dataclasses import dataclass, field
 
 __all__ = ["PrefixCache", "Reuse"]
 
-#: An idle conversation is taken over by a prompt that starts with at least this share of its
-#: own tokens in common (a next turn, a retry, a continuation); below it a free (or the least
-#: recently used) sequence is taken instead, as llama.cpp's server does.
+#: A finished conversation is reused for a prompt that shares at least this share of the
+#: prompt's tokens (a next turn, a retry, a continuation); below that the prompt starts in a
+#: free slot, as llama.cpp's own server decides.
 TAKEOVER_SHARE = 0.5
+#: Taking over a conversation for a prompt that leaves more than this many of its tokens
+#: behind (another chat with the same start, not its next turn) first copies it to a store.
+KEEP_WHOLE = 32
 
 
 @dataclass
 class _Entry:
     tokens: list[int] = field(default_factory=list)  # in the KV cache, from position 0
     live: bool = False
-    used: int = 0  # the clock at its last release: lower is older
+    used: int = 0  # the clock at its last use: lower is older
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,19 @@ class Reuse:
 
 
 class PrefixCache:
-    def __init__(self, n_seq: int, forget: Callable[[int, int], None]) -> None:
-        """``forget(seq, start)`` drops a sequence's KV cells from ``start`` on."""
+    def __init__(
+        self,
+        slots: int,
+        n_seq: int,
+        forget: Callable[[int, int], None],
+        copy: Callable[[int, int], None],
+    ) -> None:
+        """``forget(seq, start)`` drops a sequence's KV cells from ``start`` on;
+        ``copy(src, dst)`` replaces sequence ``dst``'s cells with a copy of ``src``'s."""
+        self.slots = slots
         self._entries = [_Entry() for _ in range(n_seq)]
         self._forget = forget
+        self._copy = copy
         self._clock = itertools.count(1)
 
     @property
@@ -48,28 +66,64 @@ class PrefixCache:
 
     @property
     def idle(self) -> int:
-        """Sequences holding a finished conversation."""
+        """Finished conversations held, in slots and stores."""
         return sum(1 for e in self._entries if not e.live and e.tokens)
 
     def acquire(self, prompt: Sequence[int], limit: int | None = None) -> Reuse:
-        """A sequence for ``prompt``, with as much of it already cached as can be (at most
+        """A slot for ``prompt``, with as much of it already cached as can be (at most
         ``limit`` tokens)."""
-        idle = [(i, e) for i, e in enumerate(self._entries) if not e.live]
-        if not idle:
-            raise RuntimeError("every sequence is live; the engine admits fewer")
-        shared = {i: _common_prefix(e.tokens, prompt) for i, e in idle}
-        best = max(idle, key=lambda ie: (shared[ie[0]], -ie[1].used))[0]
-        if shared[best] == 0 or shared[best] < TAKEOVER_SHARE * len(prompt):
-            empty = [i for i, e in idle if not e.tokens]
-            best = empty[0] if empty else min(idle, key=lambda ie: ie[1].used)[0]
+        idle = [i for i, e in enumerate(self._entries) if not e.live and e.tokens]
+        shared = {i: _common_prefix(self._entries[i].tokens, prompt) for i in idle}
+        best = max(
+            idle, key=lambda i: (shared[i], i < self.slots, self._entries[i].used), default=None
+        )
+        if best is None or shared[best] == 0 or shared[best] < TAKEOVER_SHARE * len(prompt):
+            slot = self._free_slot(keep=None)
+        elif best < self.slots:
+            slot = best
+            if len(self._entries[slot].tokens) - shared[best] > KEEP_WHOLE:
+                self._save(slot, keep=None)  # another chat sharing a start: keep this one too
+        else:  # stored: bring it back into a slot
+            slot = self._free_slot(keep=best)
+            self._copy(best, slot)
+            self._forget(best, 0)
+            self._entries[slot].tokens = self._entries[best].tokens
+            self._entries[best].tokens = []
+        entry = self._entries[slot]
+        reuse = _common_prefix(entry.tokens, prompt)
         # Evaluate at least the prompt's last token: its logits give the first new token.
-        cached = min(shared[best], len(prompt) - 1, len(prompt) if limit is None else limit)
-        entry = self._entries[best]
+        cached = min(reuse, len(prompt) - 1, len(prompt) if limit is None else limit)
         if cached < len(entry.tokens):
-            self._forget(best, cached)
+            self._forget(slot, cached)
             del entry.tokens[cached:]
         entry.live = True
-        return Reuse(best, cached)
+        return Reuse(slot, cached)
+
+    def _free_slot(self, keep: int | None) -> int:
+        """A slot no generation uses, its finished conversation (if any) moved to a store
+        (never to store ``keep``)."""
+        free = [i for i in range(self.slots) if not self._entries[i].live]
+        if not free:
+            raise RuntimeError("every slot is live; the engine admits no more than it has")
+        empty = [i for i in free if not self._entries[i].tokens]
+        if empty:
+            return empty[0]
+        slot = min(free, key=lambda i: self._entries[i].used)
+        self._save(slot, keep)
+        self._forget(slot, 0)
+        self._entries[slot].tokens = []
+        return slot
+
+    def _save(self, slot: int, keep: int | None) -> None:
+        """Copy the conversation in ``slot`` to a store: an empty one, or the least recently
+        used one's (never store ``keep``'s). Without stores it is lost."""
+        stores = [i for i in range(self.slots, len(self._entries)) if i != keep]
+        if not stores:
+            return
+        store = min(stores, key=lambda i: (bool(self._entries[i].tokens), self._entries[i].used))
+        self._copy(slot, store)
+        self._entries[store].tokens = list(self._entries[slot].tokens)
+        self._entries[store].used = self._entries[slot].used
 
     def extend(self, seq: int, tokens: Sequence[int]) -> None:
         """``tokens`` were evaluated into sequence ``seq``."""

@@ -121,6 +121,11 @@ class LlamaContext:
         """Drop sequence ``seq``'s cells from position ``start`` on."""
         self._l.llama_memory_seq_rm(self.memory, seq, start, -1)
 
+    def copy(self, src: int, dst: int) -> None:
+        """Replace sequence ``dst``'s cells with a copy of ``src``'s (a whole-slice copy)."""
+        self._l.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        self._l.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
     def positions(self, seq: int) -> int:
         """How many positions sequence ``seq`` holds in the KV cache (read from llama.cpp)."""
         return int(self._l.llama_memory_seq_pos_max(self.memory, seq)) + 1
