@@ -52,9 +52,8 @@ from fabstir_node.generation import Finished, SamplingParams, TokenChunk
 from fabstir_node.inference import Engine
 from fabstir_node.models import resolve
 
-# Before anything loads llama.cpp (here and in the servers, which get this environment).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+# (Importing fabstir_node set OMP_WAIT_POLICY and GOMP_SPINCOUNT, before anything loaded
+# llama.cpp; the servers get this environment too.)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -115,6 +114,10 @@ class Target:
     name: str
     url: str
     bursts: dict[int, list[Burst]] = field(default_factory=dict)
+    first_ttft_s: float = math.nan  # of the very first request it served
+
+    def ttft_median_ms(self, n: int) -> float:
+        return statistics.median(t for b in self.bursts[n] for t in b.ttfts_s) * 1000
 
     def tokens_per_s(self, n: int) -> float:
         return statistics.median(b.tokens_per_s for b in self.bursts[n])
@@ -185,6 +188,8 @@ async def compare(
     """Each run: the raw streams, then every stream count on every target, orders alternating.
     Fills the targets' bursts; returns the raw tokens/s by thread count."""
     raw: dict[int, list[float]] = {threads: [] for threads in raws}
+    for target in targets:  # the first request after start: does a client pay a cold start?
+        target.first_ttft_s = (await burst(target.url, 1, -200, WARMUP_TOKENS)).ttfts_s[0]
     for llm in raws.values():
         raw_tokens_per_s(llm, -1, WARMUP_TOKENS)
     for target in targets:
@@ -541,6 +546,11 @@ def figures(
             "tokens_per_s": baseline,
         },
         "streams": streams,
+        "first_request": {
+            "node_ttft_ms": node.first_ttft_s * 1000,
+            "node_steady_ttft_ms": node.ttft_median_ms(min(args.streams)),
+            **({"llama_server_ttft_ms": server.first_ttft_s * 1000} if server is not None else {}),
+        },
         "llama_server": {"status": anchor.status, "build_s": anchor.build_s, "error": anchor.error},
         "second_turn": {
             "first_turn_prompt_tokens": turns.first_turn_tokens,
@@ -614,6 +624,18 @@ def print_streams(streams: dict[str, Any], goal: dict[str, bool | None]) -> None
         print(f"goal node/server >= 0.9 at every N: {ok}")
 
 
+def print_first_request(first: dict[str, Any], streams: list[int]) -> None:
+    print(
+        f"\nfirst request after start (warm-up before ready): TTFT {first['node_ttft_ms']:.0f} ms"
+        f" vs {first['node_steady_ttft_ms']:.0f} ms median at {min(streams)} stream(s)"
+        + (
+            f"; llama-server {first['llama_server_ttft_ms']:.0f} ms"
+            if "llama_server_ttft_ms" in first
+            else ""
+        )
+    )
+
+
 def print_second_turn(turn2: dict[str, Any], goal: dict[str, bool | None]) -> None:
     print(
         f"\nsecond turn of a {turn2['first_turn_prompt_tokens']}-token conversation "
@@ -635,6 +657,7 @@ def print_table(f: dict[str, Any]) -> None:
     print(f"SmolLM2-135M-Instruct, greedy, {f['max_tokens']} tokens per answer, {runs}, median")
     print_baseline(f["baseline"], f["llama_server"])
     print_streams(f["streams"], f["goals"])
+    print_first_request(f["first_request"], [int(n) for n in f["streams"]])
     print_second_turn(f["second_turn"], f["goals"])
 
 

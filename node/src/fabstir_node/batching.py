@@ -248,6 +248,7 @@ class Scheduler:
         """One batch: end, admit, evaluate, draw. Returns whether anything was evaluated."""
         self._end_stopped()
         self._admit()
+        self._pack()
         rows, drawers, evaluated = self._build()
         if not rows:
             return False
@@ -309,6 +310,17 @@ class Scheduler:
                 continue
             self.prompt_tokens_cached += reuse.cached
             self._live.append(_Sequence(request, reuse.seq, reuse.cached))
+
+    def _pack(self) -> None:
+        """Keep live sequences in the lowest slots: move the highest into a gap below it."""
+        while self._live:
+            top = max(self._live, key=lambda s: s.seq)
+            taken = {s.seq for s in self._live}
+            gap = next(i for i in range(len(self._live) + 1) if i not in taken)
+            if gap > top.seq:
+                return
+            self.cache.move(top.seq, gap)
+            top.seq = gap
 
     def _build(
         self,

@@ -2,16 +2,17 @@
 last one stopped.
 
 Every sequence id owns a slice of the KV cache. The first ``slots`` sequences are where
-generations run; the rest store finished conversations. A finished answer's tokens stay in its
-slot; the next request whose prompt starts with them takes that slot and evaluates only what is
-new. When a newcomer needs a slot that holds another finished conversation, that conversation
-is first copied to a store (evicting the least recently used stored one), and a request that
-matches a stored conversation gets it copied back into a slot.
+generations run, always the lowest free one; the rest store finished conversations. A finished
+answer's tokens stay in its slot; the next request whose prompt starts with them gets them,
+in place or copied into its slot, and evaluates only what is new. A finished conversation
+that a newcomer displaces is first copied to a store (evicting the least recently used
+stored one).
 
-Why generations only run in the first sequences: llama.cpp evaluates a batch over the range of
-sequence ids it touches, used or not (8 sequences spread over ids 0-14 decode at half the
-speed of ids 0-7), so live sequences must stay in a tight range whatever the cache holds. A
-copy costs about 10 ms for SmolLM2 at 2,048 tokens, far less than evaluating a prompt again.
+Why the lowest slots: llama.cpp evaluates a batch over the whole range of sequence ids it
+touches, used or not (8 sequences spread over ids 0-14 decode at half the speed of ids 0-7),
+so live sequences must stay packed at the bottom whatever the cache holds; the scheduler also
+moves a live sequence down into a gap another one left. A copy costs about 10 ms for SmolLM2
+at 2,048 tokens, far less than evaluating a prompt again.
 """
 
 from __future__ import annotations
@@ -70,25 +71,20 @@ class PrefixCache:
         return sum(1 for e in self._entries if not e.live and e.tokens)
 
     def acquire(self, prompt: Sequence[int], limit: int | None = None) -> Reuse:
-        """A slot for ``prompt``, with as much of it already cached as can be (at most
-        ``limit`` tokens)."""
+        """The lowest free slot for ``prompt``, holding as much of it already cached as can be
+        (at most ``limit`` tokens)."""
+        slot = self._lowest_free_slot()
         idle = [i for i, e in enumerate(self._entries) if not e.live and e.tokens]
         shared = {i: _common_prefix(self._entries[i].tokens, prompt) for i in idle}
-        best = max(
-            idle, key=lambda i: (shared[i], i < self.slots, self._entries[i].used), default=None
-        )
+        best = max(idle, key=lambda i: (shared[i], i == slot, self._entries[i].used), default=None)
         if best is None or shared[best] == 0 or shared[best] < TAKEOVER_SHARE * len(prompt):
-            slot = self._free_slot(keep=None)
-        elif best < self.slots:
-            slot = best
+            self._vacate(slot, keep=None)
+        elif best == slot:
             if len(self._entries[slot].tokens) - shared[best] > KEEP_WHOLE:
                 self._save(slot, keep=None)  # another chat sharing a start: keep this one too
-        else:  # stored: bring it back into a slot
-            slot = self._free_slot(keep=best)
-            self._copy(best, slot)
-            self._forget(best, 0)
-            self._entries[slot].tokens = self._entries[best].tokens
-            self._entries[best].tokens = []
+        else:  # bring it into the slot
+            self._vacate(slot, keep=best)
+            self._relocate(best, slot)
         entry = self._entries[slot]
         reuse = _common_prefix(entry.tokens, prompt)
         # Evaluate at least the prompt's last token: its logits give the first new token.
@@ -99,20 +95,31 @@ class PrefixCache:
         entry.live = True
         return Reuse(slot, cached)
 
-    def _free_slot(self, keep: int | None) -> int:
-        """A slot no generation uses, its finished conversation (if any) moved to a store
-        (never to store ``keep``)."""
-        free = [i for i in range(self.slots) if not self._entries[i].live]
-        if not free:
-            raise RuntimeError("every slot is live; the engine admits no more than it has")
-        empty = [i for i in free if not self._entries[i].tokens]
-        if empty:
-            return empty[0]
-        slot = min(free, key=lambda i: self._entries[i].used)
-        self._save(slot, keep)
-        self._forget(slot, 0)
-        self._entries[slot].tokens = []
-        return slot
+    def move(self, src: int, dst: int) -> None:
+        """Move live sequence ``src`` into the free slot ``dst`` (to close a gap)."""
+        self._vacate(dst, keep=None)
+        self._relocate(src, dst)
+        self._entries[dst].live, self._entries[src].live = True, False
+
+    def _lowest_free_slot(self) -> int:
+        for i in range(self.slots):
+            if not self._entries[i].live:
+                return i
+        raise RuntimeError("every slot is live; the engine admits no more than it has")
+
+    def _vacate(self, slot: int, keep: int | None) -> None:
+        """Empty ``slot``, saving its finished conversation (if any) to a store."""
+        if self._entries[slot].tokens:
+            self._save(slot, keep)
+            self._forget(slot, 0)
+            self._entries[slot].tokens = []
+
+    def _relocate(self, src: int, dst: int) -> None:
+        """Copy ``src``'s conversation into the empty ``dst`` and empty ``src``."""
+        self._copy(src, dst)
+        self._forget(src, 0)
+        self._entries[dst].tokens, self._entries[src].tokens = self._entries[src].tokens, []
+        self._entries[dst].used = self._entries[src].used
 
     def _save(self, slot: int, keep: int | None) -> None:
         """Copy the conversation in ``slot`` to a store: an empty one, or the least recently
