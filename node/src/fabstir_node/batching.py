@@ -5,7 +5,8 @@ every sequence that is generating (and has credit), then, in the room left, a ch
 prompt of sequences that are starting, oldest first. One decode evaluates them all; each
 sequence then draws its own next token with its own sampler. A request joins at any step and
 leaves at any step (finished, cancelled, out of credit), so no one waits for another's answer
-to end, and a long prompt stalls the others for at most one chunk.
+to end, and a long prompt stalls the others for at most one chunk. An audit's prefill is a
+request that only evaluates its tokens, showing their logits to a visitor.
 
 Requests beyond ``parallel`` live sequences wait in a FIFO queue of ``queue_size``; beyond
 that they are refused with an estimate of when a slot frees.
