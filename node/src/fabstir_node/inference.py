@@ -34,6 +34,7 @@ __all__ = [
     "CreditGate",
     "Engine",
     "EngineError",
+    "EngineNotReady",
     "Finished",
     "InvalidRequest",
     "PromptTooLong",
