@@ -11,8 +11,12 @@ One run measures, for SmolLM2-135M-Instruct (greedy, same machine):
 3. anchor: llama.cpp's ``llama-server``, built from the source distribution of the installed
    llama-cpp-python (cached in .build/llama-server/), with the same streams; goal: node >= 0.9x
    it at every N;
-4. the second turn of a ~1,500-token conversation on the in-process ``Engine``, with and
-   without its per-conversation KV cache: time to first token and speed-up (goal >= 5x).
+4. the first request after the node starts: its time to first token (the node warms the
+   model up before it says it is ready);
+5. the second turn of a ~1,500-token conversation on the in-process ``Engine``, with and
+   without its per-conversation KV cache: time to first token and speed-up (goal >= 5x);
+6. greedy answers generated in batches of 8 and alone: how many are identical, and where
+   the others part, how close the model's top two choices were there (in logits).
 
 Runs alternate the order of what they compare, to spread this shared machine's noise; figures
 are medians over --runs.
@@ -47,10 +51,12 @@ from typing import Any
 
 import httpx
 
+from fabstir_devtools.divergence import divergence
 from fabstir_devtools.network import ApiProcess
 from fabstir_node.generation import Finished, SamplingParams, TokenChunk
 from fabstir_node.inference import Engine
 from fabstir_node.models import resolve
+from fabstir_sdk.audit import GREEDY_TOLERANCE
 
 # (Importing fabstir_node set OMP_WAIT_POLICY and GOMP_SPINCOUNT, before anything loaded
 # llama.cpp; the servers get this environment too.)
@@ -74,6 +80,8 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_SERVER=ON",
     "-DCMAKE_BUILD_TYPE=Release",
 )
+#: Greedy answers compared between a batch and alone.
+BATCHED_ANSWERS = 16
 # Second-turn test: first-turn prompt size, turn lengths, engine shape.
 LONG_PROMPT = (1400, 1600)
 TURN1_TOKENS, TURN2_TOKENS = 32, 16
@@ -501,6 +509,45 @@ async def second_turns(model: Path, runs: int) -> SecondTurns:
     return SecondTurns(first, turns)
 
 
+async def greedy_ids(engine: Engine, prompt: list[int], max_tokens: int) -> list[int]:
+    ids: list[int] = []
+    async for event in engine.generate(prompt, SamplingParams(max_tokens, temperature=0)):
+        if isinstance(event, TokenChunk):
+            ids.extend(event.token_ids)
+    return ids
+
+
+async def batched_vs_alone(model: Path, prompts: int, max_tokens: int) -> list[float]:
+    """Greedy answers generated alone, then PARALLEL at a time, on an engine without the
+    prompt cache (so only the batch differs). Returns, per answer that differs, the distance
+    in logits between the two choices where they part (0 answers differing: an empty list)."""
+    engine = Engine(
+        model,
+        n_threads=THREADS,
+        n_threads_batch=THREADS_BATCH,
+        parallel=PARALLEL,
+        prompt_cache=False,
+    )
+    engine.load()
+    try:
+        asks = [
+            engine.chat_prompt([{"role": "user", "content": PROMPT.format(1000 + i)}])
+            for i in range(prompts)
+        ]
+        alone = [await greedy_ids(engine, p, max_tokens) for p in asks]
+        together: list[list[int]] = []
+        for start in range(0, prompts, PARALLEL):
+            batch = asks[start : start + PARALLEL]
+            together += await asyncio.gather(*(greedy_ids(engine, p, max_tokens) for p in batch))
+    finally:
+        engine.close()
+    gaps = []
+    for prompt, got, want in zip(asks, together, alone, strict=True):
+        if (parted := divergence(model, prompt, got, want)) is not None:
+            gaps.append(parted[1])
+    return gaps
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -518,6 +565,7 @@ def figures(
     node: Target,
     anchor: Anchor,
     turns: SecondTurns,
+    gaps: list[float],
 ) -> dict[str, Any]:
     raw_median = {t: statistics.median(v) for t, v in raw.items()}
     best = max(raw_median, key=lambda t: raw_median[t])
@@ -546,6 +594,12 @@ def figures(
             "tokens_per_s": baseline,
         },
         "streams": streams,
+        "batched_vs_alone": {
+            "answers": BATCHED_ANSWERS,
+            "identical": BATCHED_ANSWERS - len(gaps),
+            "gaps_where_they_part": gaps,
+            "audit_tolerance": GREEDY_TOLERANCE,
+        },
         "first_request": {
             "node_ttft_ms": node.first_ttft_s * 1000,
             "node_steady_ttft_ms": node.ttft_median_ms(min(args.streams)),
@@ -636,6 +690,20 @@ def print_first_request(first: dict[str, Any], streams: list[int]) -> None:
     )
 
 
+def print_batched(batched: dict[str, Any]) -> None:
+    gaps = ", ".join(f"{g:.3f}" for g in batched["gaps_where_they_part"])
+    print(
+        f"\ngreedy answers in batches of {PARALLEL} vs alone: {batched['identical']} of "
+        f"{batched['answers']} identical"
+        + (
+            f"; the others part where the top two choices are {gaps} logits apart "
+            f"(audit tolerance {batched['audit_tolerance']})"
+            if gaps
+            else ""
+        )
+    )
+
+
 def print_second_turn(turn2: dict[str, Any], goal: dict[str, bool | None]) -> None:
     print(
         f"\nsecond turn of a {turn2['first_turn_prompt_tokens']}-token conversation "
@@ -657,6 +725,7 @@ def print_table(f: dict[str, Any]) -> None:
     print(f"SmolLM2-135M-Instruct, greedy, {f['max_tokens']} tokens per answer, {runs}, median")
     print_baseline(f["baseline"], f["llama_server"])
     print_streams(f["streams"], f["goals"])
+    print_batched(f["batched_vs_alone"])
     print_first_request(f["first_request"], [int(n) for n in f["streams"]])
     print_second_turn(f["second_turn"], f["goals"])
 
@@ -734,7 +803,9 @@ def main() -> int:
     raw, node = run_servers(args, model, anchor, binary)
     log("second turn of a long conversation, with and without the prompt cache")
     turns = asyncio.run(second_turns(model, args.runs))
-    result = figures(args, raw, node, anchor, turns)
+    log("greedy answers in a batch and alone")
+    gaps = asyncio.run(batched_vs_alone(model, BATCHED_ANSWERS, args.max_tokens))
+    result = figures(args, raw, node, anchor, turns, gaps)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

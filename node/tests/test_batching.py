@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fabstir_devtools.divergence import divergence
 from fabstir_devtools.wait import wait_until_async
 from fabstir_node.inference import (
     CreditGate,
@@ -17,7 +18,6 @@ from fabstir_node.inference import (
     SamplingParams,
     TokenChunk,
 )
-from fabstir_node.llama_context import BatchRow, LlamaContext
 from fabstir_node.models import resolve
 from fabstir_sdk.audit import GREEDY_TOLERANCE
 
@@ -39,22 +39,13 @@ async def answer(
 
 
 def assert_same_or_near_tie(path: Path, prompt: list[int], got: list[int], want: list[int]) -> None:
-    """``got`` is ``want``, or differs first where the model's top two logits are within the
+    """``got`` is ``want``, or differs first where the model's top two choices are within the
     audit's tolerance: llama.cpp's one-token and batched kernels round differently (measured
-    by bench/audit.py), enough to flip a near-tie, and from there the answers part."""
-    if got == want:
-        return
-    at = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
-    llama = LlamaContext(path)
-    try:
-        llama.open(n_ctx=1024, n_seq=1, n_batch=1024, n_threads=1, n_threads_batch=1)
-        context = [*prompt, *want[:at]]
-        llama.decode([BatchRow(t, i, 0, i == len(context) - 1) for i, t in enumerate(context)])
-        logits = llama.logits(len(context) - 1)
-        gap = abs(float(logits[got[at]] - logits[want[at]]))
-    finally:
-        llama.close()
-    assert gap <= GREEDY_TOLERANCE, f"token {at}: {got[at]} vs {want[at]}, {gap:.3f} logits apart"
+    by bench/audit.py and bench/throughput.py), enough to flip a near-tie."""
+    parted = divergence(path, prompt, got, want)
+    if parted is not None:
+        at, gap = parted
+        assert gap <= GREEDY_TOLERANCE, f"the answers part at token {at}, {gap:.3f} logits apart"
 
 
 @pytest.fixture(scope="module")
