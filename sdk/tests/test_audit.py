@@ -181,10 +181,10 @@ def test_many_near_tie_flips_fail_even_within_the_tolerance(sha: bytes) -> None:
     """The greedy verdict on given logits: rounding may flip a few near-ties, not many."""
     import numpy as np
 
-    from fabstir_sdk.audit import GREEDY_MAX_FLIPS, _Judge
+    from fabstir_sdk.audit import GREEDY_MAX_FLIPS, Judge
 
     def judge(flips: int, n: int = 50) -> bool:
-        j = _Judge(record(sha, [1], [0] * n), GREEDY_TOLERANCE)
+        j = Judge(record(sha, [1], [0] * n), GREEDY_TOLERANCE)
         for position in range(n):
             logits = np.zeros(4, dtype=np.float32)
             logits[1 if position < flips else 0] = 0.5  # token 0 trails by 0.5 where flipped
