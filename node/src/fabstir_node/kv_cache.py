@@ -62,10 +62,6 @@ class PrefixCache:
         self._clock = itertools.count(1)
 
     @property
-    def held_tokens(self) -> int:
-        return sum(len(e.tokens) for e in self._entries)
-
-    @property
     def idle(self) -> int:
         """Finished conversations held, in slots and stores."""
         return sum(1 for e in self._entries if not e.live and e.tokens)
@@ -144,9 +140,6 @@ class PrefixCache:
         if not keep:
             self._forget(seq, 0)
             entry.tokens.clear()
-
-    def tokens(self, seq: int) -> list[int]:
-        return list(self._entries[seq].tokens)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
