@@ -217,3 +217,17 @@ def test_a_full_engine_answers_503_with_its_own_retry_after(tiny_gguf: Path) -> 
             future.cancel()
         live.close()
         engine.close()
+
+
+def test_a_repeated_conversation_reports_its_cached_prompt_tokens(live: LiveServer) -> None:
+    body = {
+        "model": "tiny",
+        "max_tokens": 3,
+        "messages": [{"role": "user", "content": "a conversation that comes back"}],
+    }
+    first = httpx.post(f"{live.url}/v1/chat/completions", json=body).json()["usage"]
+    again = httpx.post(f"{live.url}/v1/chat/completions", json=body).json()["usage"]
+    cached_first = first.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    assert cached_first < first["prompt_tokens"] - 1  # at most a shared template start
+    # All of the prompt but its last token, whose logits give the first new token.
+    assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1

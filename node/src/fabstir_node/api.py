@@ -36,7 +36,6 @@ from fabstir_node.inference import (
     QueueFull,
     SamplingParams,
     TokenChunk,
-    Usage,
 )
 from fabstir_node.metrics import CONTENT_TYPE, NodeMetrics
 from fabstir_sdk import openai_format as oai
@@ -181,8 +180,8 @@ def _engine_error(exc: EngineError) -> ApiError:
     return ApiError(status, str(exc), type_, exc.kind, retry_after=retry_after)
 
 
-def _usage(usage: Usage) -> dict[str, int]:
-    return oai.usage(usage.prompt_tokens, usage.completion_tokens)
+def _usage(done: Finished) -> dict[str, Any]:
+    return oai.usage(done.usage.prompt_tokens, done.usage.completion_tokens, done.cached_tokens)
 
 
 #: Takes a finished answer for the cache: its text, token ids and the limit that cut it.
@@ -494,7 +493,7 @@ class Api:
             await events.aclose()  # type: ignore[attr-defined]
         return web.json_response(
             oai.response(
-                ident, self.model_name, text, event.finish_reason, _usage(event.usage), chat=chat
+                ident, self.model_name, text, event.finish_reason, _usage(event), chat=chat
             )
         )
 
@@ -532,7 +531,7 @@ class Api:
                 event = await anext(events)
             await send(chunk(text=None if chat else "", reason=event.finish_reason))
             if body.include_usage:
-                await send(oai.usage_chunk(ident, model, created, _usage(event.usage), chat=chat))
+                await send(oai.usage_chunk(ident, model, created, _usage(event), chat=chat))
             await send("[DONE]")
         except (ConnectionResetError, ConnectionError):
             self.metrics.errors.labels("client_disconnected").inc()

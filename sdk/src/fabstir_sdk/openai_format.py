@@ -48,12 +48,16 @@ def completion_id(chat: bool = True) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens`` are prompt tokens the server did not evaluate again."""
+    used: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens:
+        used["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return used
 
 
 def finish(reason: str) -> str:
@@ -62,7 +66,7 @@ def finish(reason: str) -> str:
 
 
 def response(
-    ident: str, model: str, text: str, reason: str, used: dict[str, int], *, chat: bool = True
+    ident: str, model: str, text: str, reason: str, used: dict[str, Any], *, chat: bool = True
 ) -> dict[str, Any]:
     """A whole (non-streamed) chat or text completion."""
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish(reason), "logprobs": None}
@@ -117,7 +121,7 @@ def chunk(
 
 
 def usage_chunk(
-    ident: str, model: str, created: int, used: dict[str, int], *, chat: bool = True
+    ident: str, model: str, created: int, used: dict[str, Any], *, chat: bool = True
 ) -> dict[str, Any]:
     return {
         "id": ident,
