@@ -14,6 +14,7 @@ from fabstir_devtools.wait import wait_until_async
 from fabstir_node.inference import (
     CreditGate,
     Engine,
+    EngineError,
     Finished,
     SamplingParams,
     TokenChunk,
@@ -248,5 +249,17 @@ def test_warm_up_runs_before_ready_and_leaves_nothing(tiny_gguf: Path) -> None:
         assert engine.ready and engine.warmup_s is not None and engine.warmup_s > 0
         assert engine.kv_positions() == {}
         assert engine.generated_tokens == 0 and engine.prompt_tokens_evaluated == 0
+    finally:
+        engine.close()
+
+
+def test_the_kv_cache_budget_sets_how_many_conversations_fit(tiny_gguf: Path) -> None:
+    too_small = Engine(tiny_gguf, n_ctx=LONG_CTX, n_threads=1, parallel=64, kv_cache_mb=1)
+    with pytest.raises(EngineError, match="kv_cache_mb = 1 holds"):
+        too_small.load()
+    engine = Engine(tiny_gguf, n_ctx=LONG_CTX, n_threads=1, parallel=2, kv_cache_mb=64)
+    engine.load()
+    try:
+        assert engine.n_seq > 2  # the slots, and stores for finished conversations
     finally:
         engine.close()
