@@ -86,6 +86,11 @@ def test_three_nodes_dht_and_gossip(devnet: Devnet) -> None:
             assert isinstance(info, InfoResponse)
             assert info.host == first.keys.account.address
             assert info.models[0]["model_id"] == wanted
+            # Its real capacity: the engine's slots and queue; the CPU build offloads nothing.
+            assert first.sessions is not None
+            engine = first.sessions.engine
+            assert (info.parallel, info.capacity) == (engine.parallel, engine.capacity)
+            assert info.gpu_layers == 0
         finally:
             await client.close()
             for node in (first, second, third):
