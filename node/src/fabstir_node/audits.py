@@ -54,10 +54,10 @@ class AuditService:
         except AuditError as exc:
             raise AuditRefused("invalid_request", str(exc)) from None
         tokens = [*record.prompt_ids, *record.completion_ids]
-        if any(not 0 <= t < self.engine.n_vocab for t in tokens):
-            raise AuditRefused(
-                "invalid_request", "the transcript has token ids outside the model's vocabulary"
-            )
+        try:
+            self.engine.check_ids(tokens)  # the last one too, which scoring does not evaluate
+        except EngineError as exc:
+            raise AuditRefused(exc.kind, str(exc)) from None
         judge = Judge(record, GREEDY_TOLERANCE)
         first = len(record.prompt_ids) - 1  # its logits predict the first completion token
         sampler = judge.sampler()

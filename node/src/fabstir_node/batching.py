@@ -81,7 +81,11 @@ class _Sequence:
         self.todo = request.prompt[cached:]  # prompt tokens not yet evaluated
         self.n_past = cached  # positions in the KV cache
         seed = params.seed if params.seed is not None else random.getrandbits(31)
-        self.sampler = Sampler(max(params.temperature, 0.0), params.top_p, seed)
+        self.sampler = (  # a scored prompt draws nothing
+            None
+            if request.score is not None
+            else Sampler(max(params.temperature, 0.0), params.top_p, seed)
+        )
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = StopMatcher(params.stop)
         self.next: int | None = None  # drawn, to be evaluated for the token after it
@@ -100,6 +104,7 @@ class Scheduler:
     def __init__(
         self,
         llama: LlamaContext,
+        piece: Callable[[int], bytes],
         *,
         parallel: int,
         queue_size: int,
@@ -109,6 +114,7 @@ class Scheduler:
         if llama.n_seq < parallel:
             raise ValueError("the KV cache needs a sequence per parallel slot")
         self.llama = llama
+        self._piece = piece  # a token's text (special tokens render as nothing)
         self.parallel = parallel
         self.queue_size = queue_size
         self.prompt_chunk = prompt_chunk
@@ -123,6 +129,7 @@ class Scheduler:
         self._rate = 0.0  # recent tokens/s across all sequences
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
         self._warm = threading.Event()
+        self._warm_up_tokens: list[int] = []
         self.warmup_s = 0.0
         # Counters for metrics and tests.
         self.generated_tokens = 0
@@ -132,8 +139,10 @@ class Scheduler:
 
     # ----------------------------------------------------------------- from any thread
 
-    def start(self) -> float:
-        """Start the worker; returns once it has warmed the model up, with the seconds taken."""
+    def start(self, warm_up: list[int]) -> float:
+        """Start the worker; returns once it has warmed the model up on the ``warm_up`` tokens,
+        with the seconds taken."""
+        self._warm_up_tokens = warm_up
         self._thread.start()
         self._warm.wait()
         return self.warmup_s
@@ -200,9 +209,8 @@ class Scheduler:
         It runs on this thread because the thread that decodes owns llama.cpp's OpenMP team:
         decoding from a second thread ran batches at 60% of the speed."""
         started = time.perf_counter()
-        llama = self.llama
+        llama, tokens = self.llama, self._warm_up_tokens
         try:
-            tokens = llama.tokenize("Hello, this is the engine warming up.")
             llama.decode([BatchRow(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
             for step in range(2):
                 llama.decode([BatchRow(tokens[-1], len(tokens) + step, 0, True)])
@@ -268,7 +276,7 @@ class Scheduler:
                 del seq.todo[: len(tokens)]
                 self.prompt_tokens_evaluated += len(tokens)
         for seq, row in drawers:
-            if seq.request.score is None:
+            if seq.sampler is not None:
                 self._accept(seq, seq.sampler.sample(self.llama.ctx, row))
             elif seq in self._live:
                 self._score(seq, row, rows[row].pos)
@@ -380,7 +388,7 @@ class Scheduler:
         seq.generated += 1
         self.generated_tokens += 1
         seq.unsent.append(token)
-        text, hit = seq.stops.feed(seq.decoder.decode(self.llama.piece(token)))
+        text, hit = seq.stops.feed(seq.decoder.decode(self._piece(token)))
         if text:
             if seq.first is None:
                 seq.first = time.perf_counter() - request.enqueued_at
@@ -418,7 +426,8 @@ class Scheduler:
     def _release(self, seq: _Sequence, keep: bool) -> None:
         self._live.remove(seq)
         self.cache.release(seq.seq, keep)
-        seq.sampler.close()
+        if seq.sampler is not None:
+            seq.sampler.close()
 
     def _fail_all(self, error: EngineError) -> None:
         for seq in list(self._live):

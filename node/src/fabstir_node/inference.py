@@ -51,6 +51,8 @@ PROMPT_CHUNK = 128
 #: Sequences in the KV cache per parallel slot, when no memory budget is given: the slot's own
 #: and one to store a finished conversation in.
 CACHED_PER_SLOT = 2
+#: What the worker evaluates before it takes requests.
+WARM_UP_TEXT = "Hello, this is the engine warming up."
 
 
 class Engine:
@@ -84,7 +86,6 @@ class Engine:
         self.prompt_chunk = prompt_chunk
         self.prompt_cache = prompt_cache
         self._template_override = chat_template
-        self._llama: LlamaContext | None = None
         self._scheduler: Scheduler | None = None
         self.tokenizer: Tokenizer | None = None  # what clients count prompts with
         self.tokenizer_file = b""
@@ -115,14 +116,14 @@ class Engine:
     @property
     def n_seq(self) -> int:
         """Sequences in the KV cache: the live ones and the conversations kept for later."""
-        return self._llama.n_seq if self._llama is not None else 0
+        return 0 if self._scheduler is None else self._scheduler.llama.n_seq
 
     def load(self) -> None:
         """Load the model (blocking: call it in a thread), warm it up, start the worker."""
         self.tokenizer_file = tokenizer_file(self.model_path)
-        self.tokenizer = Tokenizer(self.tokenizer_file)
+        self.tokenizer = tokenizer = Tokenizer(self.tokenizer_file)
         if self._template_override:
-            self.tokenizer.set_chat_template(self._template_override)
+            tokenizer.set_chat_template(self._template_override)
         try:
             llama = LlamaContext(self.model_path, n_gpu_layers=self.n_gpu_layers)
         except LlamaLoadError as exc:
@@ -141,13 +142,16 @@ class Engine:
         self.gpu_layers = llama.gpu_layers
         scheduler = Scheduler(
             llama,
+            lambda token: tokenizer.piece(token, special=False),
             parallel=self.parallel,
             queue_size=self.queue_size,
             prompt_chunk=self.prompt_chunk,
             prompt_cache=self.prompt_cache,
         )
-        self.warmup_s = scheduler.start()  # warms the model up first
-        self._llama, self._scheduler = llama, scheduler
+        # The worker warms the model up before it takes requests.
+        warm_up = tokenizer.tokenize(WARM_UP_TEXT, add_special=True, parse_special=False)
+        self.warmup_s = scheduler.start(warm_up)
+        self._scheduler = scheduler
 
     def _sequences(self, kv_bytes_per_token: int) -> int:
         """KV sequences to allocate: ``kv_cache_mb`` worth, or two per slot; at least one per
@@ -167,17 +171,15 @@ class Engine:
     def close(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop()
+            self._scheduler.llama.close()
             self._scheduler = None
-        if self._llama is not None:
-            self._llama.close()
-            self._llama = None
 
     # ----------------------------------------------------------------- prompts
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Tokens of ``messages`` rendered with the model's chat template, counted by the same
         :class:`~fabstir_sdk.tokenizer.Tokenizer` a paying client counts them with."""
-        self._require()
+        self._loaded()
         assert self.tokenizer is not None
         try:
             return self.tokenizer.chat_tokens(messages)
@@ -189,11 +191,19 @@ class Engine:
             ) from exc
 
     def text_prompt(self, text: str) -> list[int]:
-        return self._require().tokenize(text)
+        self._loaded()
+        assert self.tokenizer is not None
+        return self.tokenizer.tokenize(text, add_special=True, parse_special=False)
 
     @property
     def n_vocab(self) -> int:
-        return self._require().n_vocab
+        return self._loaded().llama.n_vocab
+
+    def check_ids(self, tokens: Sequence[int]) -> None:
+        """Raise :class:`InvalidRequest` for a token id outside the model's vocabulary."""
+        n_vocab = self.n_vocab
+        if any(not 0 <= t < n_vocab for t in tokens):
+            raise InvalidRequest("token ids outside the model's vocabulary")
 
     # ----------------------------------------------------------------- generation
 
@@ -205,11 +215,10 @@ class Engine:
         Leaving the iterator early (``break``, cancellation of the consuming task, a closed
         client) cancels the generation before its next token and frees its KV cache.
         """
-        scheduler = self._scheduler_or_raise()
+        scheduler = self._loaded()
         if not prompt:
             raise InvalidRequest("the prompt is empty")
-        if any(not 0 <= t < self.n_vocab for t in prompt):
-            raise InvalidRequest("the prompt has token ids outside the vocabulary")
+        self.check_ids(prompt)
         room = self.n_ctx - len(prompt)
         if room <= 0:
             raise PromptTooLong(
@@ -235,11 +244,10 @@ class Engine:
         """Evaluate ``tokens`` as a sequence in the batch, calling ``visit`` in the worker with
         the logits at each position from ``score_from`` on (an audit's prefill: its prompt
         prefix may come from the KV cache like any conversation's). Nothing is generated."""
-        scheduler = self._scheduler_or_raise()
+        scheduler = self._loaded()
         if not 0 <= score_from < len(tokens):
             raise InvalidRequest("nothing to score")
-        if any(not 0 <= t < self.n_vocab for t in tokens):
-            raise InvalidRequest("the tokens include ids outside the vocabulary")
+        self.check_ids(tokens)
         if len(tokens) > self.n_ctx:
             raise PromptTooLong(f"{len(tokens)} tokens, but the context holds {self.n_ctx}")
         loop = asyncio.get_running_loop()
@@ -255,10 +263,6 @@ class Engine:
             return event
         finally:
             scheduler.cancel(request)
-
-    def retry_after(self) -> int:
-        """Seconds until a slot is expected to free, for ``Retry-After``."""
-        return 1 if self._scheduler is None else self._scheduler.retry_after()
 
     # ----------------------------------------------------------------- for metrics and tests
 
@@ -284,14 +288,9 @@ class Engine:
 
     def kv_positions(self) -> dict[int, int]:
         """Positions each KV sequence holds, as llama.cpp reports them (non-empty only)."""
-        return self._scheduler_or_raise().kv_positions()
+        return self._loaded().kv_positions()
 
-    def _require(self) -> LlamaContext:
-        if self._llama is None:
-            raise EngineNotReady("the model is still loading")
-        return self._llama
-
-    def _scheduler_or_raise(self) -> Scheduler:
+    def _loaded(self) -> Scheduler:
         if self._scheduler is None:
             raise EngineNotReady("the model is still loading")
         return self._scheduler

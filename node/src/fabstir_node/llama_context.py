@@ -58,7 +58,6 @@ class LlamaContext:
             t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)
         )
         self.gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
-        self._piece = ctypes.create_string_buffer(256)
 
     def kv_bytes_per_token(self) -> int:
         """KV cache memory per token of one sequence (f16 keys and values, every layer)."""
@@ -132,24 +131,6 @@ class LlamaContext:
 
     def clear(self) -> None:
         self._l.llama_memory_clear(self.memory, True)
-
-    # ----------------------------------------------------------------- text
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        data = text.encode()
-        size = len(data) + 16
-        out = (self._l.llama_token * size)()
-        n = self._l.llama_tokenize(self.vocab, data, len(data), out, size, add_bos, False)
-        if n < 0:
-            size = -n
-            out = (self._l.llama_token * size)()
-            n = self._l.llama_tokenize(self.vocab, data, len(data), out, size, add_bos, False)
-        return list(out[:n])
-
-    def piece(self, token: int) -> bytes:
-        """The bytes of ``token`` as text (special tokens render as nothing)."""
-        n = self._l.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
-        return self._piece.raw[: max(n, 0)]
 
     def close(self) -> None:
         if self._batch is not None:
