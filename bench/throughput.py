@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,8 +50,10 @@ from typing import Any
 
 import httpx
 
+from fabstir_devtools.chain import free_port
 from fabstir_devtools.divergence import divergence
 from fabstir_devtools.network import ApiProcess
+from fabstir_devtools.wait import wait_until
 from fabstir_node.generation import Finished, SamplingParams, TokenChunk
 from fabstir_node.inference import Engine
 from fabstir_node.models import resolve
@@ -334,33 +335,28 @@ def llama_server_binary(cache: Path, version: str) -> tuple[Path, float | None, 
     return binary, build_llama_server(cache, version), True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait_healthy(proc: subprocess.Popen[Any], url: str, output: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise AnchorError(
                 f"llama-server exited with {proc.returncode}:\n{_tail(output.read_text())}"
             )
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise AnchorError(
-        f"llama-server not healthy after {timeout:.0f} s:\n{_tail(output.read_text())}"
-    )
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return False
+
+    try:
+        wait_until(healthy, timeout, "llama-server to be healthy", interval=0.2)
+    except TimeoutError:
+        raise AnchorError(
+            f"llama-server not healthy after {timeout:.0f} s:\n{_tail(output.read_text())}"
+        ) from None
 
 
 @contextlib.contextmanager
 def llama_server(binary: Path, model: Path) -> Iterator[str]:
     """llama-server on a free port, killed on the way out."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     libraries = os.pathsep.join(
         p for p in (str(binary.parent), os.environ.get("LD_LIBRARY_PATH")) if p
