@@ -59,6 +59,9 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     /// @notice The escrows (the session marketplace, the job board) that may lock a host's stake
     /// for the work it has taken on.
     mapping(address account => bool) public stakeLockers;
+    /// @notice The one account that may slash stakes: the Slasher, which checks the evidence
+    /// and picks who receives the slashed stake (the owner sets it).
+    address public slasher;
 
     mapping(address host => Node) private _nodes;
     mapping(bytes32 peerIdHash => address host) private _hostOfPeerId;
@@ -89,7 +92,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     event NodeUnregistered(address indexed host, uint64 unbondingEnds);
     /// @notice Emitted when `host` withdraws its stake after unbonding.
     event StakeWithdrawn(address indexed host, uint256 amount);
-    /// @notice Emitted when the owner slashes `amount` of `host`'s stake to `recipient`.
+    /// @notice Emitted when the slasher slashes `amount` of `host`'s stake to `recipient`.
     event NodeSlashed(address indexed host, uint256 amount, address recipient);
     /// @notice Emitted when the minimum stake changes.
     event MinStakeSet(uint256 minStake);
@@ -97,6 +100,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     event UnbondingDelaySet(uint64 delay);
     /// @notice Emitted when `locker` is allowed (or no longer allowed) to lock stakes.
     event StakeLockerSet(address indexed locker, bool allowed);
+    /// @notice Emitted when the slasher changes.
+    event SlasherSet(address slasher);
     /// @notice Emitted when a session or a job locks `host`'s stake until `until` (never shortened).
     event StakeLockedUntil(address indexed host, uint64 until);
 
@@ -106,6 +111,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     error StillUnbonding(uint64 unbondingEnds);
     error StakeLocked(uint64 lockedUntil);
     error NotStakeLocker(address caller);
+    error NotSlasher(address caller);
     error StakeTooLow(uint256 stake, uint256 minStake);
     error InvalidPeerId();
     error PeerIdTaken(address host);
@@ -254,10 +260,15 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         }
     }
 
-    // ----------------------------------------------------------------- owner actions
+    // ----------------------------------------------------------------- slasher
 
     /// @notice Takes `amount` of `host`'s stake (active or unbonding) and sends it to `recipient`.
-    function slash(address host, uint256 amount, address recipient) external onlyOwner nonReentrant {
+    /// The slasher only: it checks the evidence and chooses `recipient` (never its caller).
+    /// @param host the host to slash
+    /// @param amount the stake to take, at most the host's stake
+    /// @param recipient who receives it (the treasury or the harmed client)
+    function slash(address host, uint256 amount, address recipient) external nonReentrant {
+        if (msg.sender != slasher) revert NotSlasher(msg.sender);
         Node storage node = _nodes[host];
         if (node.registeredAt == 0) revert NotRegistered(host);
         if (recipient == address(0)) revert ZeroAddress();
@@ -266,6 +277,16 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         node.stake -= amount;
         emit NodeSlashed(host, amount, recipient);
         stakeToken.safeTransfer(recipient, amount);
+    }
+
+    // ----------------------------------------------------------------- owner actions
+
+    /// @notice Sets the account that may slash stakes (the Slasher).
+    /// @param slasher_ the new slasher
+    function setSlasher(address slasher_) external onlyOwner {
+        if (slasher_ == address(0)) revert ZeroAddress();
+        slasher = slasher_;
+        emit SlasherSet(slasher_);
     }
 
     /// @notice Sets the minimum stake: for new registrations, and for a host to stay active

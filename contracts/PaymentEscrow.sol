@@ -7,6 +7,7 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
+import {IPaymentEscrow} from "./interfaces/IPaymentEscrow.sol";
 
 /// @title PaymentEscrow
 /// @notice What every contract that holds a client's deposit until work is paid shares: the
@@ -16,7 +17,7 @@ import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
 /// and a token can never block that: an ERC20 that turns on a transfer fee after the deposit is
 /// paid out for what actually arrives (the shortfall emitted as `TransferShortfall`), and a
 /// payout the token or the receiver refuses waits in `pendingPayouts` for its owner to claim.
-abstract contract PaymentEscrow is Ownable, Pausable, ReentrancyGuard {
+abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
     uint256 public constant BPS = 10_000;

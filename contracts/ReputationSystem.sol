@@ -3,8 +3,10 @@ pragma solidity ^0.8.24;
 
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IJobMarketplace} from "./interfaces/IJobMarketplace.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {IReputationSystem} from "./interfaces/IReputationSystem.sol";
 
 /// @title ReputationSystem
 /// @notice Public signals about each host, for clients to rank hosts by. None of them is a
@@ -26,14 +28,15 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 ///   public evidence: a false failure report is visible to anyone who re-runs it off-chain.
 ///   A host dealing a session to itself can report passes on its own transcripts for gas
 ///   alone (audits need no payment), which is why every report names its reporter: weigh
-///   reports by who made them, and failures from independent clients above passes.
+///   reports by who made them, and failures from independent clients above passes. A failed
+///   audit is kept (`auditOf`) as evidence governance may slash the host's stake on (Slasher).
 /// - Uptime (`uptime`): an active host sends at most one heartbeat per epoch (`EPOCH` seconds);
 ///   the last 256 epochs are kept as a bitmap. A heartbeat proves only that the host's key and
 ///   node process are up, not that the node answers peers; that is why clients also rank hosts
 ///   by their own dial results.
 ///
 /// Every write is O(1): no loops, fixed storage per call.
-contract ReputationSystem {
+contract ReputationSystem is IReputationSystem {
     /// @notice A host's counters. Packed into 2 slots.
     struct Record {
         uint64 sessions;
@@ -72,7 +75,7 @@ contract ReputationSystem {
     mapping(address host => Record) private _records;
     mapping(address host => Beats) private _beats;
     mapping(uint256 sessionId => SessionMarks) private _marks;
-    mapping(bytes32 transcriptHash => bool) private _auditReported;
+    mapping(bytes32 transcriptHash => AuditReport) private _audits;
 
     /// @notice Emitted once per session when it is counted in its host's record.
     event SessionRecorded(address indexed host, uint256 indexed sessionId, uint256 tokens);
@@ -169,8 +172,11 @@ contract ReputationSystem {
         (address signer, ECDSA.RecoverError err,) =
             ECDSA.tryRecover(transcriptDigest(sessionId, transcriptHash), hostSignature);
         if (err != ECDSA.RecoverError.NoError || signer != host) revert NotSignedByHost(sessionId);
-        if (_auditReported[transcriptHash]) revert AuditAlreadyReported(transcriptHash);
-        _auditReported[transcriptHash] = true;
+        AuditReport storage report = _audits[transcriptHash];
+        if (report.reported) revert AuditAlreadyReported(transcriptHash);
+        report.sessionId = SafeCast.toUint128(sessionId);
+        report.reported = true;
+        report.passed = passed;
         Record storage r = _records[host];
         if (passed) {
             r.auditsPassed += 1;
@@ -247,7 +253,12 @@ contract ReputationSystem {
     /// @param transcriptHash keccak256 of the transcript
     /// @return true once reported
     function auditReported(bytes32 transcriptHash) external view returns (bool) {
-        return _auditReported[transcriptHash];
+        return _audits[transcriptHash].reported;
+    }
+
+    /// @inheritdoc IReputationSystem
+    function auditOf(bytes32 transcriptHash) external view returns (AuditReport memory) {
+        return _audits[transcriptHash];
     }
 
     /// @notice The EIP-712 digest a host signs for a transcript it served in session
@@ -255,7 +266,12 @@ contract ReputationSystem {
     /// @param sessionId the session
     /// @param transcriptHash keccak256 of the transcript
     /// @return the digest
-    function transcriptDigest(uint256 sessionId, bytes32 transcriptHash) public view returns (bytes32) {
+    function transcriptDigest(uint256 sessionId, bytes32 transcriptHash)
+        public
+        view
+        override
+        returns (bytes32)
+    {
         return MessageHashUtils.toTypedDataHash(
             marketplace.domainSeparator(), keccak256(abi.encode(TRANSCRIPT_TYPEHASH, sessionId, transcriptHash))
         );

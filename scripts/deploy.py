@@ -2,8 +2,14 @@
 
     python scripts/deploy.py                       # fresh Anvil, kept running until Ctrl-C
     python scripts/deploy.py --exit                # fresh Anvil, deploy, stop
+    python scripts/deploy.py --no-governance       # the deployer stays the single owner
     python scripts/deploy.py --rpc-url URL         # an existing chain (FABSTIR_DEPLOYER_KEY)
     ape run deploy [--network ethereum:local:foundry]
+
+By default the contracts end up owned by a FabTimelock that FabGovernor's FAB votes drive: a
+local chain gets periods of seconds (a proposal passes in minutes of chain time), any other
+chain the production parameters (``PRODUCTION_GOVERNANCE``). The deployer receives the initial
+FAB supply, delegated to itself, and keeps no other power.
 
 The manifest holds the addresses, the deploy block and the hash of the ABIs the contracts were
 built from, so the SDK and the node refuse a manifest that doesn't match their bindings.
@@ -21,7 +27,14 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from fabstir_devtools.chain import Anvil, DeployParams, anvil_account, deploy_protocol
+from fabstir_devtools.chain import (
+    PRODUCTION_GOVERNANCE,
+    Anvil,
+    DeployParams,
+    GovernanceParams,
+    anvil_account,
+    deploy_protocol,
+)
 from fabstir_sdk.contracts import Deployment
 from fabstir_sdk.contracts.transactions import TransactionSender
 from fabstir_sdk.errors import ConfigurationError
@@ -36,15 +49,19 @@ def manifest_path(chain_id: int, directory: Path = DEPLOYMENTS) -> Path:
     return directory / f"{chain_id}.json"
 
 
-def deploy_to(w3: Web3, key: str | None, out_dir: Path, quiet: bool = False) -> Deployment:
+def deploy_to(
+    w3: Web3, key: str | None, out_dir: Path, quiet: bool = False, governance: bool = True
+) -> Deployment:
     chain_id = w3.eth.chain_id
+    local = chain_id in (ANVIL_CHAIN_ID, 1337)
     if key:
         deployer = Account.from_key(key)
-    elif chain_id in (ANVIL_CHAIN_ID, 1337):
+    elif local:
         deployer = anvil_account(0)
     else:
         raise SystemExit("set FABSTIR_DEPLOYER_KEY (or --key-file) to deploy to a real chain")
-    params = DeployParams(test_tokens=chain_id in (ANVIL_CHAIN_ID, 1337))
+    votes = (GovernanceParams() if local else PRODUCTION_GOVERNANCE) if governance else None
+    params = DeployParams(test_tokens=local, governance=votes)
     log = (lambda _m: None) if quiet else (lambda m: print(m, file=sys.stderr))
     deployment = deploy_protocol(TransactionSender(w3, deployer), params, log=log)
     path = manifest_path(chain_id, out_dir)
@@ -74,6 +91,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit", action="store_true", help="stop the Anvil this script started once deployed"
     )
+    parser.add_argument(
+        "--no-governance",
+        action="store_true",
+        help="keep the deployer as the single owner (local development); by default a "
+        "timelock driven by FAB votes owns every contract",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
     try:
@@ -91,12 +114,16 @@ def cli(argv: list[str] | None = None) -> int:
         if not w3.is_connected():
             print(f"cannot reach {args.rpc_url}", file=sys.stderr)
             return 3
-        deployment = deploy_to(w3, args.private_key, args.out_dir, quiet=args.json)
+        deployment = deploy_to(
+            w3, args.private_key, args.out_dir, args.json, not args.no_governance
+        )
         _report(deployment, args.json, manifest_path(deployment.chain_id, args.out_dir))
         return 0
 
     with Anvil() as anvil:
-        deployment = deploy_to(anvil.w3, args.private_key, args.out_dir, quiet=args.json)
+        deployment = deploy_to(
+            anvil.w3, args.private_key, args.out_dir, args.json, not args.no_governance
+        )
         _report(deployment, args.json, manifest_path(deployment.chain_id, args.out_dir))
         if args.exit:
             return 0

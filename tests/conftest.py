@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, settings
 
 from fabstir_sdk.contracts import VoucherDomain
@@ -26,8 +27,14 @@ from contract_helpers import (
     MODEL,
     MODEL_SHA,
     PEER_ID,
+    PROPOSAL_THRESHOLD,
+    QUORUM_PERCENT,
+    TIMELOCK_DELAY,
     TOKENIZER_SHA,
     UNBONDING,
+    VOTING_DELAY,
+    VOTING_PERIOD,
+    Dao,
     Opened,
     register_host,
 )
@@ -291,7 +298,66 @@ def post_job(board: Any, client: Any, model_id: bytes, proven_model_id: bytes) -
 HEARTBEAT_EPOCH = 3600  # DeployParams' default; tests read it back as ``EPOCH``
 
 
+@pytest.fixture
+def host_key(registered: Any) -> LocalAccount:
+    """The registered host's key, to sign transcripts off-chain as a node does."""
+    key: LocalAccount = Account.from_key(registered.private_key)
+    assert key.address == registered.address
+    return key
+
+
 @pytest.fixture(scope="session")
 def reputation(project: Any, owner: Any, market: Any, nodes: Any) -> Any:
     """The ReputationSystem over ``market``'s sessions, wired as ``deploy_protocol`` wires it."""
     return owner.deploy(project.ReputationSystem, market, nodes, HEARTBEAT_EPOCH)
+
+
+# ------------------------------------------------------------------ governance
+
+
+@pytest.fixture
+def dao(
+    project: Any,
+    chain: Any,
+    owner: Any,
+    accounts: Any,
+    fab: Any,
+    models: Any,
+    nodes: Any,
+    earnings: Any,
+    market: Any,
+    board: Any,
+    proofs: Any,
+    registered: Any,
+) -> Dao:
+    """The protocol handed to governance, as ``deploy_protocol(governance=True)`` does: the
+    timelock owns every contract, the governor alone proposes, and the deployer keeps no role.
+    ``host`` registered first (its stake is minted by the owner)."""
+    timelock = owner.deploy(project.FabTimelock, TIMELOCK_DELAY, [], [ETH], owner)
+    governor = owner.deploy(
+        project.FabGovernor,
+        fab,
+        timelock,
+        VOTING_DELAY,
+        VOTING_PERIOD,
+        PROPOSAL_THRESHOLD,
+        QUORUM_PERCENT,
+    )
+    for role in (timelock.PROPOSER_ROLE(), timelock.CANCELLER_ROLE()):
+        timelock.grantRole(role, governor, sender=owner)
+    timelock.renounceRole(timelock.DEFAULT_ADMIN_ROLE(), owner, sender=owner)
+    voters = (accounts[6], accounts[7])
+    for voter, share in zip(voters, (600_000, 400_000), strict=True):
+        fab.mint(voter, share * ETHER, sender=owner)
+        fab.invoke_transaction("delegate", voter, sender=voter)  # Ape has its own `delegate`
+    for contract in (fab, models, nodes, earnings, market, board, proofs):
+        contract.transferOwnership(timelock, sender=owner)
+    return Dao(governor, timelock, voters, chain)
+
+
+@pytest.fixture
+def slasher(project: Any, owner: Any, nodes: Any, market: Any, reputation: Any) -> Any:
+    """The Slasher, named the registry's slasher (the owner decides slashes until ``dao``)."""
+    slasher = owner.deploy(project.Slasher, owner, nodes, market, reputation)
+    nodes.setSlasher(slasher, sender=owner)
+    return slasher

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_utils.crypto import keccak
 
 from fabstir_sdk.contracts import Voucher, VoucherDomain, sign_voucher
 
@@ -54,3 +55,70 @@ def add_model(models: Any, owner: Any, repo: str, file: str, sha: bytes = MODEL_
     """Registers ``repo/file`` in the ModelRegistry; returns its id."""
     models.addModel(repo, file, sha, TOKENIZER_SHA, 1, sender=owner)
     return bytes(models.modelIdOf(repo, file))
+
+
+# ------------------------------------------------------------------ governance
+
+#: Governance parameters for a test chain (DeployParams' local defaults): seconds, FAB's clock.
+VOTING_DELAY = 1
+VOTING_PERIOD = 600
+TIMELOCK_DELAY = 120
+PROPOSAL_THRESHOLD = ETHER
+QUORUM_PERCENT = 4
+#: ProposalState, as OpenZeppelin's IGovernor numbers it.
+PENDING, ACTIVE, CANCELED, DEFEATED, SUCCEEDED, QUEUED, EXPIRED, EXECUTED = range(8)
+AGAINST, FOR, ABSTAIN = range(3)
+
+
+@dataclass
+class Dao:
+    """The governor, its timelock (which owns the protocol) and two FAB holders who delegated
+    their votes to themselves (60% and 40% of the supply)."""
+
+    governor: Any
+    timelock: Any
+    voters: tuple[Any, Any]
+    chain: Any
+
+    def propose(
+        self, actions: list[tuple[Any, bytes]], description: str, sender: Any = None
+    ) -> int:
+        """Proposes ``actions`` ((contract, calldata) pairs); returns the proposal id."""
+        targets = [c.address for c, _ in actions]
+        receipt = self.governor.propose(
+            targets,
+            [0] * len(actions),
+            [data for _, data in actions],
+            description,
+            sender=sender or self.voters[0],
+        )
+        return int(receipt.events.filter(self.governor.ProposalCreated)[0].proposalId)
+
+    def args(self, actions: list[tuple[Any, bytes]], description: str) -> tuple[Any, ...]:
+        """(targets, values, calldatas, descriptionHash), as queue and execute take them."""
+        return (
+            [c.address for c, _ in actions],
+            [0] * len(actions),
+            [data for _, data in actions],
+            keccak(text=description),
+        )
+
+    def wait(self, seconds: int) -> None:
+        """Moves the chain's clock (FAB's, and so the governor's) on by ``seconds``."""
+        self.chain.mine(deltatime=seconds)
+
+    def pass_and_queue(self, actions: list[tuple[Any, bytes]], description: str) -> int:
+        """Proposes ``actions``, votes them through with both holders, and queues them."""
+        proposal = self.propose(actions, description)
+        self.wait(VOTING_DELAY + 1)
+        for voter in self.voters:
+            self.governor.castVote(proposal, FOR, sender=voter)
+        self.wait(VOTING_PERIOD + 1)
+        self.governor.queue(*self.args(actions, description), sender=self.voters[0])
+        return proposal
+
+    def enact(self, actions: list[tuple[Any, bytes]], description: str) -> Any:
+        """The whole path: propose, vote, queue, wait out the timelock, execute."""
+        self.pass_and_queue(actions, description)
+        self.wait(TIMELOCK_DELAY + 1)
+        return self.governor.execute(*self.args(actions, description), sender=self.voters[1])

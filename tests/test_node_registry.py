@@ -121,6 +121,14 @@ def test_unregister_unbond_withdraw(
 def test_slash_reaches_unbonding_stake(
     registered: Any, nodes: Any, fab: Any, owner: Any, stranger: Any
 ) -> None:
+    # The owner names the slasher (the Slasher contract; here the owner's own account).
+    with ape.reverts(nodes.NotSlasher):
+        nodes.slash(registered, 1, owner, sender=owner)
+    with ape.reverts(nodes.OwnableUnauthorizedAccount):
+        nodes.setSlasher(stranger, sender=stranger)
+    with ape.reverts(nodes.ZeroAddress):
+        nodes.setSlasher(ETH, sender=owner)
+    assert nodes.setSlasher(owner, sender=owner).events == [nodes.SlasherSet(owner)]
     nodes.unregister(sender=registered)
     receipt = nodes.slash(registered, 10, owner, sender=owner)
     assert receipt.events.filter(nodes.NodeSlashed)
@@ -134,7 +142,7 @@ def test_slash_reaches_unbonding_stake(
         nodes.slash(registered, 1, ETH, sender=owner)
     with ape.reverts(nodes.NotRegistered):
         nodes.slash(stranger, 1, owner, sender=owner)
-    with ape.reverts(nodes.OwnableUnauthorizedAccount):
+    with ape.reverts(nodes.NotSlasher):
         nodes.slash(registered, 1, stranger, sender=stranger)
 
 
@@ -162,6 +170,7 @@ def test_pages_survive_removal(
 def test_host_slashed_below_min_stake_is_not_active(
     registered: Any, nodes: Any, market: Any, fab: Any, owner: Any, open_session: Any
 ) -> None:
+    nodes.setSlasher(owner, sender=owner)
     nodes.slash(registered, MIN_STAKE, owner, sender=owner)  # to zero
     assert not nodes.isActiveHost(registered)
     with ape.reverts(market.HostNotActive):
@@ -186,6 +195,7 @@ def test_host_slashed_below_min_stake_is_not_active(
 def test_slashed_host_can_still_unregister_and_withdraw(
     registered: Any, nodes: Any, owner: Any, chain: Any, fab: Any
 ) -> None:
+    nodes.setSlasher(owner, sender=owner)  # the owner stands in for the Slasher
     nodes.slash(registered, MIN_STAKE - 5, owner, sender=owner)
     nodes.unregister(sender=registered)
     chain.pending_timestamp += UNBONDING
@@ -217,6 +227,7 @@ def test_stake_stays_locked_while_a_session_can_still_settle(
     chain.pending_timestamp = unbonding_ends
     with ape.reverts(nodes.StakeLocked):
         nodes.withdrawStake(sender=registered)
+    nodes.setSlasher(owner, sender=owner)  # the owner stands in for the Slasher
     nodes.slash(registered, 1, owner, sender=owner)  # still slashable meanwhile
     chain.pending_timestamp = market.finalizableAt(opened.id)
     before = fab.balanceOf(registered)

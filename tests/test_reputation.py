@@ -25,14 +25,6 @@ def record_of(reputation: Any, host: Any) -> tuple[int, int, int, int, int, int]
 
 
 @pytest.fixture
-def host_key(registered: Any) -> LocalAccount:
-    """The registered host's key, to sign transcripts off-chain as a node does."""
-    key: LocalAccount = Account.from_key(registered.private_key)
-    assert key.address == registered.address
-    return key
-
-
-@pytest.fixture
 def settled_session(market: Any, open_session: Any, registered: Any) -> Callable[..., Opened]:
     """Opens a session and settles it at once for ``tokens`` tokens."""
 

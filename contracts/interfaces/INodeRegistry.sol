@@ -17,4 +17,11 @@ interface INodeRegistry {
     /// @notice Keeps `host`'s stake from being withdrawn before `until`, the last moment a
     /// session or job it serves can settle. Stake lockers only; extends, never shortens.
     function lockStake(address host, uint64 until) external;
+
+    /// @notice Takes `amount` of `host`'s stake (active or unbonding) and sends it to
+    /// `recipient`. The slasher only.
+    /// @param host the host to slash
+    /// @param amount the stake to take, at most the host's stake
+    /// @param recipient who receives it
+    function slash(address host, uint256 amount, address recipient) external;
 }

@@ -21,6 +21,7 @@ from types import TracebackType
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.contract import Contract
 
 from fabstir_sdk.contracts.artifacts import build_hash
 from fabstir_sdk.contracts.deployment import ETH, Deployment
@@ -114,8 +115,37 @@ class Anvil:
 
 
 @dataclass(frozen=True)
+class GovernanceParams:
+    """FabGovernor's and FabTimelock's settings; periods are seconds (FAB's clock is the block
+    timestamp). The defaults let a test go propose → vote → queue → execute in minutes of
+    chain time; :data:`PRODUCTION_GOVERNANCE` is what a public chain gets."""
+
+    voting_delay: int = 1
+    voting_period: int = 600
+    timelock_delay: int = 120
+    proposal_threshold: int = ETHER
+    quorum_percent: int = 4
+    #: FAB minted to the deployer before the handover, delegated to itself so that it can vote
+    #: (a real launch distributes it; governance mints any more).
+    initial_supply: int = 1_000_000 * ETHER
+
+
+#: A day's notice before a vote, five days of voting, two days in the timelock (time for hosts
+#: and clients to leave before a decision takes effect), 10,000 FAB to propose, 4% quorum.
+PRODUCTION_GOVERNANCE = GovernanceParams(
+    voting_delay=24 * 3600,
+    voting_period=5 * 24 * 3600,
+    timelock_delay=2 * 24 * 3600,
+    proposal_threshold=10_000 * ETHER,
+    quorum_percent=4,
+)
+
+
+@dataclass(frozen=True)
 class DeployParams:
-    """Protocol parameters; the defaults suit a local chain (short windows, test tokens)."""
+    """Protocol parameters; the defaults suit a local chain (short windows, test tokens, and a
+    single owner: the deployer). With ``governance`` set, a FabTimelock that FabGovernor's
+    votes drive owns every contract once deployed, and is the treasury unless one is given."""
 
     min_stake: int = 100 * ETHER
     unbonding_delay: int = 24 * 3600
@@ -130,6 +160,7 @@ class DeployParams:
     usd_min_deposit: int = 10**4
     usd_max_deposit: int = 10**12
     treasury: str | None = None
+    governance: GovernanceParams | None = None
 
 
 def deploy_protocol(
@@ -137,12 +168,18 @@ def deploy_protocol(
     params: DeployParams | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> Deployment:
-    """Deploy and wire every contract from ``sender`` (the owner); returns the manifest."""
+    """Deploy and wire every contract from ``sender``, then hand them to governance when
+    ``params.governance`` says so (else ``sender`` stays the owner); returns the manifest."""
     params = params or DeployParams()
     w3 = sender.w3
     owner = sender.address
-    treasury = params.treasury or owner
     start_block = w3.eth.block_number
+    timelock = None
+    if params.governance is not None:
+        # The deployer administers the timelock only until the governor holds its roles.
+        timelock = sender.deploy("FabTimelock", params.governance.timelock_delay, [], [ETH], owner)
+        log(f"FabTimelock     {timelock.address}")
+    treasury = params.treasury or (timelock.address if timelock is not None else owner)
     fab = sender.deploy("FabToken", owner)
     log(f"FabToken        {fab.address}")
     models = sender.deploy("ModelRegistry", owner)
@@ -188,7 +225,10 @@ def deploy_protocol(
         params.challenge_window,
     )
     log(f"JobBoard        {board.address}")
+    slasher = sender.deploy("Slasher", owner, nodes.address, market.address, reputation.address)
+    log(f"Slasher         {slasher.address}")
     sender.transact(proofs.functions.setBoard(board.address), "setBoard")
+    sender.transact(nodes.functions.setSlasher(slasher.address), "setSlasher")
     # Both escrows credit earnings, and lock a host's stake for as long as its work can settle.
     for escrow in (market, board):
         sender.transact(earnings.functions.setCreditor(escrow.address, True), "setCreditor")
@@ -208,6 +248,7 @@ def deploy_protocol(
         "ReputationSystem": reputation.address,
         "ProofSystem": proofs.address,
         "JobBoard": board.address,
+        "Slasher": slasher.address,
     }
     if params.test_tokens:
         usd = sender.deploy("TestUSD")
@@ -220,6 +261,17 @@ def deploy_protocol(
                 "allow TestUSD",
             )
         contracts["TestUSD"] = usd.address
+    if params.governance is not None and timelock is not None:
+        governor = _hand_to_governance(
+            sender,
+            params.governance,
+            timelock,
+            fab,
+            owned=(fab, models, nodes, earnings, market, board, proofs, slasher),
+        )
+        log(f"FabGovernor     {governor.address}")
+        contracts |= {"FabTimelock": timelock.address, "FabGovernor": governor.address}
+        owner = timelock.address
     return Deployment(
         chain_id=w3.eth.chain_id,
         contracts=contracts,
@@ -237,6 +289,38 @@ def deploy_protocol(
             "owner": owner,
         },
     )
+
+
+def _hand_to_governance(
+    sender: TransactionSender,
+    params: GovernanceParams,
+    timelock: Contract,
+    fab: Contract,
+    owned: tuple[Contract, ...],
+) -> Contract:
+    """Deploys FabGovernor over ``timelock``, gives the deployer the initial FAB supply (and
+    its votes), hands every contract in ``owned`` to the timelock, and renounces the
+    deployer's timelock admin role: from then on only a vote changes the protocol."""
+    governor = sender.deploy(
+        "FabGovernor",
+        fab.address,
+        timelock.address,
+        params.voting_delay,
+        params.voting_period,
+        params.proposal_threshold,
+        params.quorum_percent,
+    )
+    for role in ("PROPOSER_ROLE", "CANCELLER_ROLE"):
+        role_id = timelock.functions[role]().call()
+        sender.transact(timelock.functions.grantRole(role_id, governor.address), f"grant {role}")
+    if params.initial_supply:
+        sender.transact(fab.functions.mint(sender.address, params.initial_supply), "mint FAB")
+        sender.transact(fab.functions.delegate(sender.address), "delegate FAB votes")
+    for contract in owned:
+        sender.transact(contract.functions.transferOwnership(timelock.address), "hand over")
+    admin = timelock.functions.DEFAULT_ADMIN_ROLE().call()
+    sender.transact(timelock.functions.renounceRole(admin, sender.address), "renounce admin")
+    return governor
 
 
 def add_model(

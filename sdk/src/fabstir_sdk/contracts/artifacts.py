@@ -25,6 +25,9 @@ EXPORTED = (
     "ProofSystem",
     "JobBoard",
     "ReputationSystem",
+    "Slasher",
+    "FabTimelock",
+    "FabGovernor",
 )
 BUILD_FILE = "build.json"
 
