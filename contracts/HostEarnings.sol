@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
@@ -36,9 +36,12 @@ contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
     error EthTransferFailed();
     error ZeroAddress();
 
+    /// @param initialOwner the owner, who chooses the creditors
     constructor(address initialOwner) Ownable(initialOwner) {}
 
     /// @notice Allows or forbids `creditor` (an escrow contract) to credit accounts.
+    /// @param creditor the escrow contract; nonzero
+    /// @param allowed whether it may credit
     function setCreditor(address creditor, bool allowed) external onlyOwner {
         if (creditor == address(0)) revert ZeroAddress();
         creditors[creditor] = allowed;
@@ -62,6 +65,7 @@ contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
     }
 
     /// @notice Sends the caller everything it has earned in `token` (address(0) = ETH).
+    /// @param token the token to withdraw
     function withdraw(address token) external nonReentrant {
         uint256 amount = _balances[msg.sender][token];
         if (amount == 0) revert NothingToWithdraw(token);
@@ -77,6 +81,9 @@ contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
     }
 
     /// @notice What `account` can withdraw in `token`.
+    /// @param account the host or treasury
+    /// @param token the token (address(0) = ETH)
+    /// @return the amount withdrawable
     function balanceOf(address account, address token) external view returns (uint256) {
         return _balances[account][token];
     }

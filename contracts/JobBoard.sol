@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
@@ -124,6 +124,17 @@ contract JobBoard is PaymentEscrow {
     error DeadlineNotReached(uint64 deadline);
     error ChallengeWindowTooLong(uint64 window);
 
+    /// @param initialOwner the owner, who configures tokens, fee, treasury, durations and
+    /// windows, decides disputes, and pauses
+    /// @param modelRegistry_ the registry of the models jobs may use
+    /// @param nodeRegistry_ the registry of the hosts that may claim jobs; claims lock their stake
+    /// @param hostEarnings_ the ledger hosts and the treasury are credited in
+    /// @param proofSystem_ the checker of proven jobs' proofs
+    /// @param treasury_ the account credited with fees; nonzero
+    /// @param feeBps_ the treasury's share of each payment, in basis points, at most MAX_FEE_BPS
+    /// @param claimTimeout_ seconds a claim lasts; nonzero
+    /// @param challengeWindow_ seconds a client has to dispute an unproven result, at most
+    /// MAX_CHALLENGE_WINDOW
     constructor(
         address initialOwner,
         IModelRegistry modelRegistry_,
@@ -148,9 +159,12 @@ contract JobBoard is PaymentEscrow {
 
     /// @notice Posts a job for `modelId` and escrows `maxPayment` of `token` (address(0) = ETH,
     /// sent as value; an ERC20 must be approved first).
+    /// @param modelId an active model; a proven one when `proofRequired`
     /// @param inputHash the content hash of the job's input in the store; nonzero
     /// @param inputCommitment for a proven job, keccak256 of the input instances the proofs
     /// must carry (`ProofSystem`); zero otherwise
+    /// @param token an allow-listed payment token
+    /// @param maxPayment the most the job pays, escrowed; within the token's deposit bounds
     /// @param duration seconds until the deadline, after which an unfinished job refunds
     /// @param proofRequired whether the job pays only on a proof (a proven model only)
     /// @return jobId the new job's id
@@ -195,6 +209,7 @@ contract JobBoard is PaymentEscrow {
 
     /// @notice Takes back an unclaimed job (or one whose claim lapsed): the deposit is refunded
     /// in full. Client only.
+    /// @param jobId a job the caller posted
     function cancel(uint256 jobId) external nonReentrant {
         Job storage j = _jobs[jobId];
         if (msg.sender != j.client) revert NotJobClient(jobId);
@@ -204,6 +219,7 @@ contract JobBoard is PaymentEscrow {
 
     /// @notice Disputes an unproven result within the challenge window; the owner decides.
     /// Client only.
+    /// @param jobId a completed job the caller posted
     function dispute(uint256 jobId) external {
         Job storage j = _jobs[jobId];
         if (msg.sender != j.client) revert NotJobClient(jobId);
@@ -219,6 +235,7 @@ contract JobBoard is PaymentEscrow {
     /// @notice Claims job `jobId` for the caller, an active host serving its model, until
     /// `claimTimeout` from now (or the deadline, if sooner). First valid claim wins; a lapsed
     /// claim can be taken over.
+    /// @param jobId an open job, or one whose claim lapsed, before its deadline
     function claim(uint256 jobId) external {
         Job storage j = _jobs[jobId];
         if (!_claimable(j) || block.timestamp >= j.deadline) revert NotClaimable(jobId);
@@ -238,6 +255,9 @@ contract JobBoard is PaymentEscrow {
     /// @notice Completes an unproven job with the content hash of its stored result, asking
     /// `payment` (at most the job's maximum); paid after the challenge window. Claimer only,
     /// while the claim lasts.
+    /// @param jobId an unproven job the caller claimed
+    /// @param resultHash the content hash of the result in the store; nonzero
+    /// @param payment what the host asks, at most the job's `maxPayment`
     function complete(uint256 jobId, bytes32 resultHash, uint256 payment) external {
         Job storage j = _claimed(jobId, payment);
         if (j.proofRequired) revert ProofRequired(jobId);
@@ -253,6 +273,11 @@ contract JobBoard is PaymentEscrow {
     /// `instances`) are checked by the ProofSystem. Accepted, the job is paid `payment` at
     /// once; refused, it pays nothing and returns to the board. Claimer only, while the claim
     /// lasts.
+    /// @param jobId a proven job the caller claimed
+    /// @param resultHash the content hash of the result in the store; nonzero
+    /// @param payment what the host asks, at most the job's `maxPayment`
+    /// @param proofs one proof per input
+    /// @param instances each proof's public instances: its inputs, then its outputs
     function submitProofs(
         uint256 jobId,
         bytes32 resultHash,
@@ -282,6 +307,7 @@ contract JobBoard is PaymentEscrow {
     // ----------------------------------------------------------------- anyone
 
     /// @notice Pays an unproven job once its challenge window has passed undisputed.
+    /// @param jobId a completed job
     function release(uint256 jobId) external nonReentrant {
         Job storage j = _jobs[jobId];
         if (j.status != Status.Completed) revert WrongStatus(jobId, j.status);
@@ -292,6 +318,7 @@ contract JobBoard is PaymentEscrow {
 
     /// @notice Refunds in full a job nobody completed by its deadline (from the second after
     /// it: at the deadline itself a claimer may still deliver).
+    /// @param jobId an open or claimed job past its deadline
     function expire(uint256 jobId) external nonReentrant {
         Job storage j = _jobs[jobId];
         if (j.status != Status.Open && j.status != Status.Claimed) revert WrongStatus(jobId, j.status);
@@ -302,6 +329,8 @@ contract JobBoard is PaymentEscrow {
     // ----------------------------------------------------------------- owner
 
     /// @notice Decides a disputed job: pays the host its asked payment, or refunds the client.
+    /// @param jobId a disputed job
+    /// @param payHost true to pay the host, false to refund the client in full
     function resolveDispute(uint256 jobId, bool payHost) external onlyOwner nonReentrant {
         Job storage j = _jobs[jobId];
         if (j.status != Status.Disputed) revert WrongStatus(jobId, j.status);
@@ -310,6 +339,7 @@ contract JobBoard is PaymentEscrow {
     }
 
     /// @notice Sets how long a claim lasts (for claims from now on).
+    /// @param timeout the claim timeout, in seconds; nonzero
     function setClaimTimeout(uint64 timeout) external onlyOwner {
         if (timeout == 0) revert InvalidDuration(timeout);
         claimTimeout = timeout;
@@ -318,6 +348,7 @@ contract JobBoard is PaymentEscrow {
 
     /// @notice Sets the challenge window for jobs posted from now on (at most
     /// MAX_CHALLENGE_WINDOW).
+    /// @param window the challenge window, in seconds
     function setChallengeWindow(uint64 window) external onlyOwner {
         if (window > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(window);
         challengeWindow = window;
@@ -327,11 +358,15 @@ contract JobBoard is PaymentEscrow {
     // ----------------------------------------------------------------- views
 
     /// @notice The job `jobId` (status None when unknown).
+    /// @param jobId the job
+    /// @return the job's terms and state
     function getJob(uint256 jobId) external view returns (Job memory) {
         return _jobs[jobId];
     }
 
     /// @notice Whether a host may claim job `jobId` now.
+    /// @param jobId the job
+    /// @return true when it is open (or its claim lapsed) and before its deadline
     function isClaimable(uint256 jobId) external view returns (bool) {
         Job storage j = _jobs[jobId];
         return _claimable(j) && block.timestamp < j.deadline;

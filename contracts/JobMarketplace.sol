@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
@@ -106,6 +106,15 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     error DisputeWindowOpen(uint64 finalizableAt);
     error DisputeWindowTooLong(uint64 window);
 
+    /// @param initialOwner the owner, who configures tokens, fee, treasury, durations and the
+    /// dispute window, and pauses
+    /// @param modelRegistry_ the registry of the models sessions may serve
+    /// @param nodeRegistry_ the registry of hosts and their prices; sessions lock its stakes
+    /// @param hostEarnings_ the ledger hosts and the treasury are credited in
+    /// @param treasury_ the account credited with fees; nonzero
+    /// @param feeBps_ the treasury's share of each payment, in basis points, at most MAX_FEE_BPS
+    /// @param disputeWindow_ seconds a host has to settle after a close request or expiry, at
+    /// most MAX_DISPUTE_WINDOW
     constructor(
         address initialOwner,
         IModelRegistry modelRegistry_,
@@ -125,6 +134,10 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice Opens a session with `host` for `modelId`, depositing `deposit` of `token`
     /// (address(0) = ETH, sent as value; an ERC20 must be approved first).
+    /// @param host an active host serving `modelId`
+    /// @param modelId an active model
+    /// @param token an allow-listed payment token
+    /// @param deposit the amount escrowed, within the token's deposit bounds; it caps the payment
     /// @param price what the client agrees to pay per PRICE_PRECISION tokens; at least the host's
     /// current price, which protects the client from a price change racing this transaction
     /// @param duration seconds until the session expires and can be finalized
@@ -167,6 +180,7 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice Asks to close session `sessionId`; the host has the dispute window to settle with
     /// its best voucher, after which anyone may finalize on the best checkpoint.
+    /// @param sessionId an open session the caller opened
     function requestClose(uint256 sessionId) external {
         Session storage s = _live(sessionId);
         if (msg.sender != s.client) revert NotSessionClient(sessionId);
@@ -180,6 +194,10 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice Records the voucher for `cumulativeTokens` on-chain without closing, so that a
     /// finalize after a dispute pays at least this much. Host only; counts must increase.
+    /// @param sessionId a live session the caller serves
+    /// @param cumulativeTokens the tokens delivered since the session opened, as vouched for
+    /// @param transcriptHash the hash of the transcript so far, as vouched for
+    /// @param signature the session signer's EIP-712 signature over the voucher
     function checkpoint(
         uint256 sessionId,
         uint256 cumulativeTokens,
@@ -199,6 +217,11 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice Settles the session with the host's best voucher: pays the host and the treasury
     /// and refunds the rest of the deposit to the client. Host only; exactly once.
+    /// @param sessionId a live session the caller serves
+    /// @param cumulativeTokens the tokens to be paid for, as vouched for; at least the
+    /// checkpoint's
+    /// @param transcriptHash the hash of the whole transcript, as vouched for
+    /// @param signature the session signer's EIP-712 signature over the voucher
     function settle(
         uint256 sessionId,
         uint256 cumulativeTokens,
@@ -218,6 +241,7 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice Settles on the best checkpointed voucher once the dispute window after a close
     /// request, or after expiry, has passed.
+    /// @param sessionId a live session
     function finalize(uint256 sessionId) external nonReentrant {
         Session storage s = _live(sessionId);
         uint64 at = _finalizableAt(s);
@@ -229,6 +253,7 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice Sets how long a host has to settle after a close request or expiry, for sessions
     /// opened from now on (at most MAX_DISPUTE_WINDOW).
+    /// @param window the dispute window, in seconds
     function setDisputeWindow(uint64 window) external onlyOwner {
         if (window > MAX_DISPUTE_WINDOW) revert DisputeWindowTooLong(window);
         disputeWindow = window;
@@ -238,17 +263,13 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     // ----------------------------------------------------------------- views
 
     /// @notice The session `sessionId` (status None when unknown).
+    /// @param sessionId the session
+    /// @return the session's terms and state
     function getSession(uint256 sessionId) external view returns (Session memory) {
         return _sessions[sessionId];
     }
 
-    /// @notice Who took part in session `sessionId`, its status, and the tokens it paid for (the
-    /// best checkpoint while live, the settled count once Settled).
-    /// @param sessionId the session
-    /// @return client the account that opened and paid for the session (zero when unknown)
-    /// @return host the host that served it
-    /// @return status where the session stands (None when unknown)
-    /// @return tokens the tokens vouched for so far, or paid for once Settled
+    /// @inheritdoc IJobMarketplace
     function parties(uint256 sessionId)
         external
         view
@@ -259,6 +280,10 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     }
 
     /// @notice The EIP-712 digest the session signer signs for a voucher.
+    /// @param sessionId the session
+    /// @param cumulativeTokens the tokens delivered since the session opened
+    /// @param transcriptHash the hash of the transcript so far
+    /// @return the digest
     function voucherDigest(uint256 sessionId, uint256 cumulativeTokens, bytes32 transcriptHash)
         public
         view
@@ -270,18 +295,21 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     }
 
     /// @notice The most tokens a voucher may cover: what the deposit pays for at the session price.
+    /// @param sessionId the session
+    /// @return the token count (zero when unknown)
     function maxTokens(uint256 sessionId) external view returns (uint256) {
         Session storage s = _sessions[sessionId];
         return s.price == 0 ? 0 : _maxTokens(s);
     }
 
     /// @notice When session `sessionId` can be finalized by anyone.
+    /// @param sessionId the session
+    /// @return the earliest timestamp `finalize` accepts
     function finalizableAt(uint256 sessionId) external view returns (uint64) {
         return _finalizableAt(_sessions[sessionId]);
     }
 
-    /// @notice The EIP-712 domain separator vouchers and host-signed transcripts are bound to
-    /// (chain and contract).
+    /// @inheritdoc IJobMarketplace
     function domainSeparator() external view returns (bytes32) {
         return _domainSeparatorV4();
     }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
@@ -57,9 +57,13 @@ contract ModelRegistry is IModelRegistry, Ownable {
     error NotProvenModel(bytes32 modelId);
     error InvalidCircuit();
 
+    /// @param initialOwner the owner (later: governance), who curates the models
     constructor(address initialOwner) Ownable(initialOwner) {}
 
     /// @notice The id of the model stored as `file` in `repo`.
+    /// @param repo where the file is published
+    /// @param file the file's name in `repo`
+    /// @return keccak256(repo + "/" + file)
     function modelIdOf(string calldata repo, string calldata file) public pure returns (bytes32) {
         return keccak256(abi.encodePacked(repo, "/", file));
     }
@@ -71,6 +75,7 @@ contract ModelRegistry is IModelRegistry, Ownable {
     /// @param sha256Hash the sha256 of the GGUF file; nonzero
     /// @param tokenizerHash the sha256 of the model's tokenizer file; nonzero
     /// @param tier the hardware tier the model needs
+    /// @return the new model's id
     function addModel(
         string calldata repo,
         string calldata file,
@@ -83,6 +88,8 @@ contract ModelRegistry is IModelRegistry, Ownable {
     }
 
     /// @notice Adds several models in one transaction; reverts as a whole if any is invalid.
+    /// @param inputs the models, each as `addModel` takes it
+    /// @return ids the new models' ids, in the order of `inputs`
     function addModels(ModelInput[] calldata inputs) external onlyOwner returns (bytes32[] memory ids) {
         ids = new bytes32[](inputs.length);
         for (uint256 i = 0; i < inputs.length; ++i) {
@@ -98,6 +105,7 @@ contract ModelRegistry is IModelRegistry, Ownable {
     /// @param file the ONNX file's name in `repo`
     /// @param onnxHash the sha256 of the ONNX file; nonzero
     /// @param circuit the pinned settings, verifying key and SRS, and the verifier (a contract)
+    /// @return modelId the new model's id
     function addProvenModel(
         string calldata repo,
         string calldata file,
@@ -125,6 +133,7 @@ contract ModelRegistry is IModelRegistry, Ownable {
     }
 
     /// @notice Stops new sessions and registrations for `modelId`; running sessions still settle.
+    /// @param modelId an active model
     function deactivateModel(bytes32 modelId) external onlyOwner {
         Model storage model = _existing(modelId);
         if (!model.active) revert ModelNotActive(modelId);
@@ -133,6 +142,7 @@ contract ModelRegistry is IModelRegistry, Ownable {
     }
 
     /// @notice Makes a deactivated model servable again.
+    /// @param modelId a deactivated model
     function reactivateModel(bytes32 modelId) external onlyOwner {
         Model storage model = _existing(modelId);
         if (model.active) revert ModelAlreadyActive(modelId);

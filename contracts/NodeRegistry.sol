@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
@@ -133,6 +133,11 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         _;
     }
 
+    /// @param initialOwner the owner, who sets the stake rules and the stake lockers, and slashes
+    /// @param stakeToken_ the token hosts stake (FAB)
+    /// @param modelRegistry_ the registry of the models hosts may serve
+    /// @param minStake_ the least a host must stake to register and stay active
+    /// @param unbondingDelay_ seconds from unregistering until the stake may be withdrawn
     constructor(
         address initialOwner,
         IERC20 stakeToken_,
@@ -154,6 +159,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     /// @param metadata JSON: hardware, location, max concurrency
     /// @param models the model ids served, each active in the ModelRegistry
     /// @param prices prices per model and payment token (address(0) = ETH)
+    /// @param stake the FAB to stake, at least `minStake`
     function register(
         bytes calldata peerId,
         string[] calldata addrs,
@@ -176,6 +182,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     }
 
     /// @notice Replaces the caller's peer id and bootstrap addresses.
+    /// @param peerId the libp2p peer id (multihash bytes); not another host's
+    /// @param addrs bootstrap multiaddrs, at most MAX_ADDRS
     function updateEndpoint(bytes calldata peerId, string[] calldata addrs)
         external
         onlyRegisteredHost
@@ -184,6 +192,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     }
 
     /// @notice Replaces the caller's metadata JSON.
+    /// @param metadata JSON: hardware, location, max concurrency; at most MAX_METADATA_LENGTH bytes
     function updateMetadata(string calldata metadata) external onlyRegisteredHost {
         _setMetadata(_nodes[msg.sender], metadata);
     }
@@ -191,6 +200,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     /// @notice Replaces the set of models the caller serves. Prices of dropped models lapse
     /// (a model dropped and added again has no price until it is set again); models kept keep
     /// their prices.
+    /// @param models the model ids served from now on, each active in the ModelRegistry
     function updateModels(bytes32[] calldata models) external onlyRegisteredHost {
         Node storage node = _nodes[msg.sender];
         bytes32[] memory previous = node.models;
@@ -203,11 +213,13 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     }
 
     /// @notice Sets prices for models the caller serves; a zero price stops accepting that token.
+    /// @param prices prices per served model and payment token (address(0) = ETH)
     function setPrices(PriceInput[] calldata prices) external onlyRegisteredHost {
         _setPrices(prices);
     }
 
     /// @notice Adds `amount` FAB to the caller's stake.
+    /// @param amount the FAB to add (approve it first); nonzero
     function addStake(uint256 amount) external onlyRegisteredHost nonReentrant {
         if (amount == 0) revert ZeroAmount();
         Node storage node = _nodes[msg.sender];
@@ -291,12 +303,14 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
 
     /// @notice Sets the minimum stake: for new registrations, and for a host to stay active
     /// (a host below it is chosen for no new session until it adds stake).
+    /// @param minStake_ the minimum, in FAB
     function setMinStake(uint256 minStake_) external onlyOwner {
         minStake = minStake_;
         emit MinStakeSet(minStake_);
     }
 
     /// @notice Sets the unbonding delay for future unregistrations.
+    /// @param delay the delay, in seconds
     function setUnbondingDelay(uint64 delay) external onlyOwner {
         unbondingDelay = delay;
         emit UnbondingDelaySet(delay);
@@ -304,6 +318,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
 
     /// @notice Allows or forbids `locker` (an escrow contract) to lock stakes for the work it
     /// hands to hosts.
+    /// @param locker the escrow contract; nonzero
+    /// @param allowed whether it may lock stakes
     function setStakeLocker(address locker, bool allowed) external onlyOwner {
         if (locker == address(0)) revert ZeroAddress();
         stakeLockers[locker] = allowed;
@@ -313,11 +329,15 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     // ----------------------------------------------------------------- views
 
     /// @notice The full record of `host` (empty when unknown).
+    /// @param host the host
+    /// @return the host's record
     function getNode(address host) external view returns (Node memory) {
         return _nodes[host];
     }
 
     /// @notice The active host registered with libp2p `peerId`, or address(0).
+    /// @param peerId the libp2p peer id (multihash bytes)
+    /// @return the host, or address(0)
     function hostOfPeerId(bytes calldata peerId) external view returns (address) {
         return _hostOfPeerId[keccak256(peerId)];
     }
@@ -340,11 +360,17 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     }
 
     /// @notice How many active hosts serve `modelId`.
+    /// @param modelId the model
+    /// @return the number of hosts
     function hostCountForModel(bytes32 modelId) external view returns (uint256) {
         return _hostsByModel[modelId].length;
     }
 
     /// @notice A page of the hosts serving `modelId` (order changes as hosts leave).
+    /// @param modelId the model
+    /// @param offset the index of the first host returned
+    /// @param limit the most hosts returned
+    /// @return page the hosts from `offset` on, at most `limit` of them
     function hostsForModel(bytes32 modelId, uint256 offset, uint256 limit)
         external
         view

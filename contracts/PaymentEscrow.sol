@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
@@ -79,6 +79,12 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
     error MaxDepositTooHigh(uint256 maxDeposit, uint256 cap);
     error InvalidDuration(uint64 duration);
 
+    /// @param initialOwner the owner, who configures tokens, fee, treasury and durations, and
+    /// pauses
+    /// @param hostEarnings_ the ledger hosts and the treasury are credited in
+    /// @param treasury_ the account credited with fees; nonzero
+    /// @param feeBps_ the treasury's share of each payment, in basis points, at most MAX_FEE_BPS
+    /// @param maxDuration_ the longest a session or job may run, in seconds
     constructor(
         address initialOwner,
         IHostEarnings hostEarnings_,
@@ -112,6 +118,10 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
 
     /// @notice Allows or forbids `token` (address(0) = ETH) for new deposits, with deposit bounds
     /// (`maxDeposit` at most MAX_DEPOSIT).
+    /// @param token the token (address(0) = ETH)
+    /// @param allowed whether new deposits may be made in it
+    /// @param minDeposit the smallest deposit accepted
+    /// @param maxDeposit the largest deposit accepted, at most MAX_DEPOSIT
     function setTokenConfig(address token, bool allowed, uint256 minDeposit, uint256 maxDeposit)
         external
         onlyOwner
@@ -123,6 +133,7 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
     }
 
     /// @notice Sets the treasury fee for deposits made from now on.
+    /// @param feeBps_ the fee in basis points, at most MAX_FEE_BPS
     function setFeeBps(uint16 feeBps_) external onlyOwner {
         if (feeBps_ > MAX_FEE_BPS) revert FeeTooHigh(feeBps_);
         feeBps = feeBps_;
@@ -130,6 +141,7 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
     }
 
     /// @notice Sets the account credited with treasury fees.
+    /// @param treasury_ the new treasury; nonzero
     function setTreasury(address treasury_) external onlyOwner {
         if (treasury_ == address(0)) revert ZeroAddress();
         treasury = treasury_;
@@ -137,6 +149,8 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
     }
 
     /// @notice Sets the allowed durations (seconds until expiry or deadline) of new deposits.
+    /// @param minDuration_ the shortest; nonzero
+    /// @param maxDuration_ the longest; at least `minDuration_`
     function setDurationLimits(uint64 minDuration_, uint64 maxDuration_) external onlyOwner {
         if (minDuration_ == 0 || minDuration_ > maxDuration_) revert InvalidDuration(minDuration_);
         minDuration = minDuration_;
@@ -155,6 +169,8 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
     }
 
     /// @notice The configuration of payment token `token`.
+    /// @param token the token (address(0) = ETH)
+    /// @return whether it is allowed, and its deposit bounds
     function getTokenConfig(address token) external view returns (TokenConfig memory) {
         return _tokenConfigs[token];
     }

@@ -1,14 +1,10 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {IProofSystem} from "./interfaces/IProofSystem.sol";
-
-/// @notice The verifier EZKL generates for a circuit (a Halo2 KZG verifier).
-interface IHalo2Verifier {
-    function verifyProof(bytes calldata proof, uint256[] calldata instances) external returns (bool);
-}
+import {IHalo2Verifier} from "./interfaces/IHalo2Verifier.sol";
 
 /// @title ProofSystem
 /// @notice Checks the proofs of a proven job. Each proof's public instances are the model's
@@ -42,11 +38,14 @@ contract ProofSystem is IProofSystem, Ownable {
     error InsufficientGas(uint256 left, uint256 needed);
     error ZeroAddress();
 
+    /// @param initialOwner the owner, who sets the board
+    /// @param modelRegistry_ the registry that pins each proven model's circuit and verifier
     constructor(address initialOwner, IModelRegistry modelRegistry_) Ownable(initialOwner) {
         modelRegistry = modelRegistry_;
     }
 
     /// @notice Sets the job board whose proofs this contract checks (owner only).
+    /// @param board_ the JobBoard; nonzero
     function setBoard(address board_) external onlyOwner {
         if (board_ == address(0)) revert ZeroAddress();
         board = board_;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title TranscriptRecords
 /// @notice Reads which answer a host-signed transcript record names: its session and its

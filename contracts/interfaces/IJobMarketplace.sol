@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title IJobMarketplace
 /// @notice What other contracts read from the session marketplace: who took part in a session,

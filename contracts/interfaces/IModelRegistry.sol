@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title IModelRegistry
 /// @notice The models the network may serve: GGUF language models, each pinned to the sha256
@@ -39,11 +39,17 @@ interface IModelRegistry {
     }
 
     /// @notice Returns the model `modelId`; reverts when unknown.
+    /// @param modelId the model's id
+    /// @return the model
     function getModel(bytes32 modelId) external view returns (Model memory);
 
     /// @notice The circuit of proven model `modelId`; reverts when it is not one.
+    /// @param modelId the proven model's id
+    /// @return the circuit its proofs are checked against
     function getCircuit(bytes32 modelId) external view returns (Circuit memory);
 
     /// @notice True when `modelId` is registered and active.
+    /// @param modelId the model's id
+    /// @return whether new sessions, jobs and registrations may use it
     function isActive(bytes32 modelId) external view returns (bool);
 }

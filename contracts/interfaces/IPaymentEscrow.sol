@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title IPaymentEscrow
 /// @notice What other contracts read from an escrow (the session marketplace, the job board).

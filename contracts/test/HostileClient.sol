@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title HostileClient (fault injection for tests)
 /// @notice A client contract whose receive() either reverts or re-enters a target, to prove a

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title ScriptedVerifier (fault injection for tests)
 /// @notice A verifier whose answer the test sets; never deployed outside tests. It stands in
