@@ -10,6 +10,9 @@ SOLC_SHIM := $(VENV)/solcx/solc-v$(SOLC_VERSION)
 NPM_STAMP := node_modules/.package-lock.json
 PY_STAMP := $(VENV)/.installed
 MODELS_STAMP := $(VENV)/.models
+# Slither has a virtualenv of its own: its web3 and eth-abi pins would clash with Ape's.
+SLITHER_VENV := $(VENV)/tools/slither
+SLITHER_STAMP := $(SLITHER_VENV)/.installed
 # llama-cpp-python builds from source: portable AVX2 flags, both cores (DESIGN §7).
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_SSE42=ON -DLLAVA_BUILD=OFF
@@ -25,12 +28,12 @@ export OMP_WAIT_POLICY := PASSIVE
 export GOMP_SPINCOUNT := 30000
 
 .PHONY: help setup test test-contracts test-contracts-anvil test-sdk test-node test-integration \
-        compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs bench-audit bench-throughput demo devnet lint clean
+        slither compile abi deploy gas serve bench bench-storage bench-cache bench-vectors bench-proofs bench-audit bench-throughput demo devnet lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(PY_STAMP) $(MODELS_STAMP) $(NPM_STAMP) $(SOLC_SHIM) $(GPU_STAMP) ## Install everything into the repo (.venv, node_modules, solc wrapper, models); GPU=cuda for a CUDA llama.cpp
+setup: $(PY_STAMP) $(MODELS_STAMP) $(NPM_STAMP) $(SOLC_SHIM) $(SLITHER_STAMP) $(GPU_STAMP) ## Install everything into the repo (.venv, node_modules, solc wrapper, models, Slither); GPU=cuda for a CUDA llama.cpp
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -68,8 +71,15 @@ $(NPM_STAMP): package.json package-lock.json
 $(SOLC_SHIM): $(NPM_STAMP) $(PY_STAMP) scripts/toolchain/install_solc.py scripts/toolchain/solc.cjs
 	$(BIN)/python scripts/toolchain/install_solc.py
 
-test: setup ## Run every suite: lint, contracts (ape test), SDK, node, integration
+$(SLITHER_STAMP): scripts/toolchain/slither-requirements.txt
+	$(PYTHON) -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/pip install --progress-bar on -r scripts/toolchain/slither-requirements.txt
+	$(SLITHER_VENV)/bin/slither --version
+	@touch $@
+
+test: setup ## Run every suite: lint, slither, contracts (ape test), SDK, node, integration
 	$(MAKE) lint
+	$(MAKE) slither
 	$(MAKE) test-contracts
 	$(MAKE) test-sdk
 	$(MAKE) test-node
@@ -133,6 +143,9 @@ bench-audit: setup ## Audits: time vs generation, the measured tolerance, false 
 
 bench-storage: setup ## Storage: put/get vs plain files, a 1M-entry HAMT, Bitswap vs a plain stream
 	$(BIN)/python bench/storage.py
+
+slither: setup ## Slither on the contracts (offline, slither.config.json); fails on any unsuppressed finding
+	$(BIN)/python scripts/slither.py
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .

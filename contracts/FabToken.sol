@@ -34,7 +34,8 @@ contract FabToken is ERC20, ERC20Permit, ERC20Votes, Ownable {
 
     /// @notice The votes' clock, as ERC-6372 describes it.
     /// @return the clock mode: timestamps
-    // solhint-disable-next-line func-name-mixedcase
+    // The name ERC-6372 gives it.
+    // slither-disable-next-line naming-convention
     function CLOCK_MODE() public pure override returns (string memory) {
         return "mode=timestamp";
     }

@@ -73,6 +73,8 @@ contract HostEarnings is IHostEarnings, Ownable, ReentrancyGuard {
         totalOwed[token] -= amount;
         emit Withdrawn(msg.sender, token, amount);
         if (token == address(0)) {
+            // ETH to contract wallets needs call; balance zeroed first, nonReentrant, result checked.
+            // slither-disable-next-line low-level-calls
             (bool ok,) = msg.sender.call{value: amount}("");
             if (!ok) revert EthTransferFailed();
         } else {

@@ -225,6 +225,8 @@ contract JobBoard is PaymentEscrow {
         if (msg.sender != j.client) revert NotJobClient(jobId);
         if (j.status != Status.Completed) revert WrongStatus(jobId, j.status);
         uint64 at = _releasableAt(j);
+        // Challenge-window deadline; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (block.timestamp >= at) revert ChallengeWindowClosed(at);
         j.status = Status.Disputed;
         emit JobDisputed(jobId);
@@ -238,6 +240,8 @@ contract JobBoard is PaymentEscrow {
     /// @param jobId an open job, or one whose claim lapsed, before its deadline
     function claim(uint256 jobId) external {
         Job storage j = _jobs[jobId];
+        // Job deadline; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (!_claimable(j) || block.timestamp >= j.deadline) revert NotClaimable(jobId);
         if (!nodeRegistry.isActiveHost(msg.sender)) revert HostNotActive(msg.sender);
         if (!nodeRegistry.servesModel(msg.sender, j.modelId)) {
@@ -312,6 +316,8 @@ contract JobBoard is PaymentEscrow {
         Job storage j = _jobs[jobId];
         if (j.status != Status.Completed) revert WrongStatus(jobId, j.status);
         uint64 at = _releasableAt(j);
+        // Challenge-window deadline; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (block.timestamp < at) revert ChallengeWindowOpen(at);
         _settle(jobId, j, j.payment, true);
     }
@@ -322,6 +328,8 @@ contract JobBoard is PaymentEscrow {
     function expire(uint256 jobId) external nonReentrant {
         Job storage j = _jobs[jobId];
         if (j.status != Status.Open && j.status != Status.Claimed) revert WrongStatus(jobId, j.status);
+        // Job deadline; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (block.timestamp <= j.deadline) revert DeadlineNotReached(j.deadline);
         _refundAll(jobId, j);
     }
@@ -369,6 +377,8 @@ contract JobBoard is PaymentEscrow {
     /// @return true when it is open (or its claim lapsed) and before its deadline
     function isClaimable(uint256 jobId) external view returns (bool) {
         Job storage j = _jobs[jobId];
+        // Job deadline; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         return _claimable(j) && block.timestamp < j.deadline;
     }
 
@@ -376,6 +386,8 @@ contract JobBoard is PaymentEscrow {
 
     /// @dev Open, or claimed by a host whose claim has lapsed.
     function _claimable(Job storage j) private view returns (bool) {
+        // Claim timeout; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         return j.status == Status.Open || (j.status == Status.Claimed && block.timestamp > j.claimedUntil);
     }
 
@@ -383,6 +395,8 @@ contract JobBoard is PaymentEscrow {
         j = _jobs[jobId];
         if (j.status != Status.Claimed) revert WrongStatus(jobId, j.status);
         if (msg.sender != j.host) revert NotJobHost(jobId);
+        // Claim timeout; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (block.timestamp > j.claimedUntil) revert ClaimExpired(jobId, j.claimedUntil);
         if (payment > j.maxPayment) revert PaymentTooHigh(payment, j.maxPayment);
     }
@@ -402,6 +416,8 @@ contract JobBoard is PaymentEscrow {
         j.payment = uint128(payment);
         emit JobSettled(jobId, payment, hostAmount, fee, refund, paid);
         _payEarnings(jobId, j.token, j.host, hostAmount, fee);
+        // Settled first; payout entry points nonReentrant; pendingPayouts grows only if the push failed.
+        // slither-disable-next-line reentrancy-eth
         if (refund != 0) _refund(jobId, j.client, j.token, refund);
     }
 }

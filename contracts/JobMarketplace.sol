@@ -245,6 +245,8 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     function finalize(uint256 sessionId) external nonReentrant {
         Session storage s = _live(sessionId);
         uint64 at = _finalizableAt(s);
+        // Dispute-window deadline; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (block.timestamp < at) revert DisputeWindowOpen(at);
         _settle(sessionId, s, s.checkpointTokens, s.checkpointTranscript);
     }
@@ -345,6 +347,8 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
         bytes32 transcriptHash,
         bytes calldata signature
     ) private view {
+        // errorArg only details the error; err and the signer are checked.
+        // slither-disable-next-line unused-return
         (address recovered, ECDSA.RecoverError err,) =
             ECDSA.tryRecover(voucherDigest(sessionId, cumulativeTokens, transcriptHash), signature);
         if (err != ECDSA.RecoverError.NoError || recovered != s.signer) {
@@ -375,6 +379,8 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
         emit SessionSettled(sessionId, tokens, payment, hostAmount, fee, refund, transcriptHash);
 
         _payEarnings(sessionId, s.token, s.host, hostAmount, fee);
+        // Settled first; payout entry points nonReentrant; pendingPayouts grows only if the push failed.
+        // slither-disable-next-line reentrancy-eth
         if (refund != 0) _refund(sessionId, s.client, s.token, refund);
     }
 }

@@ -101,7 +101,7 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     /// @notice Emitted when `locker` is allowed (or no longer allowed) to lock stakes.
     event StakeLockerSet(address indexed locker, bool allowed);
     /// @notice Emitted when the slasher changes.
-    event SlasherSet(address slasher);
+    event SlasherSet(address indexed slasher);
     /// @notice Emitted when a session or a job locks `host`'s stake until `until` (never shortened).
     event StakeLockedUntil(address indexed host, uint64 until);
 
@@ -248,6 +248,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     function withdrawStake() external nonReentrant {
         Node storage node = _nodes[msg.sender];
         if (node.unbondingEnds == 0) revert NotUnbonding(msg.sender);
+        // Unbonding and stake-lock deadlines; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
         if (block.timestamp < node.unbondingEnds) revert StillUnbonding(node.unbondingEnds);
         if (block.timestamp < node.stakeLockedUntil) revert StakeLocked(node.stakeLockedUntil);
         uint256 amount = node.stake;
@@ -418,6 +420,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
         if (models.length > MAX_MODELS) revert TooManyModels(models.length);
         for (uint256 i = 0; i < models.length; ++i) {
             bytes32 modelId = models[i];
+            // Bounded by MAX_MODELS; a view call to our own immutable ModelRegistry.
+            // slither-disable-next-line calls-loop
             if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
             if (_hostIndex[modelId][msg.sender] != 0) revert DuplicateModel(modelId);
             _hostsByModel[modelId].push(msg.sender);

@@ -63,7 +63,7 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
     /// @notice Emitted when the fee for new deposits changes.
     event FeeSet(uint16 feeBps);
     /// @notice Emitted when the treasury changes.
-    event TreasurySet(address treasury);
+    event TreasurySet(address indexed treasury);
     /// @notice Emitted when the allowed durations of new deposits change.
     event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
 
@@ -109,6 +109,8 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
         pendingPayouts[msg.sender][token] = 0;
         emit PayoutClaimed(msg.sender, token, amount);
         if (token == address(0)) {
+            // ETH to contract wallets needs call; state zeroed first, nonReentrant, result checked.
+            // slither-disable-next-line low-level-calls
             (bool ok,) = msg.sender.call{value: amount}("");
             if (!ok) revert EthTransferFailed();
         } else {
@@ -241,6 +243,8 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, Pausable, Reentrancy
         bool ok;
         uint256 received = amount;
         if (token == address(0)) {
+            // REFUND_GAS push; a refusal (rolled back) is deferred; callers are nonReentrant.
+            // slither-disable-next-line low-level-calls,reentrancy-benign,reentrancy-events
             (ok,) = client.call{value: amount, gas: REFUND_GAS}("");
         } else {
             (ok, received) = _push(IERC20(token), client, amount);

@@ -30,7 +30,7 @@ contract ProofSystem is IProofSystem, Ownable {
     mapping(bytes32 proofHash => bool) public accepted;
 
     /// @notice Emitted when the board is set.
-    event BoardSet(address board);
+    event BoardSet(address indexed board);
     /// @notice Emitted for each proof accepted for job `jobId`.
     event ProofAccepted(uint256 indexed jobId, bytes32 indexed modelId, bytes32 proofHash);
 
@@ -69,6 +69,8 @@ contract ProofSystem is IProofSystem, Ownable {
         if (verdict != Verdict.Valid) return (verdict, 0);
         if (inputs != inputCommitment) return (Verdict.InputMismatch, 0);
         bytes32[] memory hashes;
+        // Owner-pinned verifier; only the board's nonReentrant submitProofs calls (else NotBoard).
+        // slither-disable-next-line reentrancy-no-eth,reentrancy-events
         (verdict, hashes) = _check(c.verifier, proofs, instances);
         if (verdict != Verdict.Valid) return (verdict, 0);
         for (uint256 i = 0; i < n; ++i) {
@@ -129,6 +131,8 @@ contract ProofSystem is IProofSystem, Ownable {
     {
         uint256 needed = VERIFY_GAS + VERIFY_GAS / 63 + 10_000; // the 1/64 kept back, and return
         if (gasleft() < needed) revert InsufficientGas(gasleft(), needed);
+        // At most MAX_PROOFS calls, fixed VERIFY_GAS each, a revert is caught as a refusal.
+        // slither-disable-next-line calls-loop
         try IHalo2Verifier(verifier).verifyProof{gas: VERIFY_GAS}(proof, instances) returns (bool ok) {
             return ok;
         } catch {

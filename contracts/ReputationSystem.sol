@@ -70,6 +70,8 @@ contract ReputationSystem is IReputationSystem {
     IJobMarketplace public immutable marketplace;
     INodeRegistry public immutable nodeRegistry;
     /// @notice Seconds per heartbeat epoch.
+    // EPOCH is public ABI (SDK reads EPOCH()); immutable named like a constant.
+    // slither-disable-next-line naming-convention
     uint64 public immutable EPOCH;
 
     mapping(address host => Record) private _records;
@@ -122,6 +124,8 @@ contract ReputationSystem is IReputationSystem {
     /// tokens it paid for. Anyone may call it, once per session.
     /// @param sessionId a session Settled having paid for at least one token
     function recordSession(uint256 sessionId) external {
+        // parties() returns four fields; the client is not needed here.
+        // slither-disable-next-line unused-return
         (, address host, IJobMarketplace.Status status, uint256 tokens) = marketplace.parties(sessionId);
         _checkServed(sessionId, status, tokens);
         if (_marks[sessionId].recorded) revert SessionAlreadyRecorded(sessionId);
@@ -166,9 +170,13 @@ contract ReputationSystem is IReputationSystem {
     function reportAudit(uint256 sessionId, bytes calldata record, bytes calldata hostSignature, bool passed)
         external
     {
+        // parties() returns four fields; status and tokens are not needed (audits come at any status).
+        // slither-disable-next-line unused-return
         (address client, address host,,) = marketplace.parties(sessionId);
         if (msg.sender != client) revert NotSessionClient(sessionId);
         bytes32 transcriptHash = keccak256(record);
+        // errorArg only details the error; err and the signer are checked.
+        // slither-disable-next-line unused-return
         (address signer, ECDSA.RecoverError err,) =
             ECDSA.tryRecover(transcriptDigest(sessionId, transcriptHash), hostSignature);
         if (err != ECDSA.RecoverError.NoError || signer != host) revert NotSignedByHost(sessionId);
@@ -197,6 +205,8 @@ contract ReputationSystem is IReputationSystem {
         uint256 beats = b.beats;
         uint64 last = b.lastEpoch;
         // Bit 0 is set exactly when the host beat in `last`.
+        // Same-epoch test is the intent; skew only moves a beat across an hour boundary.
+        // slither-disable-next-line incorrect-equality,timestamp
         if (last == epoch && (beats & 1) != 0) revert AlreadyBeat(epoch);
         uint256 elapsed = epoch - last;
         beats = elapsed >= MAX_WINDOW ? 0 : beats << elapsed;
@@ -222,9 +232,13 @@ contract ReputationSystem is IReputationSystem {
         if (epochs == 0 || epochs > MAX_WINDOW) revert InvalidWindow(epochs);
         Beats storage b = _beats[host];
         uint256 elapsed = currentEpoch() - b.lastEpoch;
+        // Epoch arithmetic is the intent; skew only shifts the window by seconds.
+        // slither-disable-next-line timestamp
         if (elapsed >= epochs) return 0;
         // Bits 0 .. epochs - elapsed - 1 are the epochs last .. current - epochs + 1.
         uint256 width = epochs - elapsed;
+        // width <= MAX_WINDOW; the equality picks the full mask (1 << 256 is 0).
+        // slither-disable-next-line incorrect-equality
         uint256 mask = width == MAX_WINDOW ? type(uint256).max : (uint256(1) << width) - 1;
         return _popcount(b.beats & mask);
     }

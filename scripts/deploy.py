@@ -8,7 +8,8 @@
 
 By default the contracts end up owned by a FabTimelock that FabGovernor's FAB votes drive: a
 local chain gets periods of seconds (a proposal passes in minutes of chain time), any other
-chain the production parameters (``PRODUCTION_GOVERNANCE``). The deployer receives the initial
+chain the production parameters (``PRODUCTION_GOVERNANCE``, and a 14-day unbonding delay that
+outlasts a slashing vote). The deployer receives the initial
 FAB supply, delegated to itself, and keeps no other power.
 
 The manifest holds the addresses, the deploy block and the hash of the ABIs the contracts were
@@ -18,6 +19,7 @@ built from, so the SDK and the node refuse a manifest that doesn't match their b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -29,6 +31,7 @@ from web3 import Web3
 
 from fabstir_devtools.chain import (
     PRODUCTION_GOVERNANCE,
+    PRODUCTION_UNBONDING_DELAY,
     Anvil,
     DeployParams,
     GovernanceParams,
@@ -62,6 +65,8 @@ def deploy_to(
         raise SystemExit("set FABSTIR_DEPLOYER_KEY (or --key-file) to deploy to a real chain")
     votes = (GovernanceParams() if local else PRODUCTION_GOVERNANCE) if governance else None
     params = DeployParams(test_tokens=local, governance=votes)
+    if not local:
+        params = dataclasses.replace(params, unbonding_delay=PRODUCTION_UNBONDING_DELAY)
     log = (lambda _m: None) if quiet else (lambda m: print(m, file=sys.stderr))
     deployment = deploy_protocol(TransactionSender(w3, deployer), params, log=log)
     path = manifest_path(chain_id, out_dir)

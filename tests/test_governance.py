@@ -44,9 +44,10 @@ def test_fab_votes_follow_delegation_on_a_timestamp_clock(
     assert fab.getPastVotes(delegate, then) == 50 * ETHER  # the snapshot a vote counts
 
 
-def test_fab_permit_approves_by_signature(fab: Any, accounts: Any, stranger: Any) -> None:
+def test_fab_permit_approves_by_signature(fab: Any, stranger: Any) -> None:
     holder = Account.create()
     deadline = 2**40
+    domain = fab.eip712Domain()  # ERC-5267: what the token signs against
     signed = Account.sign_message(
         encode_typed_data(
             full_message={
@@ -67,10 +68,10 @@ def test_fab_permit_approves_by_signature(fab: Any, accounts: Any, stranger: Any
                 },
                 "primaryType": "Permit",
                 "domain": {
-                    "name": "Fabstir Token",
-                    "version": "1",
-                    "chainId": ape.chain.chain_manager.chain_id,
-                    "verifyingContract": fab.address,
+                    "name": domain.name,
+                    "version": domain.version,
+                    "chainId": domain.chainId,
+                    "verifyingContract": domain.verifyingContract,
                 },
                 "message": {
                     "owner": holder.address,

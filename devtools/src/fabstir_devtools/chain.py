@@ -141,6 +141,12 @@ PRODUCTION_GOVERNANCE = GovernanceParams(
 )
 
 
+#: A public chain's unbonding delay: longer than a slash takes to pass (a day's notice, five
+#: days of voting, two in the timelock), so a host cannot withdraw before evidence against it
+#: is voted on.
+PRODUCTION_UNBONDING_DELAY = 14 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class DeployParams:
     """Protocol parameters; the defaults suit a local chain (short windows, test tokens, and a
