@@ -5,7 +5,6 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
-import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
 import {IProofSystem} from "./interfaces/IProofSystem.sol";
 import {PaymentEscrow} from "./PaymentEscrow.sol";
 
@@ -128,7 +127,6 @@ contract JobBoard is PaymentEscrow {
     /// windows, decides disputes, and pauses
     /// @param modelRegistry_ the registry of the models jobs may use
     /// @param nodeRegistry_ the registry of the hosts that may claim jobs; claims lock their stake
-    /// @param hostEarnings_ the ledger hosts and the treasury are credited in
     /// @param proofSystem_ the checker of proven jobs' proofs
     /// @param treasury_ the account credited with fees; nonzero
     /// @param feeBps_ the treasury's share of each payment, in basis points, at most MAX_FEE_BPS
@@ -139,13 +137,12 @@ contract JobBoard is PaymentEscrow {
         address initialOwner,
         IModelRegistry modelRegistry_,
         INodeRegistry nodeRegistry_,
-        IHostEarnings hostEarnings_,
         IProofSystem proofSystem_,
         address treasury_,
         uint16 feeBps_,
         uint64 claimTimeout_,
         uint64 challengeWindow_
-    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_, 30 days) {
+    ) PaymentEscrow(initialOwner, treasury_, feeBps_, 30 days) {
         if (challengeWindow_ > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(challengeWindow_);
         if (claimTimeout_ == 0) revert InvalidDuration(claimTimeout_);
         modelRegistry = modelRegistry_;
@@ -176,9 +173,8 @@ contract JobBoard is PaymentEscrow {
         uint256 maxPayment,
         uint64 duration,
         bool proofRequired
-    ) external payable whenNotPaused nonReentrant returns (uint256 jobId) {
-        _checkDeposit(token, maxPayment);
-        _checkDuration(duration);
+    ) external payable nonReentrant returns (uint256 jobId) {
+        Config memory config = _admitDeposit(token, maxPayment, duration);
         if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
         if (inputHash == bytes32(0)) revert ZeroHash();
         if (proofRequired) {
@@ -192,7 +188,7 @@ contract JobBoard is PaymentEscrow {
         Job storage j = _jobs[jobId];
         j.client = msg.sender;
         j.deadline = deadline;
-        j.feeBps = feeBps;
+        j.feeBps = config.feeBps;
         j.status = Status.Open;
         j.proofRequired = proofRequired;
         j.token = token;
@@ -415,8 +411,9 @@ contract JobBoard is PaymentEscrow {
         j.status = paid ? Status.Paid : Status.Refunded;
         j.payment = uint128(payment);
         emit JobSettled(jobId, payment, hostAmount, fee, refund, paid);
-        _payEarnings(jobId, j.token, j.host, hostAmount, fee);
-        // Settled first; payout entry points nonReentrant; pendingPayouts grows only if the push failed.
+        _payEarnings(j.token, j.host, hostAmount, fee);
+        // Settled first; every payout entry point is nonReentrant; the ledger grows only when a
+        // push failed.
         // slither-disable-next-line reentrancy-eth
         if (refund != 0) _refund(jobId, j.client, j.token, refund);
     }

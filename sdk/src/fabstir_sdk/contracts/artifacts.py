@@ -20,7 +20,6 @@ EXPORTED = (
     "TestUSD",
     "ModelRegistry",
     "NodeRegistry",
-    "HostEarnings",
     "JobMarketplace",
     "ProofSystem",
     "JobBoard",
