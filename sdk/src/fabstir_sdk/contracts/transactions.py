@@ -23,6 +23,10 @@ from fabstir_sdk.contracts.artifacts import load_artifact
 from fabstir_sdk.errors import ChainError
 
 GAS_HEADROOM = 1.2
+#: Added to every estimate: a node estimates against the latest block, and in the next one a
+#: slot may be created instead of updated (FAB's vote checkpoint in a new second, a fresh
+#: ledger entry), up to 20,000 gas more than estimated. Unused gas is not charged.
+GAS_SLACK = 25_000
 T = TypeVar("T")
 RETRIES = (0.2, 0.5, 1.0, 2.0)
 TRANSIENT = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
@@ -102,7 +106,7 @@ class TransactionSender:
         tx = {**tx, "from": self.address, "nonce": self._nonce, "chainId": self.chain_id}
         if "gas" not in tx:
             estimate = with_retries(lambda: self.w3.eth.estimate_gas(tx), label)  # type: ignore[arg-type]
-            tx["gas"] = int(estimate * GAS_HEADROOM)
+            tx["gas"] = int(estimate * GAS_HEADROOM) + GAS_SLACK
         signed = self.account.sign_transaction(tx)
         # Resending the same signed bytes is idempotent: a retry can't double-spend.
         try:
