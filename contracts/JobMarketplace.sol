@@ -186,6 +186,8 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
         emit SessionOpened(sessionId, msg.sender, host, modelId, token, deposit, price, signer, expiresAt);
 
         uint256 hostPrice = nodeRegistry.admit(host, modelId, token, uint64(expiresAt) + window);
+        // A price comparison: the timestamp only went into the stake lock's end.
+        // slither-disable-next-line timestamp
         if (price < hostPrice) revert PriceBelowHostPrice(price, hostPrice);
         if (token != address(0)) _pullExactly(IERC20(token), deposit);
     }

@@ -4,8 +4,8 @@ pragma solidity 0.8.37;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IPaymentEscrow} from "./interfaces/IPaymentEscrow.sol";
+import {ReentrancyLock} from "./ReentrancyLock.sol";
 
 /// @title PaymentEscrow
 /// @notice What every contract that holds a client's deposit until work is paid shares: the
@@ -18,7 +18,7 @@ import {IPaymentEscrow} from "./interfaces/IPaymentEscrow.sol";
 /// that turns on a transfer fee after a deposit delivers less to whoever receives a transfer;
 /// the escrow still debits exactly what the ledger says (the shortfall is emitted as
 /// `TransferShortfall`), so it never owes more than it holds.
-abstract contract PaymentEscrow is IPaymentEscrow, Ownable, ReentrancyGuardTransient {
+abstract contract PaymentEscrow is IPaymentEscrow, Ownable, ReentrancyLock {
     using SafeERC20 for IERC20;
 
     uint256 public constant BPS = 10_000;
@@ -72,9 +72,9 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, ReentrancyGuardTrans
     /// @notice Emitted when the allowed durations of new deposits change.
     event DurationLimitsSet(uint64 minDuration, uint64 maxDuration);
     /// @notice Emitted when `account` pauses new deposits.
-    event Paused(address account);
+    event Paused(address indexed account);
     /// @notice Emitted when `account` allows new deposits again.
-    event Unpaused(address account);
+    event Unpaused(address indexed account);
 
     error TokenNotAllowed(address token);
     error DepositOutOfRange(uint256 deposit, uint256 minDeposit, uint256 maxDeposit);

@@ -176,7 +176,7 @@ class Contracts:
 
     def session(self, session_id: int) -> OnchainSession:
         s = with_retries(lambda: self.market.functions.getSession(session_id).call(), "session")
-        client, status, expires_at, fee_bps, window, host, tokens, opened_block, terms_hash = s
+        client, expires_at, fee_bps, opened_block, host, tokens, status, window, terms_hash = s
         status = SessionStatus(status)
         terms = (
             _Terms(bytes(32), ETH, ETH, 0, 0)
