@@ -3,7 +3,7 @@ pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
@@ -12,8 +12,9 @@ import {PaymentEscrow} from "./PaymentEscrow.sol";
 
 /// @title JobMarketplace
 /// @notice Inference sessions paid per token. A client deposits ETH or an allow-listed ERC20
-/// and names a session signer (an ephemeral key, or a smart-contract wallet: ERC-1271); the
-/// signer signs EIP-712 vouchers for the cumulative tokens delivered, so the host is never paid
+/// and names a session signer, an ephemeral key (a smart-contract wallet opens sessions too, and
+/// names such a key: a voucher must stay valid once given, and an ERC-1271 wallet could revoke
+/// its signatures after the work was delivered); the signer signs EIP-712 vouchers for the cumulative tokens delivered, so the host is never paid
 /// for more than the client signed. The host settles with its best voucher: payment = tokens *
 /// price / 1000, split into a treasury fee and the host's earnings (credited in the ledger, see
 /// PaymentEscrow), and the rest of the deposit goes back to the client, in one transaction.
@@ -153,7 +154,7 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
     /// @param price what the client agrees to pay per PRICE_PRECISION tokens; at least the host's
     /// current price, which protects the client from a price change racing this transaction
     /// @param duration seconds until the session expires and can be finalized
-    /// @param signer who signs this session's vouchers (an ephemeral key, or an ERC-1271 wallet)
+    /// @param signer the key that signs this session's vouchers (ECDSA: an ephemeral key)
     /// @return sessionId the new session's id
     function open(
         address host,
@@ -189,7 +190,7 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
         // A price comparison: the timestamp only went into the stake lock's end.
         // slither-disable-next-line timestamp
         if (price < hostPrice) revert PriceBelowHostPrice(price, hostPrice);
-        if (token != address(0)) _pullExactly(IERC20(token), deposit);
+        if (token != address(0)) _pullExactly(IERC20(token), msg.sender, deposit);
     }
 
     /// @notice Asks to close session `sessionId`: its expiry moves forward to now, and the host
@@ -384,8 +385,11 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
         bytes32 transcriptHash,
         bytes calldata signature
     ) private view {
-        bytes32 digest = voucherDigest(sessionId, cumulativeTokens, transcriptHash);
-        if (!SignatureChecker.isValidSignatureNow(terms.signer, digest, signature)) {
+        // The error's argument (a bad length or s value) adds nothing to "invalid signature".
+        // slither-disable-next-line unused-return
+        (address recovered, ECDSA.RecoverError err,) =
+            ECDSA.tryRecover(voucherDigest(sessionId, cumulativeTokens, transcriptHash), signature);
+        if (err != ECDSA.RecoverError.NoError || recovered != terms.signer) {
             revert InvalidVoucherSignature(sessionId);
         }
         uint256 limit = _maxTokens(terms.deposit, terms.price);

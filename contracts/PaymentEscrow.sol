@@ -246,10 +246,11 @@ abstract contract PaymentEscrow is IPaymentEscrow, Ownable, ReentrancyLock {
         if (msg.value != expectedValue) revert WrongValue(expectedValue, msg.value);
     }
 
-    /// @dev Fee-on-transfer and rebasing tokens would break exact accounting: refuse them.
-    function _pullExactly(IERC20 token, uint256 amount) internal {
+    /// @dev Pulls `amount` of `token` from `from` (the caller, or a sponsored post's client).
+    /// Fee-on-transfer and rebasing tokens would break exact accounting: refuse them.
+    function _pullExactly(IERC20 token, address from, uint256 amount) internal {
         uint256 before = token.balanceOf(address(this));
-        token.safeTransferFrom(msg.sender, address(this), amount);
+        token.safeTransferFrom(from, address(this), amount);
         if (token.balanceOf(address(this)) - before != amount) revert UnsupportedToken(address(token));
     }
 
