@@ -83,7 +83,7 @@ def open_via(
     receipt = smart.execute(market, value, data, sender=wallet_owner)
     [opened] = receipt.events.filter(market.SessionOpened)
     assert opened.client == smart.address  # the account, not its owner, is the client
-    return Opened(opened.sessionId, signer, domain)
+    return Opened(opened.sessionId, signer, domain, address, deposit, price)
 
 
 # ------------------------------------------------------------------ the account itself
@@ -155,7 +155,6 @@ def test_validate_user_op_accepts_the_owners_signature_only(
 @pytest.mark.parametrize("in_usd", [False, True], ids=["eth", "usd"])
 def test_session_opened_by_the_account_refunds_it_to_the_wei(
     market: Any,
-    earnings: Any,
     registered: Any,
     model_id: bytes,
     domain: Any,
@@ -186,8 +185,8 @@ def test_session_opened_by_the_account_refunds_it_to_the_wei(
     assert s.hostAmount + s.fee + s.refund == deposit
     assert balance() == before - deposit + s.refund == before - payment
     token_address = usd.address if in_usd else ETH
-    assert earnings.balanceOf(registered, token_address) == host_amount
-    assert market.pendingPayouts(smart, token_address) == 0
+    assert market.owed(registered, token_address) == host_amount
+    assert market.owed(smart, token_address) == 0
     # The owner paid gas only: the deposit came out of the account.
     assert wallet_owner.balance <= owner_before
 
@@ -210,13 +209,13 @@ def test_a_refund_the_account_refuses_waits_until_it_claims_it(
     refund = DEPOSIT - 100 * ETH_PRICE // 1000
     [deferred] = receipt.events.filter(market.PayoutDeferred)
     assert (deferred.account, deferred.token, deferred.amount) == (smart.address, ETH, refund)
-    assert market.pendingPayouts(smart, ETH) == refund and smart.balance == held
+    assert market.owed(smart, ETH) == refund and smart.balance == held
 
     smart.setRefuseEth(False, sender=wallet_owner)
-    receipt = smart.execute(market, 0, market.claimPayout.encode_input(ETH), sender=wallet_owner)
-    [claimed] = receipt.events.filter(market.PayoutClaimed)
-    assert (claimed.account, claimed.amount) == (smart.address, refund)
-    assert smart.balance == held + refund and market.pendingPayouts(smart, ETH) == 0
+    receipt = smart.execute(market, 0, market.withdraw.encode_input(ETH), sender=wallet_owner)
+    [withdrawn] = receipt.events.filter(market.Withdrawn)
+    assert (withdrawn.account, withdrawn.amount) == (smart.address, refund)
+    assert smart.balance == held + refund and market.owed(smart, ETH) == 0
 
 
 # ------------------------------------------------------------------ jobs
