@@ -341,10 +341,10 @@ contract JobMarketplace is IJobMarketplace, PaymentEscrow, EIP712 {
 
     /// @notice The most tokens a voucher may cover: what `deposit` pays for at `price`.
     /// @param deposit a session's deposit
-    /// @param price its price per PRICE_PRECISION tokens; nonzero
-    /// @return the largest t with t * price / PRICE_PRECISION <= deposit
+    /// @param price its price per PRICE_PRECISION tokens (no session has price zero)
+    /// @return the largest t with t * price / PRICE_PRECISION <= deposit; zero at price zero
     function maxTokens(uint256 deposit, uint256 price) external pure returns (uint256) {
-        return _maxTokens(deposit, price);
+        return price == 0 ? 0 : _maxTokens(deposit, price);
     }
 
     /// @notice When session `sessionId` can be finalized by anyone.

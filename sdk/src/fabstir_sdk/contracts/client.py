@@ -8,10 +8,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account.signers.local import LocalAccount
-from web3 import Web3
 from eth_abi.abi import encode as abi_encode
+from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
+from web3 import Web3
 from web3.logs import DISCARD
 
 from fabstir_sdk.contracts.deployment import ETH, Deployment
