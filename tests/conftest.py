@@ -111,9 +111,7 @@ def nodes(project: Any, owner: Any, fab: Any, models: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def market(
-    project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, usd: Any
-) -> Any:
+def market(project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, usd: Any) -> Any:
     market = owner.deploy(
         project.JobMarketplace, owner, models, nodes, treasury, FEE_BPS, DISPUTE_WINDOW
     )
