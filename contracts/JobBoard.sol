@@ -2,10 +2,12 @@
 pragma solidity 0.8.37;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
-import {IHostEarnings} from "./interfaces/IHostEarnings.sol";
 import {IProofSystem} from "./interfaces/IProofSystem.sol";
 import {PaymentEscrow} from "./PaymentEscrow.sol";
 
@@ -22,7 +24,13 @@ import {PaymentEscrow} from "./PaymentEscrow.sol";
 /// nothing and the job returns to the board. A job nobody completed by its deadline refunds
 /// its client in full. Every job settles exactly once, and
 /// deposit == host earnings + treasury fee + refund, to the wei.
-contract JobBoard is PaymentEscrow {
+///
+/// A client may also sign a job (`Post`, EIP-712 in this contract's domain, one nonce per client)
+/// for a sponsor (a relayer, a host) to post with `postFor`: the sponsor pays the gas, the
+/// deposit is pulled from the client's ERC20 allowance, and the job is the client's. The client
+/// may be an EOA (ECDSA) or a contract wallet (ERC-1271).
+contract JobBoard is PaymentEscrow, EIP712, Nonces {
+
     enum Status {
         None,
         Open,
@@ -56,6 +64,29 @@ contract JobBoard is PaymentEscrow {
         uint128 payment;
     }
 
+    /// @notice A job a client signs for `postFor`: `post`'s terms, the client, the client's next
+    /// nonce (`nonces`) and the last second (block time) the signature is valid.
+    /// @dev Every field is static, so `abi.encode(POST_TYPEHASH, request)` is its EIP-712
+    /// encodeData (`postDigest`).
+    struct PostRequest {
+        address client;
+        bytes32 modelId;
+        bytes32 inputHash;
+        bytes32 inputCommitment;
+        address token;
+        uint256 maxPayment;
+        uint64 duration;
+        bool proofRequired;
+        uint256 nonce;
+        uint256 deadline;
+    }
+
+    /// @notice The EIP-712 type of a `PostRequest`, in this contract's domain ("Fabstir
+    /// JobBoard", "1").
+    bytes32 public constant POST_TYPEHASH = keccak256(
+        "Post(address client,bytes32 modelId,bytes32 inputHash,bytes32 inputCommitment,address token,"
+        "uint256 maxPayment,uint64 duration,bool proofRequired,uint256 nonce,uint256 deadline)"
+    );
     /// @notice The longest challenge window; it is stored per job in 32 bits.
     uint64 public constant MAX_CHALLENGE_WINDOW = 30 days;
 
@@ -123,12 +154,14 @@ contract JobBoard is PaymentEscrow {
     error ChallengeWindowClosed(uint64 releasableAt);
     error DeadlineNotReached(uint64 deadline);
     error ChallengeWindowTooLong(uint64 window);
+    error SignatureExpired(uint256 deadline);
+    error InvalidPostSignature(address client);
+    error EthNotPullable();
 
     /// @param initialOwner the owner, who configures tokens, fee, treasury, durations and
     /// windows, decides disputes, and pauses
     /// @param modelRegistry_ the registry of the models jobs may use
     /// @param nodeRegistry_ the registry of the hosts that may claim jobs; claims lock their stake
-    /// @param hostEarnings_ the ledger hosts and the treasury are credited in
     /// @param proofSystem_ the checker of proven jobs' proofs
     /// @param treasury_ the account credited with fees; nonzero
     /// @param feeBps_ the treasury's share of each payment, in basis points, at most MAX_FEE_BPS
@@ -139,13 +172,12 @@ contract JobBoard is PaymentEscrow {
         address initialOwner,
         IModelRegistry modelRegistry_,
         INodeRegistry nodeRegistry_,
-        IHostEarnings hostEarnings_,
         IProofSystem proofSystem_,
         address treasury_,
         uint16 feeBps_,
         uint64 claimTimeout_,
         uint64 challengeWindow_
-    ) PaymentEscrow(initialOwner, hostEarnings_, treasury_, feeBps_, 30 days) {
+    ) PaymentEscrow(initialOwner, treasury_, feeBps_, 30 days) EIP712("Fabstir JobBoard", "1") {
         if (challengeWindow_ > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(challengeWindow_);
         if (claimTimeout_ == 0) revert InvalidDuration(claimTimeout_);
         modelRegistry = modelRegistry_;
@@ -176,35 +208,41 @@ contract JobBoard is PaymentEscrow {
         uint256 maxPayment,
         uint64 duration,
         bool proofRequired
-    ) external payable whenNotPaused nonReentrant returns (uint256 jobId) {
-        _checkDeposit(token, maxPayment);
-        _checkDuration(duration);
-        if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
-        if (inputHash == bytes32(0)) revert ZeroHash();
-        if (proofRequired) {
-            if (modelRegistry.getModel(modelId).kind != IModelRegistry.Kind.ProvenOnnx) {
-                revert NotProvenModel(modelId);
-            }
-            if (inputCommitment == bytes32(0)) revert ZeroHash();
+    ) external payable nonReentrant returns (uint256 jobId) {
+        return _post(msg.sender, modelId, inputHash, inputCommitment, token, maxPayment, duration, proofRequired);
+    }
+
+    /// @notice Posts the job `request.client` signed (`postDigest`), for the caller (a
+    /// sponsor) who pays the gas: `maxPayment` of the ERC20 `request.token` is pulled from the
+    /// client, who must have approved it to this contract, and the job is the client's (its
+    /// refund goes there). ETH cannot be pulled, so it is refused. Each signature posts once.
+    /// @param request the job's terms, the client, its nonce and the signature's deadline
+    /// @param signature the client's signature over `postDigest(request)`: an EOA's ECDSA or a
+    /// contract wallet's ERC-1271
+    /// @return jobId the new job's id
+    function postFor(PostRequest calldata request, bytes calldata signature)
+        external
+        nonReentrant
+        returns (uint256 jobId)
+    {
+        // A signature's expiry; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
+        if (block.timestamp > request.deadline) revert SignatureExpired(request.deadline);
+        if (request.token == address(0)) revert EthNotPullable();
+        if (!SignatureChecker.isValidSignatureNow(request.client, postDigest(request), signature)) {
+            revert InvalidPostSignature(request.client);
         }
-        jobId = nextJobId++;
-        uint64 deadline = uint64(block.timestamp) + duration;
-        Job storage j = _jobs[jobId];
-        j.client = msg.sender;
-        j.deadline = deadline;
-        j.feeBps = feeBps;
-        j.status = Status.Open;
-        j.proofRequired = proofRequired;
-        j.token = token;
-        j.challengeWindow = uint32(challengeWindow); // <= MAX_CHALLENGE_WINDOW
-        j.modelId = modelId;
-        j.inputHash = inputHash;
-        j.inputCommitment = inputCommitment;
-        j.maxPayment = SafeCast.toUint128(maxPayment);
-        emit JobPosted(
-            jobId, msg.sender, modelId, inputHash, inputCommitment, token, maxPayment, deadline, proofRequired
+        _useCheckedNonce(request.client, request.nonce);
+        return _post(
+            request.client,
+            request.modelId,
+            request.inputHash,
+            request.inputCommitment,
+            request.token,
+            request.maxPayment,
+            request.duration,
+            request.proofRequired
         );
-        if (token != address(0)) _pullExactly(IERC20(token), maxPayment);
     }
 
     /// @notice Takes back an unclaimed job (or one whose claim lapsed): the deposit is refunded
@@ -382,7 +420,53 @@ contract JobBoard is PaymentEscrow {
         return _claimable(j) && block.timestamp < j.deadline;
     }
 
+    /// @notice The EIP-712 digest a client signs for `postFor`, in this contract's domain.
+    /// @param request the job's terms, the client, its nonce and the signature's deadline
+    /// @return the digest
+    function postDigest(PostRequest calldata request) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(POST_TYPEHASH, request)));
+    }
+
     // ----------------------------------------------------------------- internals
+
+    /// @dev What `post` and `postFor` share: checks the terms, records the job as `client`'s,
+    /// and escrows the deposit (ETH came as value; an ERC20 is pulled from `client`).
+    function _post(
+        address client,
+        bytes32 modelId,
+        bytes32 inputHash,
+        bytes32 inputCommitment,
+        address token,
+        uint256 maxPayment,
+        uint64 duration,
+        bool proofRequired
+    ) private returns (uint256 jobId) {
+        Config memory config = _admitDeposit(token, maxPayment, duration);
+        if (!modelRegistry.isActive(modelId)) revert ModelNotActive(modelId);
+        if (inputHash == bytes32(0)) revert ZeroHash();
+        if (proofRequired) {
+            if (modelRegistry.getModel(modelId).kind != IModelRegistry.Kind.ProvenOnnx) {
+                revert NotProvenModel(modelId);
+            }
+            if (inputCommitment == bytes32(0)) revert ZeroHash();
+        }
+        jobId = nextJobId++;
+        uint64 deadline = uint64(block.timestamp) + duration;
+        Job storage j = _jobs[jobId];
+        j.client = client;
+        j.deadline = deadline;
+        j.feeBps = config.feeBps;
+        j.status = Status.Open;
+        j.proofRequired = proofRequired;
+        j.token = token;
+        j.challengeWindow = uint32(challengeWindow); // <= MAX_CHALLENGE_WINDOW
+        j.modelId = modelId;
+        j.inputHash = inputHash;
+        j.inputCommitment = inputCommitment;
+        j.maxPayment = SafeCast.toUint128(maxPayment);
+        emit JobPosted(jobId, client, modelId, inputHash, inputCommitment, token, maxPayment, deadline, proofRequired);
+        if (token != address(0)) _pullExactly(IERC20(token), client, maxPayment);
+    }
 
     /// @dev Open, or claimed by a host whose claim has lapsed.
     function _claimable(Job storage j) private view returns (bool) {
@@ -415,8 +499,9 @@ contract JobBoard is PaymentEscrow {
         j.status = paid ? Status.Paid : Status.Refunded;
         j.payment = uint128(payment);
         emit JobSettled(jobId, payment, hostAmount, fee, refund, paid);
-        _payEarnings(jobId, j.token, j.host, hostAmount, fee);
-        // Settled first; payout entry points nonReentrant; pendingPayouts grows only if the push failed.
+        _payEarnings(j.token, j.host, hostAmount, fee);
+        // Settled first; every payout entry point is nonReentrant; the ledger grows only when a
+        // push failed.
         // slither-disable-next-line reentrancy-eth
         if (refund != 0) _refund(jobId, j.client, j.token, refund);
     }

@@ -122,6 +122,8 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     error DuplicateModel(bytes32 modelId);
     error ModelNotActive(bytes32 modelId);
     error ModelNotServed(bytes32 modelId);
+    error HostNotActive(address host);
+    error PriceNotOffered(address host, bytes32 modelId, address token);
     error ZeroAmount();
     error SlashExceedsStake(uint256 amount, uint256 stake);
     error ZeroAddress();
@@ -268,6 +270,28 @@ contract NodeRegistry is INodeRegistry, Ownable, ReentrancyGuard {
     function lockStake(address host, uint64 until) external {
         if (!stakeLockers[msg.sender]) revert NotStakeLocker(msg.sender);
         Node storage node = _nodes[host];
+        if (until > node.stakeLockedUntil) {
+            node.stakeLockedUntil = until;
+            emit StakeLockedUntil(host, until);
+        }
+    }
+
+    /// @notice Admits new work for `host`: checks that it is active and offers `modelId` for
+    /// `token`, locks its stake until `until`, and returns its price. Stake lockers only; one
+    /// call where opening a session would otherwise make four.
+    /// @param host the host the client chose
+    /// @param modelId the model the work is for
+    /// @param token the payment token (address(0) = ETH)
+    /// @param until the last moment the work can still settle
+    /// @return price the host's current price for `modelId` in `token`, per PRICE_PRECISION tokens
+    function admit(address host, bytes32 modelId, address token, uint64 until) external returns (uint256 price) {
+        if (!stakeLockers[msg.sender]) revert NotStakeLocker(msg.sender);
+        Node storage node = _nodes[host];
+        if (!_isRegistered(node) || node.stake < minStake) revert HostNotActive(host);
+        // Prices lapse (their epoch moves on) when the host stops serving the model, so a
+        // current price means the model is served.
+        price = _prices[host][modelId][_priceEpoch[host][modelId]][token];
+        if (price == 0) revert PriceNotOffered(host, modelId, token);
         if (until > node.stakeLockedUntil) {
             node.stakeLockedUntil = until;
             emit StakeLockedUntil(host, until);

@@ -2,6 +2,8 @@
 pragma solidity 0.8.37;
 
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IJobMarketplace} from "./interfaces/IJobMarketplace.sol";
@@ -19,7 +21,9 @@ import {IReputationSystem} from "./interfaces/IReputationSystem.sol";
 ///   of opening and settling, so volume is bought, not free.
 /// - Ratings (`ratings`, `ratingSum`, 1 to 5): one per session, by the session's client only,
 ///   and only once the session settled having paid for tokens, so a rating is bound to paid
-///   service. Self-dealt sessions can rate themselves, at the same cost as above.
+///   service. Self-dealt sessions can rate themselves, at the same cost as above. The client
+///   rates itself (`rate`) or signs the rating for anyone to submit (`rateBySig`: EIP-712 in
+///   this contract's own domain, checked as an EOA's ECDSA or a contract wallet's ERC-1271).
 /// - Audits (`auditsPassed`, `auditsFailed`): a session's client re-checks an answer (for
 ///   example by re-running it on a pinned model) and reports the result with the transcript the
 ///   host signed with its registered key. Only real host-signed transcripts of the reporter's
@@ -36,7 +40,7 @@ import {IReputationSystem} from "./interfaces/IReputationSystem.sol";
 ///   by their own dial results.
 ///
 /// Every write is O(1): no loops, fixed storage per call.
-contract ReputationSystem is IReputationSystem {
+contract ReputationSystem is IReputationSystem, EIP712 {
     /// @notice A host's counters. Packed into 2 slots.
     struct Record {
         uint64 sessions;
@@ -66,6 +70,10 @@ contract ReputationSystem is IReputationSystem {
     /// @notice The EIP-712 type the host signs for each transcript it served, in the
     /// marketplace's domain.
     bytes32 public constant TRANSCRIPT_TYPEHASH = keccak256("Transcript(uint256 sessionId,bytes32 transcriptHash)");
+    /// @notice The EIP-712 type a session's client signs to rate its host with `rateBySig`, in
+    /// this contract's domain ("Fabstir ReputationSystem", "1"). No nonce: a session is rated
+    /// once.
+    bytes32 public constant RATING_TYPEHASH = keccak256("Rating(uint256 sessionId,uint8 score,uint256 deadline)");
 
     IJobMarketplace public immutable marketplace;
     INodeRegistry public immutable nodeRegistry;
@@ -99,6 +107,8 @@ contract ReputationSystem is IReputationSystem {
     error InvalidScore(uint8 score);
     error NotSessionClient(uint256 sessionId);
     error AlreadyRated(uint256 sessionId);
+    error SignatureExpired(uint256 deadline);
+    error InvalidRatingSignature(uint256 sessionId);
     error NotSignedByHost(uint256 sessionId);
     error AuditAlreadyReported(bytes32 transcriptHash);
     error HostNotActive(address host);
@@ -108,7 +118,9 @@ contract ReputationSystem is IReputationSystem {
     /// @param marketplace_ the JobMarketplace whose sessions are recorded, rated and audited
     /// @param nodeRegistry_ the NodeRegistry that says which hosts may beat
     /// @param epoch seconds per heartbeat epoch (production: 1 hour)
-    constructor(IJobMarketplace marketplace_, INodeRegistry nodeRegistry_, uint64 epoch) {
+    constructor(IJobMarketplace marketplace_, INodeRegistry nodeRegistry_, uint64 epoch)
+        EIP712("Fabstir ReputationSystem", "1")
+    {
         if (address(marketplace_) == address(0) || address(nodeRegistry_) == address(0)) {
             revert ZeroAddress();
         }
@@ -140,19 +152,30 @@ contract ReputationSystem is IReputationSystem {
     /// @param sessionId a session the caller opened
     /// @param score 1 to 5
     function rate(uint256 sessionId, uint8 score) external {
-        if (score == 0 || score > 5) revert InvalidScore(score);
         (address client, address host, IJobMarketplace.Status status, uint256 tokens) =
             marketplace.parties(sessionId);
         if (msg.sender != client) revert NotSessionClient(sessionId);
-        _checkServed(sessionId, status, tokens);
-        SessionMarks storage marks = _marks[sessionId];
-        if (marks.rated) revert AlreadyRated(sessionId);
-        marks.rated = true;
-        if (!marks.recorded) _record(sessionId, host, tokens);
-        Record storage r = _records[host];
-        r.ratings += 1;
-        r.ratingSum += score;
-        emit Rated(host, sessionId, msg.sender, score);
+        _rate(sessionId, score, client, host, status, tokens);
+    }
+
+    /// @notice Submits a rating the client of session `sessionId` signed (`ratingDigest`), for
+    /// a client that does not send it itself (a relayer pays the gas). Same rules as `rate`.
+    /// The client may be an EOA (ECDSA) or a contract wallet (ERC-1271).
+    /// @param sessionId a settled session
+    /// @param score 1 to 5
+    /// @param deadline the last second (block time) the signature is valid
+    /// @param signature the client's signature over `ratingDigest(sessionId, score, deadline)`
+    function rateBySig(uint256 sessionId, uint8 score, uint256 deadline, bytes calldata signature) external {
+        // A signature's expiry; seconds of skew do not matter.
+        // slither-disable-next-line timestamp
+        if (block.timestamp > deadline) revert SignatureExpired(deadline);
+        (address client, address host, IJobMarketplace.Status status, uint256 tokens) =
+            marketplace.parties(sessionId);
+        // An unknown session's client is address(0), which no signature recovers to.
+        if (!SignatureChecker.isValidSignatureNow(client, ratingDigest(sessionId, score, deadline), signature)) {
+            revert InvalidRatingSignature(sessionId);
+        }
+        _rate(sessionId, score, client, host, status, tokens);
     }
 
     /// @notice Reports whether an answer of session `sessionId` passed the caller's audit. The
@@ -291,7 +314,38 @@ contract ReputationSystem is IReputationSystem {
         );
     }
 
+    /// @notice The EIP-712 digest the client of session `sessionId` signs for `rateBySig`, in
+    /// this contract's domain.
+    /// @param sessionId the session
+    /// @param score 1 to 5
+    /// @param deadline the last second (block time) the signature is valid
+    /// @return the digest
+    function ratingDigest(uint256 sessionId, uint8 score, uint256 deadline) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(RATING_TYPEHASH, sessionId, score, deadline)));
+    }
+
     // ----------------------------------------------------------------- internals
+
+    /// @dev What `rate` and `rateBySig` share once the rater is known to be `client`.
+    function _rate(
+        uint256 sessionId,
+        uint8 score,
+        address client,
+        address host,
+        IJobMarketplace.Status status,
+        uint256 tokens
+    ) private {
+        if (score == 0 || score > 5) revert InvalidScore(score);
+        _checkServed(sessionId, status, tokens);
+        SessionMarks storage marks = _marks[sessionId];
+        if (marks.rated) revert AlreadyRated(sessionId);
+        marks.rated = true;
+        if (!marks.recorded) _record(sessionId, host, tokens);
+        Record storage r = _records[host];
+        r.ratings += 1;
+        r.ratingSum += score;
+        emit Rated(host, sessionId, client, score);
+    }
 
     function _checkServed(uint256 sessionId, IJobMarketplace.Status status, uint256 tokens) private pure {
         if (status != IJobMarketplace.Status.Settled) revert SessionNotSettled(sessionId);

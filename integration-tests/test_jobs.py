@@ -15,6 +15,7 @@ from fabstir_devtools.chain import anvil_account
 from fabstir_devtools.wait import wait_until
 from fabstir_node.jobs import JobRunner, Outcome
 from fabstir_sdk.batch import BatchRequest, parse_output, render_input
+from fabstir_sdk.contracts import ETH
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.jobs import JobBoard, JobStatus, OnchainJob
 
@@ -132,7 +133,14 @@ def test_batch_job_posted_by_the_cli_is_run_stored_and_paid(devnet: Devnet, tmp_
         assert settlement.paid and settlement.payment == job.payment
         assert settlement.host_amount + settlement.fee + settlement.refund == MAX_PAYMENT
         assert settlement.fee == job.payment * devnet.deployment.params["feeBps"] // 10_000
-        assert await asyncio.to_thread(board.contracts.w3.eth.get_balance, board.board.address) == 0
+        # No job is live: the board holds exactly what its ledger owes the host and the treasury.
+        owed = [
+            board.board.functions.owed(account, ETH).call()
+            for account in (job.host, devnet.deployment.params["treasury"])
+        ]
+        assert owed == [settlement.host_amount, settlement.fee]
+        held = await asyncio.to_thread(board.contracts.w3.eth.get_balance, board.board.address)
+        assert held == sum(owed)
 
     run(main())
 

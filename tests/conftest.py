@@ -111,18 +111,10 @@ def nodes(project: Any, owner: Any, fab: Any, models: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def earnings(project: Any, owner: Any) -> Any:
-    return owner.deploy(project.HostEarnings, owner)
-
-
-@pytest.fixture(scope="session")
-def market(
-    project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, earnings: Any, usd: Any
-) -> Any:
+def market(project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, usd: Any) -> Any:
     market = owner.deploy(
-        project.JobMarketplace, owner, models, nodes, earnings, treasury, FEE_BPS, DISPUTE_WINDOW
+        project.JobMarketplace, owner, models, nodes, treasury, FEE_BPS, DISPUTE_WINDOW
     )
-    earnings.setCreditor(market, True, sender=owner)
     nodes.setStakeLocker(market, True, sender=owner)
     market.setTokenConfig(ETH, True, 10**9, 100 * ETHER, sender=owner)
     market.setTokenConfig(usd, True, 10**4, 10**12, sender=owner)
@@ -171,7 +163,7 @@ def open_session(market: Any, registered: Any, model_id: bytes, client: Any, dom
             sender=sender,
         )
         session_id = receipt.events.filter(market.SessionOpened)[0].sessionId
-        return Opened(session_id, signer, domain)
+        return Opened(session_id, signer, domain, token_address, deposit, price)
 
     return _open
 
@@ -197,7 +189,6 @@ def board(
     treasury: Any,
     models: Any,
     nodes: Any,
-    earnings: Any,
     proofs: Any,
     usd: Any,
 ) -> Any:
@@ -207,7 +198,6 @@ def board(
         owner,
         models,
         nodes,
-        earnings,
         proofs,
         treasury,
         FEE_BPS,
@@ -215,7 +205,6 @@ def board(
         CHALLENGE_WINDOW,
     )
     proofs.setBoard(board, sender=owner)
-    earnings.setCreditor(board, True, sender=owner)
     nodes.setStakeLocker(board, True, sender=owner)
     board.setTokenConfig(ETH, True, 10**9, 100 * ETHER, sender=owner)
     board.setTokenConfig(usd, True, 10**4, 10**12, sender=owner)
@@ -324,7 +313,6 @@ def dao(
     fab: Any,
     models: Any,
     nodes: Any,
-    earnings: Any,
     market: Any,
     board: Any,
     proofs: Any,
@@ -350,7 +338,7 @@ def dao(
     for voter, share in zip(voters, (600_000, 400_000), strict=True):
         fab.mint(voter, share * ETHER, sender=owner)
         fab.invoke_transaction("delegate", voter, sender=voter)  # Ape has its own `delegate`
-    for contract in (fab, models, nodes, earnings, market, board, proofs):
+    for contract in (fab, models, nodes, market, board, proofs):
         contract.transferOwnership(timelock, sender=owner)
     return Dao(governor, timelock, voters, chain)
 

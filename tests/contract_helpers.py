@@ -39,16 +39,45 @@ def register_host(
     nodes.register(peer_id, ADDRS, '{"gpu":"none"}', [model_id], prices, MIN_STAKE, sender=host)
 
 
+Terms = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True)
+class SessionVoucher:
+    """A voucher with its session's terms, which checkpoint and settle take as calldata."""
+
+    voucher: Voucher
+    terms: Terms
+
+    def as_args(self) -> tuple[Any, ...]:
+        """(sessionId, terms, cumulativeTokens, transcriptHash, signature)."""
+        session_id, *rest = self.voucher.as_args()
+        return (session_id, self.terms, *rest)
+
+
 @dataclass
 class Opened:
-    """A session opened by a test, with the key that signs its vouchers."""
+    """A session opened by a test: its terms (the marketplace stores only their hash) and the
+    key that signs its vouchers."""
 
     id: int
     signer: LocalAccount
     domain: VoucherDomain
+    token: str = ETH
+    deposit: int = 0
+    price: int = 0
 
-    def voucher(self, tokens: int, transcript: bytes = b"\x00" * 32) -> Voucher:
-        return sign_voucher(self.signer, self.domain, self.id, tokens, transcript)
+    @property
+    def terms(self) -> Terms:
+        """(token, signer, deposit, price): what finalize, checkpoint and settle take."""
+        return (self.token, self.signer.address, self.deposit, self.price)
+
+    def voucher(self, tokens: int, transcript: bytes = b"\x00" * 32) -> SessionVoucher:
+        return self.signed(sign_voucher(self.signer, self.domain, self.id, tokens, transcript))
+
+    def signed(self, voucher: Voucher) -> SessionVoucher:
+        """``voucher`` (signed by anyone, for any session) sent with this session's terms."""
+        return SessionVoucher(voucher, self.terms)
 
 
 def add_model(models: Any, owner: Any, repo: str, file: str, sha: bytes = MODEL_SHA) -> bytes:

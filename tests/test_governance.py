@@ -100,12 +100,11 @@ def test_governance_owns_the_protocol(
     fab: Any,
     models: Any,
     nodes: Any,
-    earnings: Any,
     market: Any,
     board: Any,
     proofs: Any,
 ) -> None:
-    for contract in (fab, models, nodes, earnings, market, board, proofs):
+    for contract in (fab, models, nodes, market, board, proofs):
         assert contract.owner() == dao.timelock.address
     assert dao.governor.timelock() == dao.timelock.address
     assert dao.governor.token() == fab.address

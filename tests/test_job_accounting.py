@@ -1,8 +1,10 @@
 """Money to the wei on the JobBoard: every settled job splits maxPayment == host earnings +
-treasury fee + refund, and the board and HostEarnings hold exactly what they owe, over random
+treasury fee + refund, and the board holds exactly its live deposits plus what its ledger owes
+(`owed`: host earnings, the treasury's fees, refunds a client could not be pushed), over random
 sequences of posts, claims by two hosts, completions, proofs (accepted and refused), releases,
-disputes, expiries, cancellations, fee changes and time travel. Alongside, the model predicts
-what the board must refuse at each moment, and checks that it does."""
+disputes, expiries, cancellations, fee changes, withdrawals, treasury changes and time travel.
+Alongside, the model predicts what the board must refuse at each moment, and checks that it
+does."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +77,6 @@ def test_random_job_sequences_conserve_money(
     chain: Any,
     board: Any,
     proofs: Any,
-    earnings: Any,
     verifier: Any,
     model_id: bytes,
     proven_model_id: bytes,
@@ -88,7 +89,8 @@ def test_random_job_sequences_conserve_money(
 ) -> None:
     hosts = list(board_hosts)
     tokens = (ETH, usd.address)
-    accounts = [*hosts, treasury]  # who HostEarnings credits
+    treasuries = (treasury, stranger)  # the fees go to whichever is the treasury at withdrawal
+    accounts = [*hosts, client, *treasuries]  # who the board's ledger may owe
 
     def balance_of(holder: Any, token: str) -> int:
         return int(holder.balance) if token == ETH else int(usd.balanceOf(holder))
@@ -109,13 +111,16 @@ def test_random_job_sequences_conserve_money(
             self.fee_bps = int(board.feeBps())
             self.proof_tag = 0
             self.accepted: list[bytes] = []
-            self.credited = {(a.address, t): 0 for a in accounts for t in tokens}
-            self.withdrawn = {(a.address, t): 0 for a in accounts for t in tokens}
-            self.pending = {(a.address, t): 0 for a in [client, *accounts] for t in tokens}
-            self.base_owed = {t: int(earnings.totalOwed(t)) for t in tokens}
+            # The board's ledger: host earnings and deferred refunds per account, and the
+            # treasury's fees per token (owed to whoever is the treasury when it withdraws).
+            self.owed = {(a.address, t): 0 for a in accounts for t in tokens}
+            self.fees = {t: 0 for t in tokens}
+            self.treasury = treasury
+            for t in tokens:  # a fresh board: it holds nothing and owes nothing
+                assert balance_of(board, t) == 0
+                assert all(board.owed(a, t) == 0 for a in accounts)
             self.base_usd = int(usd.balanceOf(client))
             self.refunded_usd = 0
-            self.base_held = {t: balance_of(earnings, t) for t in tokens}
             # What the last step may have changed, for the invariants to check.
             self.moved_tokens: set[str] = set()
             self.moved_accounts: set[tuple[str, str]] = set()
@@ -147,20 +152,18 @@ def test_random_job_sequences_conserve_money(
             if receipt.sender == client.address and job.token == ETH:
                 refunded += receipt.total_fees_paid
             deferred = receipt.events.filter(board.PayoutDeferred)
-            for d in deferred:
-                key = (d.account, d.token)
-                self.pending[key] += d.amount
-                assert board.pendingPayouts(*key) == self.pending[key]
-            assert refunded == event.refund - sum(
-                d.amount for d in deferred if d.account == client.address
-            )
+            for d in deferred:  # a refund the client's wallet refused waits in the ledger
+                assert (d.id, d.account, d.token) == (job.id, client.address, job.token)
+                self.owed[(d.account, d.token)] += d.amount
+                self.moved_accounts.add((d.account, d.token))
+            assert refunded == event.refund - sum(d.amount for d in deferred)
             if job.token != ETH:
                 self.refunded_usd += refunded
             if event.hostAmount:
-                self.credited[(job.host.address, job.token)] += event.hostAmount
+                self.owed[(job.host.address, job.token)] += event.hostAmount
                 self.moved_accounts.add((job.host.address, job.token))
-            self.credited[(treasury.address, job.token)] += event.fee
-            self.moved_accounts.add((treasury.address, job.token))
+            self.fees[job.token] += event.fee
+            self.moved_accounts.add((self.treasury.address, job.token))
             self.moved_tokens.add(job.token)
             job.status = "paid" if paid else "refunded"
             job.payment = payment
@@ -350,29 +353,65 @@ def test_random_job_sequences_conserve_money(
             assert balance_of(client, job.token) == before
             job.status, job.host, job.claimed_until = "open", None, 0
 
-        # ------------------------------------------------------------ time, earnings
+        # ------------------------------------------------------------ time, the ledger
 
         @precondition(lambda self: self.live())
         @rule(seconds=st.integers(1, 240))
         def travel(self, seconds: int) -> None:
             chain.pending_timestamp += seconds
 
-        def owed(self) -> list[tuple[str, str]]:
-            return [k for k, v in self.credited.items() if v > self.withdrawn[k]]
+        def due(self, address: str, token: str) -> int:
+            """What the board must owe ``address`` in ``token`` now."""
+            fees = self.fees[token] if address == self.treasury.address else 0
+            return self.owed[(address, token)] + fees
 
-        @precondition(lambda self: self.owed())
+        def creditors(self) -> list[tuple[Any, str]]:
+            return [(a, t) for a in accounts for t in tokens if self.due(a.address, t)]
+
+        @precondition(lambda self: self.creditors())
         @rule(data=st.data())
-        def withdraw(self, data: Any) -> None:
-            address, token = data.draw(st.sampled_from(self.owed()))
-            account = next(a for a in accounts if a.address == address)
-            amount = self.credited[(address, token)] - self.withdrawn[(address, token)]
+        def ledger(self, data: Any) -> None:
+            """Someone withdraws what it is owed (favoured); or the owner names the other
+            treasury, and the fees not yet withdrawn follow it; or someone owed nothing in a
+            token (a former treasury, say) tries to withdraw and is refused."""
+            action = data.draw(
+                st.sampled_from(["withdraw", "switch treasury", "withdraw nothing"]),
+                label="ledger",
+            )
+            if action == "switch treasury":
+                self.treasury = next(t for t in treasuries if t != self.treasury)
+                board.setTreasury(self.treasury, sender=owner)
+                self.moved_accounts.update((a.address, t) for a in treasuries for t in tokens)
+            elif action == "withdraw nothing":
+                pairs = [(a, t) for a in accounts for t in tokens if not self.due(a.address, t)]
+                if not pairs:
+                    return
+                account, token = data.draw(st.sampled_from(pairs), label="owed nothing")
+                with ape.reverts(board.NothingToWithdraw, token=token):
+                    board.withdraw(token, sender=account)
+            else:
+                account, token = data.draw(st.sampled_from(self.creditors()), label="creditor")
+                self._withdraw(account, token)
+
+        def _withdraw(self, account: Any, token: str) -> None:
+            amount = self.due(account.address, token)
             before = balance_of(account, token)
-            receipt = earnings.withdraw(token, sender=account)
+            receipt = board.withdraw(token, sender=account)
+            [withdrawn] = receipt.events.filter(board.Withdrawn)
+            assert (withdrawn.account, withdrawn.token, withdrawn.amount) == (
+                account.address,
+                token,
+                amount,
+            )
             gas = receipt.total_fees_paid if token == ETH else 0
             assert balance_of(account, token) - before == amount - gas
-            self.withdrawn[(address, token)] += amount
+            if account == client and token != ETH:
+                self.refunded_usd += amount
+            self.owed[(account.address, token)] = 0
+            if account == self.treasury:
+                self.fees[token] = 0
             self.moved_tokens.add(token)
-            self.moved_accounts.add((address, token))
+            self.moved_accounts.add((account.address, token))
 
         # ------------------------------------------------------------ what must be refused
 
@@ -452,18 +491,14 @@ def test_random_job_sequences_conserve_money(
                 return
             for token in self.moved_tokens:
                 escrowed = sum(j.max_payment for j in self.live() if j.token == token)
-                pending = sum(v for (_, t), v in self.pending.items() if t == token)
-                assert balance_of(board, token) == escrowed + pending
-                owed = sum(v - self.withdrawn[k] for k, v in self.credited.items() if k[1] == token)
-                assert earnings.totalOwed(token) == self.base_owed[token] + owed
-                held = balance_of(earnings, token) - self.base_held[token]
-                assert held == owed
+                owed = sum(v for (_, t), v in self.owed.items() if t == token) + self.fees[token]
+                # Live deposits plus the whole ledger, to the wei: nothing more, nothing less.
+                assert balance_of(board, token) == escrowed + owed
             if usd.address in self.moved_tokens:
                 # The client was minted exactly its USD deposits: it holds its refunds.
                 assert usd.balanceOf(client) == self.base_usd + self.refunded_usd
             for address, token in self.moved_accounts:
-                due = self.credited[(address, token)] - self.withdrawn[(address, token)]
-                assert earnings.balanceOf(address, token) == due
+                assert board.owed(address, token) == self.due(address, token)
             self.moved_tokens.clear()
             self.moved_accounts.clear()
 

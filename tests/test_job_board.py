@@ -292,7 +292,6 @@ def test_stake_stays_locked_until_the_job_can_no_longer_settle(
 def test_complete_then_release_after_the_window_pays_to_the_wei(
     chain: Any,
     board: Any,
-    earnings: Any,
     post_job: Any,
     board_hosts: Any,
     client: Any,
@@ -335,14 +334,13 @@ def test_complete_then_release_after_the_window_pays_to_the_wei(
     assert fee == payment * FEE_BPS // 10_000 and host_amount + fee == payment
     client_after = client.balance if not in_usd else usd.balanceOf(client)
     assert client_after - client_before == refund
-    assert earnings.balanceOf(host, token) == host_amount
-    assert earnings.balanceOf(treasury, token) == fee
-    assert earnings.totalOwed(token) == payment
+    # Host and treasury are credited in the board's ledger; the board holds exactly that.
+    assert board.owed(host, token) == host_amount
+    assert board.owed(treasury, token) == fee
     if in_usd:
-        assert usd.balanceOf(board) == 0 and usd.balanceOf(earnings) == payment
+        assert usd.balanceOf(board) == payment and board.balance == 0
     else:
-        assert earnings.balance == payment
-    assert board.balance == 0
+        assert board.balance == payment
     assert board.getJob(job_id).status == PAID
     # Settled once: nothing else moves the money again.
     with ape.reverts(board.WrongStatus, jobId=job_id, status=PAID):
@@ -356,7 +354,7 @@ def test_complete_then_release_after_the_window_pays_to_the_wei(
 
 
 def test_zero_payment_refunds_everything_and_pays_nobody(
-    chain: Any, board: Any, earnings: Any, post_job: Any, board_hosts: Any, client: Any
+    chain: Any, board: Any, post_job: Any, board_hosts: Any, client: Any
 ) -> None:
     host, _ = board_hosts
     job_id, releasable = completed_job(board, post_job, host, 0, max_payment=10**15)
@@ -366,21 +364,21 @@ def test_zero_payment_refunds_everything_and_pays_nobody(
     s = settled(receipt, board)
     assert (s.payment, s.hostAmount, s.fee, s.refund, s.paid) == (0, 0, 0, 10**15, True)
     assert client.balance - before == 10**15
-    assert not receipt.events.filter(earnings.Credited)
+    assert board.owed(host, ETH) == 0 and board.owed(board.treasury(), ETH) == 0
     assert board.balance == 0
 
 
 def test_full_payment_refunds_nothing(
-    chain: Any, board: Any, earnings: Any, post_job: Any, board_hosts: Any, treasury: Any
+    chain: Any, board: Any, post_job: Any, board_hosts: Any, treasury: Any
 ) -> None:
     host, _ = board_hosts
     job_id, releasable = completed_job(board, post_job, host, 10**15, max_payment=10**15)
     chain.pending_timestamp = releasable
     s = settled(board.release(job_id, sender=host), board)
     assert s.refund == 0 and s.hostAmount + s.fee == 10**15
-    assert earnings.balanceOf(host, ETH) == 9 * 10**14
-    assert earnings.balanceOf(treasury, ETH) == 10**14
-    assert board.balance == 0
+    assert board.owed(host, ETH) == 9 * 10**14
+    assert board.owed(treasury, ETH) == 10**14
+    assert board.balance == 10**15  # all of it owed
 
 
 def test_complete_errors(
@@ -470,7 +468,6 @@ def test_dispute_only_by_the_client_within_the_window(
 @pytest.mark.parametrize("pay_host", [True, False])
 def test_resolve_dispute(
     board: Any,
-    earnings: Any,
     post_job: Any,
     board_hosts: Any,
     client: Any,
@@ -505,10 +502,9 @@ def test_resolve_dispute(
         assert board.getJob(job_id).status == REFUNDED
         assert board.getJob(job_id).payment == 0
     assert usd.balanceOf(client) == refund
-    assert earnings.balanceOf(host, usd) == host_amount
-    assert earnings.balanceOf(treasury, usd) == fee
-    assert usd.balanceOf(earnings) == host_amount + fee
-    assert usd.balanceOf(board) == 0
+    assert board.owed(host, usd) == host_amount
+    assert board.owed(treasury, usd) == fee
+    assert usd.balanceOf(board) == host_amount + fee  # what it owes, nothing more
     with ape.reverts(board.WrongStatus):
         board.resolveDispute(job_id, not pay_host, sender=owner)
 
@@ -520,7 +516,6 @@ def test_resolve_dispute(
 def test_expire_after_the_deadline_refunds_in_full(
     chain: Any,
     board: Any,
-    earnings: Any,
     post_job: Any,
     board_hosts: Any,
     client: Any,
@@ -540,7 +535,7 @@ def test_expire_after_the_deadline_refunds_in_full(
     s = settled(board.expire(job_id, sender=stranger), board)  # anyone may expire
     assert (s.payment, s.hostAmount, s.fee, s.refund, s.paid) == (0, 0, 0, 10**15 + 9, False)
     assert client.balance - before == 10**15 + 9
-    assert board.balance == 0 and earnings.balanceOf(host, ETH) == 0
+    assert board.balance == 0 and board.owed(host, ETH) == 0
     assert board.getJob(job_id).status == REFUNDED
     with ape.reverts(board.WrongStatus, jobId=job_id, status=REFUNDED):
         board.expire(job_id, sender=stranger)
@@ -602,7 +597,6 @@ def test_cancel_refused_while_claimed_allowed_once_the_claim_lapsed(
 def test_fee_and_challenge_window_are_fixed_when_the_job_is_posted(
     chain: Any,
     board: Any,
-    earnings: Any,
     post_job: Any,
     board_hosts: Any,
     owner: Any,
@@ -624,7 +618,7 @@ def test_fee_and_challenge_window_are_fixed_when_the_job_is_posted(
     board.dispute(job_id, sender=client)
     s = settled(board.resolveDispute(job_id, True, sender=owner), board)
     assert s.fee == 10**14 * FEE_BPS // 10_000
-    assert earnings.balanceOf(treasury, ETH) == s.fee
+    assert board.owed(treasury, ETH) == s.fee
 
 
 def test_owner_settings(board: Any, owner: Any, stranger: Any) -> None:
@@ -654,21 +648,21 @@ def test_owner_settings(board: Any, owner: Any, stranger: Any) -> None:
 
 
 def test_constructor_bounds(
-    project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, earnings: Any, proofs: Any
+    project: Any, owner: Any, treasury: Any, models: Any, nodes: Any, proofs: Any
 ) -> None:
     board = project.JobBoard
-    args = (owner, models, nodes, earnings, proofs, treasury, FEE_BPS)
+    args = (owner, models, nodes, proofs, treasury, FEE_BPS)
     with ape.reverts(board.InvalidDuration, duration=0):  # a claim must last
         owner.deploy(board, *args, 0, 600)
     with ape.reverts(board.ChallengeWindowTooLong, window=30 * 24 * 3600 + 1):
         owner.deploy(board, *args, 300, 30 * 24 * 3600 + 1)
     with ape.reverts(board.ZeroAddress):
-        owner.deploy(board, owner, models, nodes, earnings, proofs, ETH, FEE_BPS, 300, 600)
+        owner.deploy(board, owner, models, nodes, proofs, ETH, FEE_BPS, 300, 600)
     with ape.reverts(board.FeeTooHigh, feeBps=2501):
-        owner.deploy(board, owner, models, nodes, earnings, proofs, treasury, 2501, 300, 600)
+        owner.deploy(board, owner, models, nodes, proofs, treasury, 2501, 300, 600)
 
 
-def test_refund_a_client_refuses_waits_in_pending_payouts(
+def test_refund_a_client_refuses_waits_in_the_ledger(
     chain: Any,
     project: Any,
     board: Any,
@@ -688,23 +682,58 @@ def test_refund_a_client_refuses_waits_in_pending_payouts(
     chain.pending_timestamp = board.getJob(job_id).deadline + 1
     receipt = board.expire(job_id, sender=stranger)  # the refund cannot block the settlement
     assert receipt.events.filter(board.PayoutDeferred)[0].amount == 10**15
-    assert board.pendingPayouts(hostile, ETH) == 10**15 == board.balance
+    assert board.owed(hostile, ETH) == 10**15 == board.balance
+    assert board.getJob(job_id).status == REFUNDED
+    withdraw = board.withdraw.as_transaction(ETH, sender=owner).data
+    with ape.reverts(board.EthTransferFailed):  # still refusing: it stays owed
+        hostile.execute(board, withdraw, sender=owner)
+    assert board.owed(hostile, ETH) == 10**15
     hostile.setMode(0, ETH, b"", sender=owner)
-    hostile.execute(board, board.claimPayout.as_transaction(ETH, sender=owner).data, sender=owner)
+    receipt = hostile.execute(board, withdraw, sender=owner)
+    [withdrawn] = receipt.events.filter(board.Withdrawn)
+    assert (withdrawn.account, withdrawn.token, withdrawn.amount) == (hostile.address, ETH, 10**15)
     assert hostile.balance == 10**15 and board.balance == 0
+    assert board.owed(hostile, ETH) == 0
+    with ape.reverts(board.NothingToWithdraw, token=ETH):
+        hostile.execute(board, withdraw, sender=owner)
 
 
-def test_host_earnings_can_be_withdrawn(
-    chain: Any, board: Any, earnings: Any, post_job: Any, board_hosts: Any
+def test_host_earnings_and_fees_can_be_withdrawn(
+    chain: Any,
+    board: Any,
+    post_job: Any,
+    board_hosts: Any,
+    owner: Any,
+    treasury: Any,
+    stranger: Any,
+    usd: Any,
 ) -> None:
-    host, _ = board_hosts
+    host, host2 = board_hosts
     job_id, releasable = completed_job(board, post_job, host, 10**15)
     chain.pending_timestamp = releasable
     board.release(job_id, sender=host)
+    with ape.reverts(board.NothingToWithdraw, token=ETH):
+        board.withdraw(ETH, sender=host2)
+    with ape.reverts(board.NothingToWithdraw, token=usd.address):
+        board.withdraw(usd, sender=host)
     before = host.balance
-    receipt = earnings.withdraw(ETH, sender=host)
+    receipt = board.withdraw(ETH, sender=host)
+    [withdrawn] = receipt.events.filter(board.Withdrawn)
+    assert (withdrawn.account, withdrawn.amount) == (host.address, 9 * 10**14)
     assert host.balance - before == 9 * 10**14 - receipt.total_fees_paid
-    assert earnings.balanceOf(host, ETH) == 0
+    assert board.owed(host, ETH) == 0
+    with ape.reverts(board.NothingToWithdraw, token=ETH):
+        board.withdraw(ETH, sender=host)
+    # The fees belong to whoever is the treasury when it withdraws.
+    assert board.owed(treasury, ETH) == 10**14 == board.balance
+    board.setTreasury(stranger, sender=owner)
+    assert board.owed(treasury, ETH) == 0 and board.owed(stranger, ETH) == 10**14
+    with ape.reverts(board.NothingToWithdraw, token=ETH):
+        board.withdraw(ETH, sender=treasury)
+    before = stranger.balance
+    receipt = board.withdraw(ETH, sender=stranger)
+    assert stranger.balance - before == 10**14 - receipt.total_fees_paid
+    assert board.owed(stranger, ETH) == 0 and board.balance == 0
 
 
 def test_host_serving_only_the_gguf_model_cannot_claim_a_proven_job(

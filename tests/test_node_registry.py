@@ -173,7 +173,7 @@ def test_host_slashed_below_min_stake_is_not_active(
     nodes.setSlasher(owner, sender=owner)
     nodes.slash(registered, MIN_STAKE, owner, sender=owner)  # to zero
     assert not nodes.isActiveHost(registered)
-    with ape.reverts(market.HostNotActive):
+    with ape.reverts(nodes.HostNotActive):
         open_session()
     # Topping the stake up makes it active again; it can still manage its record meanwhile.
     nodes.updateMetadata("{}", sender=registered)
@@ -185,7 +185,7 @@ def test_host_slashed_below_min_stake_is_not_active(
     # Raising the minimum stake deactivates hosts below it.
     nodes.setMinStake(MIN_STAKE + 1, sender=owner)
     assert not nodes.isActiveHost(registered)
-    with ape.reverts(market.HostNotActive):
+    with ape.reverts(nodes.HostNotActive):
         open_session()
     nodes.setMinStake(MIN_STAKE, sender=owner)
     nodes.slash(registered, 1, owner, sender=owner)
@@ -278,7 +278,7 @@ def test_price_lapses_when_a_model_is_dropped_and_added_again(
     assert nodes.servesModel(registered, model_id)
     assert nodes.getPrice(registered, model_id, ETH) == 0
     assert nodes.getPrice(registered, model_id, usd) == 0
-    with ape.reverts(market.PriceNotOffered):
+    with ape.reverts(nodes.PriceNotOffered):
         open_session()
     # A model kept across an update keeps its price.
     nodes.setPrices([(model_id, ETH, ETH_PRICE)], sender=registered)
@@ -306,5 +306,47 @@ def test_price_lapses_when_the_host_registers_again(
     nodes.register(PEER_ID, ADDRS, "{}", [model_id], [], MIN_STAKE, sender=registered)
     assert nodes.isActiveHost(registered)
     assert nodes.getPrice(registered, model_id, ETH) == 0
-    with ape.reverts(market.PriceNotOffered):
+    with ape.reverts(nodes.PriceNotOffered):
         open_session()
+
+
+# ------------------------------------------------------------------ admitting new work
+
+
+def test_admit_checks_the_host_and_its_price_and_locks_its_stake(
+    registered: Any,
+    nodes: Any,
+    models: Any,
+    owner: Any,
+    stranger: Any,
+    host2: Any,
+    model_id: bytes,
+    usd: Any,
+) -> None:
+    """What opening a session asks of the registry, in one call (the marketplace's reverts
+    come from here: ``test_marketplace.test_open_errors``)."""
+    with ape.reverts(nodes.NotStakeLocker, caller=stranger.address):
+        nodes.admit(registered, model_id, ETH, 1000, sender=stranger)
+    nodes.setStakeLocker(stranger, True, sender=owner)
+    assert nodes.admit.call(registered, model_id, ETH, 1000, sender=stranger) == ETH_PRICE
+    assert nodes.admit.call(registered, model_id, usd, 1000, sender=stranger) > 0
+    receipt = nodes.admit(registered, model_id, ETH, 1000, sender=stranger)
+    assert receipt.events.filter(nodes.StakeLockedUntil) == [
+        nodes.StakeLockedUntil(registered, 1000)
+    ]
+    assert nodes.getNode(registered).stakeLockedUntil == 1000
+    receipt = nodes.admit(registered, model_id, ETH, 999, sender=stranger)  # never shortened
+    assert not receipt.events.filter(nodes.StakeLockedUntil)
+    assert nodes.getNode(registered).stakeLockedUntil == 1000
+
+    with ape.reverts(nodes.HostNotActive, host=host2.address):  # never registered
+        nodes.admit(host2, model_id, ETH, 1000, sender=stranger)
+    other = add_model(models, owner, "org/b", "b.gguf")
+    with ape.reverts(nodes.PriceNotOffered, host=registered.address, modelId=other, token=ETH):
+        nodes.admit(registered, other, ETH, 1000, sender=stranger)  # a model it doesn't serve
+    with ape.reverts(nodes.PriceNotOffered, host=registered.address, modelId=model_id):
+        nodes.admit(registered, model_id, stranger, 1000, sender=stranger)  # an unpriced token
+    nodes.unregister(sender=registered)
+    with ape.reverts(nodes.HostNotActive, host=registered.address):  # unbonding
+        nodes.admit(registered, model_id, ETH, 2000, sender=stranger)
+    assert nodes.getNode(registered).stakeLockedUntil == 1000

@@ -74,7 +74,6 @@ def test_valid_proof_pays_at_once(
     chain: Any,
     board: Any,
     proofs: Any,
-    earnings: Any,
     verifier: Any,
     proven_job: Callable[..., int],
     board_hosts: Any,
@@ -114,9 +113,10 @@ def test_valid_proof_pays_at_once(
         True,
     )
     assert client.balance - before == MAX_PAYMENT - PAYMENT
-    assert earnings.balanceOf(host, ETH) == PAYMENT - fee
-    assert earnings.balanceOf(treasury, ETH) == fee
-    assert board.balance == 0
+    # Host and treasury are credited in the board's own ledger: the board holds what it owes.
+    assert board.owed(host, ETH) == PAYMENT - fee
+    assert board.owed(treasury, ETH) == fee
+    assert board.balance == PAYMENT
     job = board.getJob(job_id)
     assert job.status == PAID and job.payment == PAYMENT and job.completedAt == at
     assert bytes(job.resultHash) == RESULT_HASH
@@ -231,7 +231,6 @@ CASES = [
 def test_refused_proofs_pay_nothing_and_reopen_the_job(
     board: Any,
     proofs: Any,
-    earnings: Any,
     verifier: Any,
     proven_job: Callable[..., int],
     board_hosts: Any,
@@ -248,8 +247,9 @@ def test_refused_proofs_pay_nothing_and_reopen_the_job(
     )
     [rejected] = receipt.events.filter(board.ProofRejected)
     assert (rejected.jobId, rejected.host, rejected.verdict) == (job_id, host.address, verdict)
-    for event in (board.JobProven, board.JobSettled, proofs.ProofAccepted, earnings.Credited):
+    for event in (board.JobProven, board.JobSettled, proofs.ProofAccepted):
         assert not receipt.events.filter(event)
+    assert board.owed(host, ETH) == 0  # nobody credited
     assert not any(proofs.accepted(keccak(p)) for p in bad_proofs)
     assert client.balance == before and board.balance == MAX_PAYMENT
     job = board.getJob(job_id)
@@ -271,15 +271,14 @@ def test_refused_proofs_pay_nothing_and_reopen_the_job(
     )
     [s] = receipt.events.filter(board.JobSettled)
     assert s.paid and s.payment == PAYMENT
-    assert earnings.balanceOf(host2, ETH) == s.hostAmount
-    assert earnings.balanceOf(host, ETH) == 0
-    assert board.balance == 0
+    assert board.owed(host2, ETH) == s.hostAmount
+    assert board.owed(host, ETH) == 0
+    assert board.balance == PAYMENT  # what host2 and the treasury are owed
 
 
 def test_proof_accepted_once_is_refused_for_another_job_with_the_same_input(
     board: Any,
     proofs: Any,
-    earnings: Any,
     proven_job: Callable[..., int],
     board_hosts: Any,
 ) -> None:
@@ -289,7 +288,7 @@ def test_proof_accepted_once_is_refused_for_another_job_with_the_same_input(
     assert board.getJob(first).inputCommitment == board.getJob(second).inputCommitment
     good = instances_for(INPUTS[:1], OUTPUTS[:1])
     board.submitProofs(first, RESULT_HASH, PAYMENT, [proof(1)], good, sender=host)
-    earned = earnings.balanceOf(host, ETH)
+    earned = board.owed(host, ETH)
     for who in (host, host2):  # neither the prover nor anyone else may reuse it
         board.claim(second, sender=who)
         receipt = board.submitProofs(second, RESULT_HASH, PAYMENT, [proof(1)], good, sender=who)
@@ -307,8 +306,8 @@ def test_proof_accepted_once_is_refused_for_another_job_with_the_same_input(
     )
     assert receipt.events.filter(board.ProofRejected)[0].verdict == REPLAYED
     assert not proofs.accepted(keccak(proof(2)))
-    assert earnings.balanceOf(host, ETH) == earned
-    assert board.balance == 2 * MAX_PAYMENT
+    assert board.owed(host, ETH) == earned
+    assert board.balance == 2 * MAX_PAYMENT + PAYMENT  # two live jobs, the first one's payment
     # A fresh proof for the second job is accepted.
     board.claim(second, sender=host2)
     board.submitProofs(second, RESULT_HASH, PAYMENT, [proof(3)], good, sender=host2)

@@ -29,6 +29,15 @@ interface INodeRegistry {
     /// @param until the last moment the session or job can still settle
     function lockStake(address host, uint64 until) external;
 
+    /// @notice Admits new work for `host`: checks that it is active and offers `modelId` for
+    /// `token`, locks its stake until `until`, and returns its price. Stake lockers only.
+    /// @param host the host the client chose
+    /// @param modelId the model the work is for
+    /// @param token the payment token (address(0) = ETH)
+    /// @param until the last moment the work can still settle
+    /// @return price the host's current price, per PRICE_PRECISION tokens
+    function admit(address host, bytes32 modelId, address token, uint64 until) external returns (uint256 price);
+
     /// @notice Takes `amount` of `host`'s stake (active or unbonding) and sends it to
     /// `recipient`. The slasher only.
     /// @param host the host to slash

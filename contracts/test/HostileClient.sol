@@ -16,6 +16,10 @@ contract HostileClient {
     bytes public payload;
     bool public lastCallSucceeded;
 
+    /// @notice Emitted after the reentrant call, with its outcome and what it returned (the
+    /// revert data when it failed).
+    event ReentryAttempted(bool success, bytes returnData);
+
     /// @notice Chooses what receive() does.
     function setMode(Mode mode_, address target_, bytes calldata payload_) external {
         mode = mode_;
@@ -37,8 +41,9 @@ contract HostileClient {
     receive() external payable {
         if (mode == Mode.Revert) revert("no refunds please");
         if (mode == Mode.Reenter) {
-            (bool ok,) = target.call(payload);
+            (bool ok, bytes memory ret) = target.call(payload);
             lastCallSucceeded = ok;
+            emit ReentryAttempted(ok, ret);
         }
     }
 }

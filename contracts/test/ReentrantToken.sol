@@ -13,8 +13,9 @@ contract ReentrantToken is ERC20 {
     bool public lastCallSucceeded;
     uint256 public transferFeeBps;
 
-    /// @notice Emitted after the reentrant call, with its outcome.
-    event ReentryAttempted(bool success);
+    /// @notice Emitted after the reentrant call, with its outcome and what it returned (the
+    /// revert data when it failed).
+    event ReentryAttempted(bool success, bytes returnData);
 
     constructor() ERC20("Reentrant", "EVIL") {}
 
@@ -38,9 +39,9 @@ contract ReentrantToken is ERC20 {
     function _update(address from, address to, uint256 value) internal override {
         if (armed) {
             armed = false;
-            (bool ok,) = target.call(payload);
+            (bool ok, bytes memory ret) = target.call(payload);
             lastCallSucceeded = ok;
-            emit ReentryAttempted(ok);
+            emit ReentryAttempted(ok, ret);
         }
         uint256 fee = from == address(0) ? 0 : value * transferFeeBps / 10_000;
         if (fee != 0) super._update(from, address(0), fee);

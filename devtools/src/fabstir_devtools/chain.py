@@ -199,14 +199,11 @@ def deploy_protocol(
         params.unbonding_delay,
     )
     log(f"NodeRegistry    {nodes.address}")
-    earnings = sender.deploy("HostEarnings", owner)
-    log(f"HostEarnings    {earnings.address}")
     market = sender.deploy(
         "JobMarketplace",
         owner,
         models.address,
         nodes.address,
-        earnings.address,
         treasury,
         params.fee_bps,
         params.dispute_window,
@@ -223,7 +220,6 @@ def deploy_protocol(
         owner,
         models.address,
         nodes.address,
-        earnings.address,
         proofs.address,
         treasury,
         params.fee_bps,
@@ -235,9 +231,8 @@ def deploy_protocol(
     log(f"Slasher         {slasher.address}")
     sender.transact(proofs.functions.setBoard(board.address), "setBoard")
     sender.transact(nodes.functions.setSlasher(slasher.address), "setSlasher")
-    # Both escrows credit earnings, and lock a host's stake for as long as its work can settle.
+    # Both escrows lock a host's stake for as long as its work can settle.
     for escrow in (market, board):
-        sender.transact(earnings.functions.setCreditor(escrow.address, True), "setCreditor")
         sender.transact(nodes.functions.setStakeLocker(escrow.address, True), "setStakeLocker")
         sender.transact(
             escrow.functions.setTokenConfig(
@@ -249,7 +244,6 @@ def deploy_protocol(
         "FabToken": fab.address,
         "ModelRegistry": models.address,
         "NodeRegistry": nodes.address,
-        "HostEarnings": earnings.address,
         "JobMarketplace": market.address,
         "ReputationSystem": reputation.address,
         "ProofSystem": proofs.address,
@@ -273,7 +267,7 @@ def deploy_protocol(
             params.governance,
             timelock,
             fab,
-            owned=(fab, models, nodes, earnings, market, board, proofs, slasher),
+            owned=(fab, models, nodes, market, board, proofs, slasher),
         )
         log(f"FabGovernor     {governor.address}")
         contracts |= {"FabTimelock": timelock.address, "FabGovernor": governor.address}

@@ -674,15 +674,16 @@ def earnings(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def withdraw(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
-    """Withdraw all ETH earnings to the host's address."""
+    """Withdraw all ETH earnings (sessions' and jobs') to the host's address."""
     from fabstir_sdk.contracts import ETH
 
     chain = _chain(_config(ctx, **flags))
     amount = chain.earnings(ETH)
     if amount == 0:
         raise ChainError("nothing to withdraw yet")
-    receipt = chain.contracts.withdraw(ETH)
-    _emit({"withdrawn_wei": amount, "tx": receipt["transactionHash"].hex()}, as_json)
+    receipts = chain.contracts.withdraw(ETH)
+    txs = [receipt["transactionHash"].hex() for receipt in receipts]
+    _emit({"withdrawn_wei": amount, "txs": txs}, as_json)
 
 
 @main.command()

@@ -3,7 +3,9 @@
 Wallet, chain and deployment come from flags or ``FABSTIR_*`` variables, on top of a profile:
 ``local`` (default: Anvil on 127.0.0.1:8545, deployments/31337.json) or ``base-sepolia``
 (needs only FABSTIR_RPC_URL and deployments/84532.json). The key is read from
-``--key-file``/FABSTIR_KEY_FILE (mode 0600) or FABSTIR_KEY and is never printed.
+``--key-file``/FABSTIR_KEY_FILE (mode 0600) or FABSTIR_KEY and is never printed. With
+``--smart-account``/FABSTIR_SMART_ACCOUNT, that key is an ERC-4337 account's owner and every
+transaction goes through the account's ``execute``: the account pays and is the client.
 
 Exit codes: 0 success, 1 the host or session failed, 2 usage error, 3 no host available,
 4 configuration error, 5 chain error, 6 storage error: every failure is a
@@ -44,6 +46,7 @@ class Settings:
     deployment: Path | None
     key: str | None
     key_file: Path | None
+    smart_account: str | None = None  # transact through this account's `execute`
 
 
 class FabstirCommand(click.Group):
@@ -89,6 +92,8 @@ def _client(settings: Settings, *, wallet: bool = True, **options: Any) -> Any:
             )
         key = Account.create().key.hex()
     path = settings.deployment or Path("deployments") / f"{chain_id}.json"
+    if wallet and settings.smart_account:
+        options.setdefault("smart_account", settings.smart_account)
     return FabstirClient(str(rpc), key, Deployment.load(path), **options)
 
 
@@ -118,6 +123,11 @@ def _run(coro: Any) -> Any:
     envvar="FABSTIR_KEY_FILE",
     help="file holding the wallet's private key",
 )
+@click.option(
+    "--smart-account",
+    envvar="FABSTIR_SMART_ACCOUNT",
+    help="pay and act as this ERC-4337 account (the key is its owner; env FABSTIR_SMART_ACCOUNT)",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -125,12 +135,14 @@ def main(
     rpc_url: str | None,
     deployment: Path | None,
     key_file: Path | None,
+    smart_account: str | None,
 ) -> None:
     """Use the Fabstir marketplace: find LLM hosts, chat through paid P2P sessions, or run a
     local OpenAI-compatible gateway that pays hosts for any OpenAI client."""
     import os
 
-    ctx.obj = Settings(profile, rpc_url, deployment, os.environ.get("FABSTIR_KEY"), key_file)
+    key = os.environ.get("FABSTIR_KEY")
+    ctx.obj = Settings(profile, rpc_url, deployment, key, key_file, smart_account)
 
 
 @main.command()
@@ -337,7 +349,7 @@ def session_list(settings: Settings, as_json: bool) -> None:
     contracts = client.contracts
     logs = contracts.market.events.SessionOpened().get_logs(
         from_block=contracts.deployment.deploy_block,
-        argument_filters={"client": client.account.address},
+        argument_filters={"client": client.address},
     )
     rows = []
     for log_ in logs:

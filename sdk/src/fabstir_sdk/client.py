@@ -24,6 +24,7 @@ from fabstir_sdk.audit import AuditError, Auditor, AuditOutcome, AuditPolicy, Au
 from fabstir_sdk.contracts import ETH, Deployment, Voucher, VoucherDomain, recover_signer
 from fabstir_sdk.contracts.client import Contracts, ModelPin
 from fabstir_sdk.contracts.reputation import Reputation
+from fabstir_sdk.contracts.transactions import SmartAccountSender
 from fabstir_sdk.discovery import Discovery, HostInfo, peer_of
 from fabstir_sdk.errors import (
     ConfigurationError,
@@ -132,14 +133,25 @@ class FabstirClient:
         listen: str = "/ip4/127.0.0.1/tcp/0",
         bootstrap: list[str] | None = None,
         audit: AuditPolicy | None = None,
+        smart_account: str | None = None,
     ) -> None:
+        """``smart_account`` (an address) makes every transaction go through that ERC-4337
+        account's ``execute``, signed and paid for by ``private_key``, its owner: the account
+        is the client of our sessions and jobs, pays their deposits from its own balance and
+        receives their refunds. Session vouchers are still signed by a fresh key per session."""
         if not isinstance(deployment, Deployment):
             deployment = Deployment.load(deployment)
         try:
             self.account = Account.from_key(private_key)
         except (ValueError, TypeError):  # its message may quote the key: never show it
             raise ConfigurationError("private_key is not a valid private key") from None
-        self.contracts = Contracts.connect(rpc_url, deployment, self.account)
+        if smart_account is None:
+            self.contracts = Contracts.connect(rpc_url, deployment, self.account)
+        else:
+            self.contracts = Contracts.connect(rpc_url, deployment)
+            self.contracts.sender = SmartAccountSender(
+                self.contracts.w3, self.account, smart_account
+            )
         self.p2p = P2PHost(secrets.token_bytes(32), [listen])
         self._blocks: BlockStore | None = None  # opened by start(), gone at close()
         self._exchange: Exchange | None = None
@@ -191,6 +203,12 @@ class FabstirClient:
             self._blocks.close()
             shutil.rmtree(self._blocks.path, ignore_errors=True)
             self._blocks = self._exchange = None
+
+    @property
+    def address(self) -> str:
+        """Who we are on-chain: the client of our sessions and jobs (our key's address, or
+        the smart account's)."""
+        return self.contracts.address
 
     @property
     def blocks(self) -> BlockStore:
@@ -393,8 +411,8 @@ class FabstirClient:
         against our own vouchers: ``paid`` says our signer paid for exactly that transcript."""
         await self.start()
         onchain = await asyncio.to_thread(self.contracts.session, session_id)
-        if onchain.client.lower() != self.account.address.lower():
-            raise UsageError(f"session {session_id} was not opened by {self.account.address}")
+        if onchain.client.lower() != self.address.lower():
+            raise UsageError(f"session {session_id} was not opened by {self.address}")
         record = await asyncio.to_thread(self.contracts.host, onchain.host)
         peer = peer_of(record)
         key, domain = self.result_key(session_id), self.contracts.voucher_domain()

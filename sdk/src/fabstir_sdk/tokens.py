@@ -36,7 +36,17 @@ ERC20_ABI: list[dict[str, Any]] = [
     )
 ]
 #: Contracts of a deployment that are the protocol itself, not payment tokens.
-_PROTOCOL = {"ModelRegistry", "NodeRegistry", "HostEarnings", "JobMarketplace"}
+_PROTOCOL = {
+    "ModelRegistry",
+    "NodeRegistry",
+    "JobMarketplace",
+    "JobBoard",
+    "ProofSystem",
+    "ReputationSystem",
+    "Slasher",
+    "FabTimelock",
+    "FabGovernor",
+}
 
 
 def _erc20(contracts: Contracts, address: str) -> Any:

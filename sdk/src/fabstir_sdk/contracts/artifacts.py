@@ -14,13 +14,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-#: The contracts the SDK and the node bind to (TestUSD only exists on local chains).
+#: The contracts the SDK and the node bind to. TestUSD and MinimalAccount (a test ERC-4337
+#: account, for smart-account sessions on a local chain) are deployed on local chains only.
 EXPORTED = (
     "FabToken",
     "TestUSD",
+    "MinimalAccount",
     "ModelRegistry",
     "NodeRegistry",
-    "HostEarnings",
     "JobMarketplace",
     "ProofSystem",
     "JobBoard",

@@ -8,7 +8,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.logs import DISCARD
 
@@ -36,6 +38,9 @@ class SessionStatus(enum.IntEnum):
 
 @dataclass(frozen=True)
 class OnchainSession:
+    """A session as the marketplace stores it, with the terms it keeps only as a hash (read
+    back from its ``SessionOpened`` event and checked against that hash)."""
+
     id: int
     client: str
     host: str
@@ -44,11 +49,10 @@ class OnchainSession:
     model_id: bytes
     deposit: int
     price: int
-    checkpoint_tokens: int
+    checkpoint_tokens: int  # the best checkpoint while live; the tokens paid once settled
     status: SessionStatus
-    opened_at: int
-    expires_at: int
-    close_requested_at: int
+    opened_block: int
+    expires_at: int  # brought forward to the close request's time by requestClose
     fee_bps: int
     dispute_window: int = 0  # seconds, fixed when the session opened
 
@@ -60,6 +64,21 @@ class OnchainSession:
     def max_tokens(self) -> int:
         """The most tokens a voucher may cover (JobMarketplace.maxTokens)."""
         return ((self.deposit + 1) * 1000 - 1) // self.price if self.price else 0
+
+    @property
+    def terms(self) -> tuple[str, str, int, int]:
+        """The ``Terms`` that checkpoint, settle and finalize take: (token, signer, deposit,
+        price)."""
+        return (self.token, self.signer, self.deposit, self.price)
+
+
+@dataclass(frozen=True)
+class _Terms:
+    model_id: bytes
+    token: str
+    signer: str
+    deposit: int
+    price: int
 
 
 @dataclass(frozen=True)
@@ -124,9 +143,10 @@ class Contracts:
         self.market = deployment.contract(w3, "JobMarketplace")
         self.nodes = deployment.contract(w3, "NodeRegistry")
         self.models = deployment.contract(w3, "ModelRegistry")
-        self.earnings = deployment.contract(w3, "HostEarnings")
+        self.board = deployment.contract(w3, "JobBoard")
         self.fab = deployment.contract(w3, "FabToken")
         self.sender = sender or (TransactionSender(w3, account) if account else None)
+        self._terms_cache: dict[int, _Terms] = {}
 
     @classmethod
     def connect(
@@ -156,23 +176,53 @@ class Contracts:
 
     def session(self, session_id: int) -> OnchainSession:
         s = with_retries(lambda: self.market.functions.getSession(session_id).call(), "session")
+        client, expires_at, fee_bps, opened_block, host, tokens, status, window, terms_hash = s
+        status = SessionStatus(status)
+        terms = (
+            _Terms(bytes(32), ETH, ETH, 0, 0)
+            if status is SessionStatus.NONE
+            else self._terms(session_id, opened_block, bytes(terms_hash))
+        )
         return OnchainSession(
             id=session_id,
-            client=s[0],
-            opened_at=s[1],
-            fee_bps=s[2],
-            status=SessionStatus(s[3]),
-            host=s[4],
-            expires_at=s[5],
-            dispute_window=s[6],
-            token=s[7],
-            close_requested_at=s[8],
-            signer=s[9],
-            model_id=bytes(s[10]),
-            deposit=s[11],
-            price=s[12],
-            checkpoint_tokens=s[13],
+            client=client,
+            host=host,
+            token=terms.token,
+            signer=terms.signer,
+            model_id=terms.model_id,
+            deposit=terms.deposit,
+            price=terms.price,
+            checkpoint_tokens=tokens,
+            status=status,
+            opened_block=opened_block,
+            expires_at=expires_at,
+            fee_bps=fee_bps,
+            dispute_window=window,
         )
+
+    def _terms(self, session_id: int, block: int, terms_hash: bytes) -> _Terms:
+        """A session's terms from its ``SessionOpened`` event, checked against the hash the
+        marketplace stores (immutable, so cached)."""
+        cached = self._terms_cache.get(session_id)
+        if cached is not None:
+            return cached
+        logs = with_retries(
+            lambda: self.market.events.SessionOpened().get_logs(
+                from_block=block, to_block=block, argument_filters={"sessionId": session_id}
+            ),
+            "session terms",
+        )
+        for log in logs:
+            a = log["args"]
+            terms = _Terms(bytes(a["modelId"]), a["token"], a["signer"], a["deposit"], a["price"])
+            encoded = abi_encode(
+                ["address", "address", "uint256", "uint256"],
+                [terms.token, terms.signer, terms.deposit, terms.price],
+            )
+            if keccak(encoded) == terms_hash:
+                self._terms_cache[session_id] = terms
+                return terms
+        raise ChainUnavailable(f"session {session_id}: no SessionOpened event matches its terms")
 
     def host(self, address: str) -> HostRecord:
         n = with_retries(lambda: self.nodes.functions.getNode(address).call(), "host")
@@ -219,11 +269,12 @@ class Contracts:
         )
 
     def earnings_of(self, account: str, token: str = ETH) -> int:
-        return int(
-            with_retries(
-                lambda: self.earnings.functions.balanceOf(account, token).call(), "earnings"
-            )
-        )
+        """What ``account`` can withdraw in ``token`` from both escrows' ledgers (sessions and
+        jobs): earnings, fees, and refunds that could not be pushed."""
+        return sum(self._owed(escrow, account, token) for escrow in (self.market, self.board))
+
+    def _owed(self, escrow: Any, account: str, token: str) -> int:
+        return int(with_retries(lambda: escrow.functions.owed(account, token).call(), "owed"))
 
     def latest_timestamp(self) -> int:
         return int(with_retries(lambda: self.w3.eth.get_block("latest")["timestamp"], "block"))
@@ -256,24 +307,35 @@ class Contracts:
         )
 
     def finalize(self, session_id: int) -> Settlement:
-        receipt = self._sender().transact(self.market.functions.finalize(session_id), "finalize")
+        terms = self.session(session_id).terms
+        receipt = self._sender().transact(
+            self.market.functions.finalize(session_id, terms), "finalize"
+        )
         return self._settlement(receipt)
 
     # ----------------------------------------------------------------- host writes
 
     def checkpoint(self, voucher: Voucher) -> Any:
-        return self._sender().transact(
-            self.market.functions.checkpoint(*voucher.as_args()), "checkpoint"
-        )
+        call = self.market.functions.checkpoint(*self._voucher_args(voucher))
+        return self._sender().transact(call, "checkpoint")
 
     def settle(self, voucher: Voucher) -> Settlement:
-        receipt = self._sender().transact(
-            self.market.functions.settle(*voucher.as_args()), "settle"
-        )
-        return self._settlement(receipt)
+        call = self.market.functions.settle(*self._voucher_args(voucher))
+        return self._settlement(self._sender().transact(call, "settle"))
 
-    def withdraw(self, token: str = ETH) -> Any:
-        return self._sender().transact(self.earnings.functions.withdraw(token), "withdraw")
+    def _voucher_args(self, voucher: Voucher) -> tuple[Any, ...]:
+        """(sessionId, terms, cumulativeTokens, transcriptHash, signature)."""
+        session_id, *rest = voucher.as_args()
+        return (session_id, self.session(session_id).terms, *rest)
+
+    def withdraw(self, token: str = ETH) -> list[Any]:
+        """Withdraw everything this account is owed in ``token`` from each escrow that owes it
+        something; returns the receipts (none when nothing is owed)."""
+        return [
+            self._sender().transact(escrow.functions.withdraw(token), "withdraw")
+            for escrow in (self.market, self.board)
+            if self._owed(escrow, self.address, token)
+        ]
 
     def settlement_of(self, session_id: int) -> Settlement | None:
         """The settlement of a settled session, from its event log."""

@@ -11,10 +11,12 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from eth_account.signers.local import LocalAccount
 from web3.logs import DISCARD
 
 from fabstir_sdk.contracts.client import Contracts
 from fabstir_sdk.contracts.deployment import ETH
+from fabstir_sdk.contracts.relayed import JOB_BOARD_DOMAIN, Eip712Domain, PostRequest, sign_post
 from fabstir_sdk.contracts.transactions import with_retries
 
 __all__ = ["JobBoard", "JobSettlement", "JobStatus", "OnchainJob", "Verdict"]
@@ -115,6 +117,16 @@ class JobBoard:
             int(j[16]),
         )
 
+    def nonce(self, client: str) -> int:
+        """``client``'s next nonce for a signed job (``postFor``)."""
+        return int(with_retries(lambda: self.board.functions.nonces(client).call(), "nonce"))
+
+    @property
+    def domain(self) -> Eip712Domain:
+        """The board's EIP-712 domain, for jobs signed for ``postFor``."""
+        chain_id = self.contracts.deployment.chain_id
+        return Eip712Domain(JOB_BOARD_DOMAIN, chain_id, self.board.address)
+
     def settlement_of(self, job_id: int) -> JobSettlement | None:
         """The settlement of a settled job, from its event log."""
         start = self.contracts.deployment.deploy_block
@@ -146,6 +158,48 @@ class JobBoard:
         )
         value = max_payment if token == ETH else 0
         receipt = self.contracts.transact(call, "post job", value=value)
+        [event] = self.board.events.JobPosted().process_receipt(receipt, errors=DISCARD)
+        return int(event["args"]["jobId"])
+
+    def post_request(
+        self,
+        client: str,
+        model_id: bytes,
+        input_hash: bytes,
+        max_payment: int,
+        duration: int,
+        *,
+        token: str,
+        deadline: int,
+        input_commitment: bytes = bytes(32),
+        proof_required: bool = False,
+    ) -> PostRequest:
+        """A job for ``client`` to sign (with :meth:`sign_post`), at its next nonce. Paid in
+        an ERC20 only: ``postFor`` pulls ``max_payment`` from the client's allowance to the
+        board, and ETH cannot be pulled."""
+        return PostRequest(
+            client,
+            model_id,
+            input_hash,
+            max_payment,
+            duration,
+            token,
+            self.nonce(client),
+            deadline,
+            input_commitment,
+            proof_required,
+        )
+
+    def sign_post(self, wallet: LocalAccount, request: PostRequest) -> bytes:
+        """``wallet``'s signature of ``request``: the client's key, or a smart account's owner
+        key when the account checks its owner's signature over the digest (ERC-1271)."""
+        return sign_post(wallet, self.domain, request)
+
+    def post_for(self, request: PostRequest, signature: bytes) -> int:
+        """Post (and pay the gas of) a job its client signed; returns its id. The deposit
+        comes from the client, and the job (its refund too) is the client's."""
+        call = self.board.functions.postFor(request.as_tuple(), signature)
+        receipt = self.contracts.transact(call, "post job for")
         [event] = self.board.events.JobPosted().process_receipt(receipt, errors=DISCARD)
         return int(event["args"]["jobId"])
 

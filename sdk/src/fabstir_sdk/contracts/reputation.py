@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from eth_account.signers.local import LocalAccount
+
 from fabstir_sdk.contracts.client import Contracts
+from fabstir_sdk.contracts.relayed import REPUTATION_DOMAIN, Eip712Domain, sign_rating
 from fabstir_sdk.contracts.transactions import with_retries
 
 __all__ = ["UPTIME_WINDOW", "HostReputation", "Reputation"]
@@ -88,6 +91,12 @@ class Reputation:
             with_retries(lambda: self.reputation.functions.rated(session_id).call(), "rated")
         )
 
+    @property
+    def domain(self) -> Eip712Domain:
+        """The contract's EIP-712 domain, for ratings signed for ``rateBySig``."""
+        chain_id = self.contracts.deployment.chain_id
+        return Eip712Domain(REPUTATION_DOMAIN, chain_id, self.reputation.address)
+
     def audit_reported(self, transcript_hash: bytes) -> bool:
         return bool(
             with_retries(
@@ -107,6 +116,20 @@ class Reputation:
     def rate(self, session_id: int, score: int) -> Any:
         """Rate the host of a settled session this account paid for, 1 to 5."""
         return self.contracts.transact(self.reputation.functions.rate(session_id, score), "rate")
+
+    def sign_rating(
+        self, wallet: LocalAccount, session_id: int, score: int, deadline: int
+    ) -> bytes:
+        """``wallet``'s signature of a rating, for anyone to submit with :meth:`rate_by_sig`:
+        the session's client key, or a smart account's owner key when the account checks its
+        owner's signature over the digest (ERC-1271, as ``MinimalAccount`` does)."""
+        return sign_rating(wallet, self.domain, session_id, score, deadline)
+
+    def rate_by_sig(self, session_id: int, score: int, deadline: int, signature: bytes) -> Any:
+        """Submit (and pay the gas of) a rating the session's client signed; valid until
+        block time ``deadline``."""
+        call = self.reputation.functions.rateBySig(session_id, score, deadline, signature)
+        return self.contracts.transact(call, "rate by signature")
 
     def report_audit(
         self, session_id: int, record: bytes, host_signature: bytes, passed: bool

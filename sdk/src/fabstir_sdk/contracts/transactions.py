@@ -3,6 +3,10 @@
 Anvil's automine can leave concurrent same-sender transactions pending, and a node that sends
 checkpoints and settlements from several tasks would otherwise race on nonces: every
 transaction from one key goes through one :class:`TransactionSender`.
+
+A :class:`SmartAccountSender` sends every call through a smart account's
+``execute(target, value, data)`` instead, signed and paid for by its owner key: the protocol
+sees the account as ``msg.sender`` (the session's client, the job's client, the rater).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from typing import Any, TypeVar
 
 import requests
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import Web3RPCError
 from web3.types import TxReceipt
 
 from fabstir_sdk.contracts.artifacts import load_artifact
-from fabstir_sdk.errors import ChainError
+from fabstir_sdk.errors import ChainError, ConfigurationError, UsageError
 
 GAS_HEADROOM = 1.2
 #: Added to every estimate: a node estimates against the latest block, and in the next one a
@@ -103,7 +108,7 @@ class TransactionSender:
             )
         )
         self._nonce = min(self._nonce, pending)
-        tx = {**tx, "from": self.address, "nonce": self._nonce, "chainId": self.chain_id}
+        tx = {**tx, "from": self.account.address, "nonce": self._nonce, "chainId": self.chain_id}
         if "gas" not in tx:
             estimate = with_retries(lambda: self.w3.eth.estimate_gas(tx), label)  # type: ignore[arg-type]
             tx["gas"] = int(estimate * GAS_HEADROOM) + GAS_SLACK
@@ -132,6 +137,57 @@ class TransactionSender:
         if address is None:
             raise TransactionFailed(f"deploy {name}", receipt)
         return self.w3.eth.contract(address=address, abi=artifact.abi)
+
+
+#: What :class:`SmartAccountSender` calls: ``execute(address,uint256,bytes)``, as in ERC-4337's
+#: reference SimpleAccount (and ``MinimalAccount``, the test account), so any account with
+#: that entry point works, not only ours.
+EXECUTE_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "execute",
+        "stateMutability": "nonpayable",
+        "inputs": [
+            {"name": "target", "type": "address"},
+            {"name": "value", "type": "uint256"},
+            {"name": "data", "type": "bytes"},
+        ],
+        "outputs": [],
+    }
+]
+
+
+class SmartAccountSender(TransactionSender):
+    """Sends each transaction as ``execute(to, value, data)`` on the smart account
+    ``account_address``, from its owner key ``owner`` (which signs, pays the gas and holds
+    the nonce; the account must let its owner call ``execute`` directly). ``address`` is the
+    account: it is what the contracts see as the caller. ETH a call carries comes out of the
+    account's own balance, not the owner's, and refunds go back to the account."""
+
+    def __init__(self, w3: Web3, owner: LocalAccount, account_address: str) -> None:
+        if not Web3.is_address(account_address):
+            raise ConfigurationError(f"smart account {account_address!r} is not an address")
+        account_address = Web3.to_checksum_address(account_address)
+        code = with_retries(lambda: w3.eth.get_code(account_address), "smart account")
+        if not code:
+            raise ConfigurationError(f"no contract at smart account {account_address}")
+        super().__init__(w3, owner)
+        self.smart_account = w3.eth.contract(address=account_address, abi=EXECUTE_ABI)
+
+    @property
+    def address(self) -> str:
+        return str(self.smart_account.address)
+
+    def send(self, tx: dict[str, Any], label: str) -> TxReceipt:
+        """Send ``tx`` (``to``, ``data``, ``value``) through the account's ``execute``; the gas
+        is estimated for the whole, any ``gas`` in ``tx`` is left out."""
+        if not tx.get("to"):
+            raise UsageError("a smart account cannot deploy contracts: deploy from a key")
+        call = self.smart_account.functions.execute(
+            tx["to"], int(tx.get("value", 0)), bytes(HexBytes(tx.get("data", b"")))
+        )
+        wrapped = call.build_transaction({"from": self.account.address, "gas": 1})
+        return super().send(_strip(wrapped), label)
 
 
 def _strip(tx: Any) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from fabstir_sdk.contracts.relayed import Eip712Domain
+
 DOMAIN_NAME = "Fabstir JobMarketplace"
-DOMAIN_VERSION = "1"
 VOUCHER_TYPES: dict[str, list[dict[str, str]]] = {
     "Voucher": [
         {"name": "sessionId", "type": "uint256"},
@@ -36,12 +36,7 @@ class VoucherDomain:
     marketplace: str
 
     def as_eip712(self) -> dict[str, Any]:
-        return {
-            "name": DOMAIN_NAME,
-            "version": DOMAIN_VERSION,
-            "chainId": self.chain_id,
-            "verifyingContract": to_checksum_address(self.marketplace),
-        }
+        return Eip712Domain(DOMAIN_NAME, self.chain_id, self.marketplace).as_eip712()
 
 
 @dataclass(frozen=True)
