@@ -103,13 +103,14 @@ test-integration: setup ## Whole-system tests on a fresh Anvil
 compile: setup ## Compile the contracts (offline, solc-js)
 	$(BIN)/ape compile
 
-abi: compile ## Export the compiled ABIs into the SDK package
+abi: setup ## Export the compiled ABIs into the SDK package (a full compile: Ape's cache can keep a contract whose imports changed)
+	$(BIN)/ape compile --force
 	$(BIN)/python scripts/export_abi.py
 
-deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil, kept running) and write deployments/<chainId>.json
-	$(BIN)/python scripts/deploy.py $(if $(RPC_URL),--rpc-url $(RPC_URL))
+deploy: setup ## Deploy to RPC_URL (default: a fresh Anvil, kept running), owned by governance (NO_GOVERNANCE=1: by the deployer); writes deployments/<chainId>.json
+	$(BIN)/python scripts/deploy.py $(if $(RPC_URL),--rpc-url $(RPC_URL)) $(if $(NO_GOVERNANCE),--no-governance)
 
-gas: setup ## Print (and save to bench/gas-report.json) the gas of a session's and a job's lifecycle
+gas: setup ## Gas of a session's and a job's lifecycle vs the saved report, the goals and the original Fabstir (saved to bench/gas-report.json; fails over a goal)
 	$(BIN)/python scripts/gas_report.py --output bench/gas-report.json
 
 demo: setup ## Local chain + 2 hosts + a paid chat with SmolLM2, then a receipt (cleans up after)
